@@ -1,0 +1,96 @@
+"""flamingo-corpus: build OpenFlamingo training corpora from LAION and MMC4 metadata."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .recipe import RecipeError, load_recipe
+
+REPO_MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+SAMPLE_RECIPE = REPO_MANIFESTS / "sample-laion.yaml"
+
+EPILOG_BUILD = """\
+Any further arguments are Beam pipeline options, for example:
+  --direct_running_mode=multi_processing --direct_num_workers=2   (local, one process per core)
+  --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
+  --runner=SparkRunner / --runner=FlinkRunner (portable runners)
+"""
+
+
+def _cmd_build(args, beam_args: List[str]) -> int:
+    from .build import OutputExists, run_build, summary
+
+    try:
+        recipe = load_recipe(args.recipe)
+        result = run_build(recipe, args.output, beam_args, overwrite=args.overwrite)
+    except (RecipeError, OutputExists, FileNotFoundError) as e:
+        print(f"flamingo-corpus: {e}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    return 0
+
+
+def _cmd_sample(args, beam_args: List[str]) -> int:
+    from .build import run_build, summary
+    from .tiny_clip import ensure_tiny_clip
+
+    recipe = load_recipe(args.recipe)
+    if recipe.clip.enabled and recipe.clip.pretrained == "synthetic-world":
+        ensure_tiny_clip(log=lambda m: print(f"tiny CLIP: {m}", flush=True))
+    out = str(Path(args.output) / recipe.input.corpus)
+    result = run_build(recipe, out, beam_args, overwrite=True)
+    print(summary(result))
+    return 0
+
+
+def _cmd_tiny_clip(args, beam_args: List[str]) -> int:
+    from .tiny_clip import ensure_tiny_clip, metrics_path
+
+    path = ensure_tiny_clip(Path(args.cache_dir) if args.cache_dir else None)
+    print(path)
+    print(metrics_path(path).read_text())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="flamingo-corpus", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="run a build recipe", epilog=EPILOG_BUILD,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Read the recipe's input, download, filter, score and shard it into DIR.")
+    b.add_argument("recipe", help="recipe YAML, e.g. manifests/laion2b-en.yaml")
+    b.add_argument("--output", required=True, help="output directory (local path or gs://, s3://, hdfs:// URL)")
+    b.add_argument("--overwrite", action="store_true", help="replace a build already in DIR")
+    b.set_defaults(func=_cmd_build)
+
+    s = sub.add_parser("sample", help="the local sample build (embedded web server, tiny CLIP)",
+                       epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Build the bundled sample into OUTPUT/<corpus>, replacing an earlier one.")
+    s.add_argument("--recipe", default=str(SAMPLE_RECIPE), help="sample recipe (default: %(default)s)")
+    s.add_argument("--output", default="out/sample", help="output root (default: %(default)s)")
+    s.set_defaults(func=_cmd_sample)
+
+    t = sub.add_parser("tiny-clip", help="train (once) and show the tiny CLIP used by tests and samples")
+    t.add_argument("--cache-dir", help="cache directory (default: $FLAMINGO_CORPUS_CACHE or ~/.cache/flamingo-corpus)")
+    t.set_defaults(func=_cmd_tiny_clip)
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args, rest = parser().parse_known_args(argv)
+    if rest and args.command not in ("build", "sample"):  # only builds take Beam options
+        parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return args.func(args, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The CLIP stage: image and caption embeddings and their cosine similarity, then the threshold.
+
+Inference runs through Beam's RunInference with a ModelHandler for open_clip: Beam batches the
+elements, loads the model once per worker process (once per machine when the model is shared
+across processes, as on a GPU worker) and reports inference metrics.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from filters import image as image_filter
+
+from .clip_model import ClipModel, cosine, decode_rgb, load_clip, texts_of
+from .recipe import ClipConfig
+from .records import Sample
+from .stage import apply_with_drops, drop
+
+STAGE = "clip"
+
+
+class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
+    """RunInference handler: a batch of Samples in, the same Samples with embeddings out."""
+
+    def __init__(self, cfg: ClipConfig, with_text: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.with_text = with_text
+
+    def load_model(self) -> ClipModel:
+        return load_clip(self.cfg)
+
+    def run_inference(self, batch: Sequence[Sample], model: ClipModel,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[Sample]:
+        image_emb = model.embed_images([decode_rgb(s.image_bytes) for s in batch])
+        if not self.with_text:
+            return [s.replace(image_embedding=e) for s, e in zip(batch, image_emb)]
+        text_emb = model.embed_texts(texts_of(batch))
+        sims = cosine(image_emb, text_emb)
+        return [s.replace(image_embedding=i, text_embedding=t, similarity=float(v))
+                for s, i, t, v in zip(batch, image_emb, text_emb, sims)]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self.cfg.batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        # One copy of a GPU model per machine, shared by the SDK worker processes.
+        return self.cfg.device.startswith("cuda")
+
+    def get_metrics_namespace(self) -> str:
+        return "clip"
+
+
+class _SimilarityThreshold(beam.DoFn):
+    def __init__(self, minimum: Optional[float]):
+        self.minimum = minimum
+
+    def process(self, s: Sample):
+        reason = image_filter.similarity(s.similarity, self.minimum)
+        if reason:
+            yield drop(s, reason, STAGE, detail=f"{s.similarity:.4f}" if s.similarity is not None else None)
+        else:
+            yield s
+
+
+class ScoreWithClip(beam.PTransform):
+    """Embed images and captions with CLIP, then drop pairs under the similarity threshold."""
+
+    def __init__(self, cfg: ClipConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, samples):
+        scored = samples | "CLIP embeddings" >> RunInference(OpenClipHandler(self.cfg))
+        return apply_with_drops(scored, "Similarity threshold", _SimilarityThreshold(self.cfg.min_similarity))

@@ -1,0 +1,176 @@
+"""Decode, check, resize and re-encode downloaded images.
+
+Resizing follows img2dataset's semantics exactly (modes ``no``, ``keep_ratio``, ``center_crop``,
+``border``; output sizes rounded as its albumentations transforms do, white padding, alpha
+composited on white), so recipes mean what img2dataset users expect, and a test checks our sizes
+against img2dataset's own ``Resizer``.  We do not call that ``Resizer``: it decodes with OpenCV
+from bytes, with no JPEG draft mode (decoding a 4000 px JPEG at 1/8 scale is several times
+faster) and no decompression-bomb guard before the pixels are allocated, and it needs
+albumentations at run time.  One Pillow decode serves the checks, the hashes and the resize.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import apache_beam as beam
+import imagehash
+from PIL import Image, ImageOps
+
+from filters import image as image_filter
+
+from .recipe import ImageConfig
+from .records import Sample
+from .stage import apply_with_drops, drop
+
+STAGE = "image"
+WHITE = (255, 255, 255)
+_ORIENTATION = 0x0112  # EXIF tag
+
+
+class ImageRejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class ProcessedImage:
+    data: bytes
+    format: str  # "jpg" | "png"
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+    sha256: str
+    phash: str
+
+
+def target_size(width: int, height: int, cfg: ImageConfig) -> Tuple[int, int]:
+    """The size img2dataset's resizer scales to, before any crop or border."""
+    if cfg.resize_mode == "no":
+        return width, height
+    side = min(width, height) if cfg.resize_mode in ("keep_ratio", "center_crop") else max(width, height)
+    if cfg.resize_only_if_bigger and side <= cfg.image_size:
+        return width, height
+    scale = cfg.image_size / side
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageRejected("decompression_bomb", str(e))
+    except Exception as e:  # UnidentifiedImageError and friends: the bytes are not an image
+        raise ImageRejected("not_an_image", str(e)[:200])
+    if img.width * img.height > max_pixels:
+        raise ImageRejected("decompression_bomb", f"{img.width}x{img.height} pixels")
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
+    """Bytes -> RGB image (possibly JPEG-draft reduced) and the original size; checks the filters."""
+    img = _open(data, cfg.max_pixels)
+    width, height = img.size
+    for reason in (image_filter.min_side(width, height, cfg.min_side),
+                   image_filter.aspect_ratio(width, height, cfg.max_aspect_ratio)):
+        if reason:
+            raise ImageRejected(reason, f"{width}x{height}")
+    rotated = "exif" in img.info and img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
+    if rotated:  # the image is shown (and measured) transposed
+        width, height = height, width
+    if img.format == "JPEG":
+        w, h = target_size(width, height, cfg)
+        img.draft("RGB", (h, w) if rotated else (w, h))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+            if "exif" in img.info:
+                img = ImageOps.exif_transpose(img)
+            return _to_rgb(img), width, height
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected("decompression_bomb", str(e))
+    except Exception as e:
+        raise ImageRejected("decode_error", str(e)[:200])
+
+
+def resize(img: Image.Image, original: Tuple[int, int], cfg: ImageConfig) -> Image.Image:
+    """img2dataset's resize modes with Pillow (area filter to shrink, Lanczos to enlarge)."""
+    size = target_size(*original, cfg)
+    if size != img.size:
+        shrink = size[0] * size[1] < img.width * img.height
+        img = img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
+    n = cfg.image_size
+    if cfg.resize_mode == "center_crop" and (img.width > n or img.height > n):
+        left, top = max(0, (img.width - n) // 2), max(0, (img.height - n) // 2)
+        img = img.crop((left, top, left + min(n, img.width), top + min(n, img.height)))
+    elif cfg.resize_mode == "border" and (img.width < n or img.height < n):
+        canvas = Image.new("RGB", (max(n, img.width), max(n, img.height)), WHITE)
+        canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
+        img = canvas
+    return img
+
+
+def encode(img: Image.Image, cfg: ImageConfig) -> bytes:
+    buf = io.BytesIO()
+    if cfg.encode_format == "jpg":
+        img.save(buf, format="JPEG", quality=cfg.encode_quality)
+    else:
+        img.save(buf, format="PNG", compress_level=min(9, max(0, cfg.encode_quality // 10)))
+    return buf.getvalue()
+
+
+def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
+    """The whole image stage on one image; raises ImageRejected with a reason token."""
+    if not data:
+        raise ImageRejected("empty_body")
+    img, width, height = decode(data, cfg)
+    phash = str(imagehash.phash(img))
+    out = resize(img, (width, height), cfg)
+    encoded = encode(out, cfg)
+    return ProcessedImage(encoded, cfg.encode_format, out.width, out.height, width, height,
+                          hashlib.sha256(encoded).hexdigest(), phash)
+
+
+class _ProcessImage(beam.DoFn):
+    def __init__(self, cfg: ImageConfig):
+        self.cfg = cfg
+
+    def process(self, s: Sample):
+        try:
+            p = process_image(s.image_bytes, self.cfg)
+        except ImageRejected as e:
+            yield drop(s, e.reason, STAGE, detail=e.detail)
+            return
+        except Exception as e:  # an image that breaks the decoder must not break the build
+            yield drop(s, "decode_error", STAGE, detail=f"{type(e).__name__}: {e}"[:200])
+            return
+        yield s.replace(image_bytes=p.data, image_format=p.format, width=p.width, height=p.height,
+                        original_width=p.original_width, original_height=p.original_height,
+                        sha256=p.sha256, phash=p.phash)
+
+
+class ProcessImages(beam.PTransform):
+    """Decode, check size and aspect ratio, resize, re-encode, hash."""
+
+    def __init__(self, cfg: ImageConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, samples):
+        return apply_with_drops(samples, "Decode, resize and encode", _ProcessImage(self.cfg))

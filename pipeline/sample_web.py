@@ -1,0 +1,364 @@
+"""An embedded web server on loopback: serves the files under a root, plus misbehaving answers.
+
+The local sample build uses it to serve the bundled images, and tests use it as a small, fully
+controlled web.  A path is either a file under the root (``/cats/1.jpg``) or starts with the name
+of a behaviour, then the behaviour's parameters, then the rest of the path (usually a file):
+
+==============================  =================================================================
+``/status/<code>/<anything>``   answer with status ``code`` (200-599) and a short text body; with
+                                ``?retry_after=S`` also send ``Retry-After: S``
+``/slow/<seconds>/<file>``      wait ``seconds`` (at most 30; cut short when the server stops),
+                                then serve the file
+``/noai/<file>``                serve the file with ``X-Robots-Tag: noai``
+``/robots/<value>/<file>``      serve the file with ``X-Robots-Tag: <value>`` (percent-encoded)
+``/as-html/<file>``             serve the file's bytes as ``text/html``
+``/flaky/<n>/<file>``           answer 503 with ``Retry-After: 0`` the first ``n`` times this exact
+                                path is requested, then serve the file
+``/redirect/<n>/<file>``        302 to ``/redirect/<n-1>/<file>``; ``/redirect/0/<file>`` serves it
+``/redirect-to?url=<url>``      302 to ``url``
+``/huge/<file>``                declare a Content-Length of 10 GB, then send the file's bytes
+``/no-length/<file>``           serve the file without a Content-Length (the body ends at close)
+==============================  =================================================================
+
+Add a behaviour by writing a handler ``(request, params, rest)`` and a row in ``BEHAVIOURS``.
+Behaviours do not combine.  Answers are HTTP/1.0: one request per connection.
+
+Run ``python -m pipeline.sample_web ROOT [--port N]`` to serve a folder until Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable, Optional, Union
+from urllib.parse import parse_qs, quote, unquote
+
+CONTENT_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".html": "text/html",
+}
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_SLOW_S = 30.0
+HUGE_CONTENT_LENGTH = 10 * 10**9
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class _BadRequest(Exception):
+    """A behaviour's parameters do not parse; answered with 400."""
+
+
+def _int_param(text: str, low: int, high: int) -> int:
+    """``text`` as an integer in [low, high]."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise _BadRequest(f"not an integer: {text!r}") from exc
+    if not low <= value <= high:
+        raise _BadRequest(f"{value} is outside {low}..{high}")
+    return value
+
+
+def _seconds_param(text: str) -> float:
+    """``text`` as a number of seconds, capped at ``MAX_SLOW_S``."""
+    try:
+        seconds = float(text)
+    except ValueError as exc:
+        raise _BadRequest(f"not a number: {text!r}") from exc
+    if not seconds >= 0:  # also refuses NaN
+        raise _BadRequest(f"negative seconds: {text!r}")
+    return min(seconds, MAX_SLOW_S)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers one request: a behaviour from ``BEHAVIOURS``, or a file under the root."""
+
+    server: "_Server"
+    url_path: str  # the requested path, without the query string
+    query: dict[str, str]  # the query parameters (the last value of each)
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+        """Record the request, then answer it."""
+        path, _, query = self.path.partition("?")
+        self.url_path = path
+        self.query = {name: values[-1] for name, values in parse_qs(query).items()}
+        self.web._record(path, dict(self.headers.items()))
+        try:
+            self._dispatch([unquote(segment) for segment in path.split("/") if segment])
+        except _BadRequest as exc:
+            self.send_text(400, f"bad request: {exc}\n")
+
+    def _dispatch(self, segments: list[str]) -> None:
+        """Run the behaviour named by the first segment, or serve the whole path as a file."""
+        behaviour = BEHAVIOURS.get(segments[0]) if segments else None
+        if behaviour is None:
+            self.send_file(segments)
+            return
+        params, rest = segments[1:1 + behaviour.params], segments[1 + behaviour.params:]
+        if len(params) < behaviour.params:
+            raise _BadRequest(f"/{segments[0]}/ takes {behaviour.params} parameter(s)")
+        behaviour.handle(self, params, rest)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        """Stay quiet: no line per request on stderr."""
+
+    @property
+    def web(self) -> "SampleWeb":
+        """The ``SampleWeb`` this request came to."""
+        return self.server.web
+
+    def send_text(self, status: int, text: str, headers: Optional[dict] = None) -> None:
+        """Answer with ``status`` and a short plain-text body."""
+        self.send_body(status, text.encode(), "text/plain; charset=utf-8", headers)
+
+    def send_redirect(self, location: str) -> None:
+        """Answer 302 to ``location``."""
+        self.send_text(302, f"see {location}\n", {"Location": location})
+
+    def send_file(self, segments: list[str], content_type: Optional[str] = None,
+                  headers: Optional[dict] = None) -> None:
+        """Serve the file at ``segments`` under the root, or answer 404."""
+        path = self.web.file_at(segments)
+        if path is None:
+            self.send_text(404, "not found\n")
+            return
+        media_type = content_type or CONTENT_TYPES.get(path.suffix.lower(), DEFAULT_CONTENT_TYPE)
+        self.send_body(200, path.read_bytes(), media_type, headers)
+
+    def send_body(self, status: int, body: bytes, content_type: str, headers: Optional[dict] = None) -> None:
+        """Send the answer.  ``headers`` are added after Content-Type and Content-Length and may
+        replace them; a header whose value is None is left out."""
+        fields = {"Content-Type": content_type, "Content-Length": str(len(body)), **(headers or {})}
+        self.send_response(status)
+        for name, value in fields.items():
+            if value is not None:
+                self.send_header(name, value)
+        self.end_headers()
+        if status not in _NO_BODY_STATUSES:
+            self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    """The threading server, pointing back at its ``SampleWeb``."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], web: "SampleWeb"):
+        self.web = web
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        """Clients hanging up (timeouts, size caps) is expected here: only report other errors."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+# -- behaviours ---------------------------------------------------------------------------------
+
+Handle = Callable[[_Handler, list, list], None]
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """A path prefix: the number of path segments it takes as parameters, and its handler."""
+
+    params: int
+    handle: Handle
+
+
+def _answer_status(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """Answer with the status code from the path."""
+    status = _int_param(params[0], 200, 599)
+    retry_after = request.query.get("retry_after")
+    request.send_text(status, f"status {status}\n", {"Retry-After": retry_after})
+
+
+def _answer_slow(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """Serve the file after a pause; hang up without answering when the server stops meanwhile."""
+    if request.web.pause(_seconds_param(params[0])):
+        request.send_file(rest)
+
+
+def _answer_noai(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """Serve the file with ``X-Robots-Tag: noai``."""
+    request.send_file(rest, headers={"X-Robots-Tag": "noai"})
+
+
+def _answer_robots(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """Serve the file with the X-Robots-Tag value from the path."""
+    request.send_file(rest, headers={"X-Robots-Tag": params[0]})
+
+
+def _answer_as_html(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """Serve the file's bytes as text/html."""
+    request.send_file(rest, content_type="text/html")
+
+
+def _answer_flaky(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """503 for the first n requests of this path, then the file."""
+    failures = _int_param(params[0], 0, 1_000_000)
+    if request.web.count(request.url_path) <= failures:
+        request.send_text(503, "try again\n", {"Retry-After": "0"})
+    else:
+        request.send_file(rest)
+
+
+def _answer_redirect(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """Redirect to the same path with one hop fewer, or serve the file after the last hop."""
+    hops = _int_param(params[0], 0, 1_000)
+    if hops == 0:
+        request.send_file(rest)
+    else:
+        request.send_redirect("/" + "/".join(["redirect", str(hops - 1), *(quote(s) for s in rest)]))
+
+
+def _answer_redirect_to(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """Redirect to the ``url`` query parameter."""
+    target = request.query.get("url")
+    if not target:
+        raise _BadRequest("/redirect-to needs ?url=")
+    request.send_redirect(target)
+
+
+def _answer_huge(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """Claim a 10 GB body, then send only the file."""
+    request.send_file(rest, headers={"Content-Length": str(HUGE_CONTENT_LENGTH)})
+
+
+def _answer_no_length(request: _Handler, params: list[str], rest: list[str]) -> None:
+    """Serve the file with no Content-Length: the client only learns the size by reading."""
+    request.send_file(rest, headers={"Content-Length": None})
+
+
+BEHAVIOURS: dict[str, Behaviour] = {
+    "status": Behaviour(1, _answer_status),
+    "slow": Behaviour(1, _answer_slow),
+    "noai": Behaviour(0, _answer_noai),
+    "robots": Behaviour(1, _answer_robots),
+    "as-html": Behaviour(0, _answer_as_html),
+    "flaky": Behaviour(1, _answer_flaky),
+    "redirect": Behaviour(1, _answer_redirect),
+    "redirect-to": Behaviour(0, _answer_redirect_to),
+    "huge": Behaviour(0, _answer_huge),
+    "no-length": Behaviour(0, _answer_no_length),
+}
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+class SampleWeb:
+    """A loopback web server in a background thread.
+
+    >>> with SampleWeb("images") as web:          # doctest: +SKIP
+    ...     requests.get(web.url + "/cat.jpg")
+    """
+
+    def __init__(self, root: Union[str, Path], host: str = "127.0.0.1", port: int = 0):
+        self.root = Path(root).resolve()
+        self.host = host
+        self._requested_port = port
+        self._server: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._last_headers: dict[str, dict[str, str]] = {}
+
+    def __enter__(self) -> "SampleWeb":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> "SampleWeb":
+        """Bind the port and serve in a background thread."""
+        if self._server is not None:
+            raise RuntimeError("SampleWeb is already running")
+        self._stopping.clear()
+        self._server = _Server((self.host, self._requested_port), self)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"sample-web-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and free the port; paused (``/slow/``) handlers give up at once."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self._server = self._thread = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one the OS chose when constructed with port 0)."""
+        if self._server is None:
+            raise RuntimeError("SampleWeb is not running")
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
+        return f"http://{self.host}:{self.port}"
+
+    def count(self, path: str) -> int:
+        """How many requests came for ``path`` (as requested, without the query string)."""
+        with self._lock:
+            return self._counts[path]
+
+    def counts(self) -> dict[str, int]:
+        """Requests per path so far."""
+        with self._lock:
+            return dict(self._counts)
+
+    def last_headers(self, path: str) -> Optional[dict[str, str]]:
+        """The headers of the latest request for ``path``, None when there was none."""
+        with self._lock:
+            return self._last_headers.get(path)
+
+    def file_at(self, segments: list[str]) -> Optional[Path]:
+        """The file that path ``segments`` name under the root; None when missing or outside it."""
+        try:
+            path = self.root.joinpath(*segments).resolve()
+        except (OSError, ValueError):  # e.g. an embedded NUL byte
+            return None
+        if not path.is_relative_to(self.root) or not path.is_file():
+            return None
+        return path
+
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds``; False when the server started stopping meanwhile."""
+        return not self._stopping.wait(seconds)
+
+    def _record(self, path: str, headers: dict[str, str]) -> None:
+        """Count a request for ``path`` and keep its headers."""
+        with self._lock:
+            self._counts[path] += 1
+            self._last_headers[path] = headers
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Serve a folder on loopback until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sample_web", description=__doc__.split("\n")[0])
+    parser.add_argument("root", help="folder to serve")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    args = parser.parse_args(argv)
+    with SampleWeb(args.root, port=args.port) as web:
+        print(f"serving {web.root} at {web.url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
