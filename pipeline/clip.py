@@ -19,6 +19,10 @@ from .records import Sample
 from .stage import apply_with_drops, drop
 
 STAGE = "clip"
+# Batched float32 inference differs in the last bits with the batch's composition (which the
+# runner decides); scores are rounded so the stored value and the threshold decision are the
+# same on every run and every runner.
+SIMILARITY_DECIMALS = 4
 
 
 class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
@@ -39,7 +43,7 @@ class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
             return [s.replace(image_embedding=e) for s, e in zip(batch, image_emb)]
         text_emb = model.embed_texts(texts_of(batch))
         sims = cosine(image_emb, text_emb)
-        return [s.replace(image_embedding=i, text_embedding=t, similarity=float(v))
+        return [s.replace(image_embedding=i, text_embedding=t, similarity=round(float(v), SIMILARITY_DECIMALS))
                 for s, i, t, v in zip(batch, image_emb, text_emb, sims)]
 
     def batch_elements_kwargs(self):
