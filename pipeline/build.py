@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from .clip_model import resolve_pretrained
 from .index import INDEX_DIR, WORK_DIR
 from .manifest import MANIFEST, SIZES, BuildResult, collect, summary, write_manifest
 from .recipe import Recipe
@@ -81,6 +82,8 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
     inputs = match_inputs(recipe.input.path)
     rows_in = count_parquet_rows(inputs, recipe.input.limit)
     prepare_output(output_dir, overwrite)
+    if recipe.clip.enabled:
+        resolve_pretrained(recipe.clip)  # builds the tiny synthetic-world CLIP here, not in every worker
     log.info("building %s: %d input files, %d rows -> %s", recipe.name, len(inputs), rows_in, output_dir)
     start = time.monotonic()
     with sample_web_for(recipe):

@@ -1,9 +1,19 @@
-"""The download stage: many requests in flight per worker, every failure a recorded reason."""
+"""The download stage: many requests in flight per worker, every failure a recorded reason.
+
+Each worker keeps up to ``threads`` requests in flight on its own thread pool, streaming: new
+URLs are submitted as elements arrive and finished downloads leave as soon as they are done, so a
+slow server holds one thread, not a whole batch.  What is still in flight when a bundle ends is
+waited for in ``finish_bundle``.
+"""
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
 import logging
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from .fetch import Fetcher, FetchPolicy
 from .progress import Progress
@@ -24,42 +34,55 @@ def fetch_policy(cfg: DownloadConfig) -> FetchPolicy:
     )
 
 
-class _DownloadBatch(beam.DoFn):
-    """A batch of samples -> their images, fetched by the worker's thread pool."""
+def outcome(s: Sample, r):
+    """A FetchResult as what the stage emits: the sample with its bytes, or its drop."""
+    if r.ok:
+        return s.replace(image_bytes=r.data, content_type=r.content_type, http_status=r.status)
+    return drop(s.replace(http_status=r.status), r.reason, STAGE, detail=r.detail)
 
+
+class _Download(beam.DoFn):
     def __init__(self, cfg: DownloadConfig):
         self.cfg = cfg
-        self._fetcher = None
-        self._progress = None
 
     def setup(self):
         self._fetcher = Fetcher(fetch_policy(self.cfg))
+        self._pool = cf.ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="download")
         self._progress = Progress("download", log)
 
-    def teardown(self):
-        if self._fetcher is not None:
-            self._fetcher.close()
+    def start_bundle(self):
+        self._in_flight = collections.deque()
 
-    def process(self, batch):
-        results = self._fetcher.fetch_many([s.url for s in batch], self.cfg.threads)
-        ok = 0
-        for s, r in zip(batch, results):
-            if r.ok:
-                ok += 1
-                yield s.replace(image_bytes=r.data, content_type=r.content_type, http_status=r.status)
+    def process(self, s: Sample):
+        self._in_flight.append((s, self._pool.submit(self._fetcher.fetch, s.url)))
+        # Keep a queue of about two pools' worth, emit what is done from the front.
+        while self._in_flight and (self._in_flight[0][1].done() or len(self._in_flight) > 2 * self.cfg.threads):
+            yield self._finish(*self._in_flight.popleft())
+
+    def finish_bundle(self):
+        while self._in_flight:
+            out = self._finish(*self._in_flight.popleft())
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, -1, [GlobalWindow()]))
             else:
-                yield drop(s.replace(http_status=r.status), r.reason, STAGE, detail=r.detail)
-        self._progress.add(len(batch), ok=ok)
+                yield WindowedValue(out, -1, [GlobalWindow()])
+
+    def _finish(self, s: Sample, future):
+        r = future.result()
+        self._progress.add(1, ok=int(r.ok))
+        return outcome(s, r)
+
+    def teardown(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._fetcher.close()
 
 
 class DownloadImages(beam.PTransform):
-    """Fetch each sample's URL; the thread pool keeps ``threads`` requests in flight per worker."""
+    """Fetch each sample's URL, ``threads`` requests in flight per worker."""
 
     def __init__(self, cfg: DownloadConfig):
         super().__init__()
         self.cfg = cfg
 
     def expand(self, samples):
-        batches = samples | "Batch for the thread pool" >> beam.BatchElements(
-            min_batch_size=1, max_batch_size=self.cfg.batch_size)
-        return apply_with_drops(batches, "Fetch images", _DownloadBatch(self.cfg))
+        return apply_with_drops(samples, "Fetch images", _Download(self.cfg))

@@ -71,7 +71,6 @@ class MetadataFilterConfig:
 @dataclass(frozen=True)
 class DownloadConfig:
     threads: int = 32  # concurrent requests per worker
-    batch_size: int = 64  # rows handed to the thread pool at once
     timeout_s: float = 10.0
     deadline_s: float = 30.0
     retries: int = 2
