@@ -1,0 +1,27 @@
+"""Running a small Beam graph in-process and getting its PCollections back as lists."""
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+
+# The in-process DirectRunner runs DoFns in this interpreter; a module-level sink is shared by
+# reference (functions defined at module level are pickled by name), a closure would be copied.
+_SINKS: dict = defaultdict(list)
+
+
+def _collect(run_id: str, name: str, values) -> None:
+    _SINKS[(run_id, name)].extend(values)
+
+
+def run_collect(build) -> dict:
+    """``build(p)`` returns {name: PCollection}; returns {name: list of its elements}."""
+    run_id = uuid.uuid4().hex
+    with TestPipeline() as p:
+        outputs = build(p)
+        for name, pcoll in outputs.items():
+            (pcoll | f"All {name}" >> beam.combiners.ToList()
+             | f"Collect {name}" >> beam.Map(lambda xs, n=name: _collect(run_id, n, xs)))
+    return {name: _SINKS.pop((run_id, name), []) for name in outputs}

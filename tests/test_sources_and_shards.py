@@ -1,0 +1,122 @@
+"""Reading LAION parquet into samples, and numbering and writing samples into shards."""
+from __future__ import annotations
+
+import hashlib
+import random
+import tarfile
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.recipe import InputConfig, LaionColumns
+from pipeline.records import Sample
+from pipeline.shard import NumberSamples, chunk_offsets, sample_key, shard_name, write_tar
+from pipeline.sources import ReadLaionRows, match_inputs
+
+from .beam_util import run_collect
+
+
+def _run_read(paths, config=InputConfig()):
+    def build(p):
+        kept, dropped = p | ReadLaionRows(config, paths)
+        return {"kept": kept, "dropped": dropped}
+
+    out = run_collect(build)
+    return out["kept"], out["dropped"]
+
+
+def test_rows_of_every_row_group_get_stable_ids_and_metadata(tmp_path):
+    n = 250
+    table = pa.table({
+        "URL": [f"http://example.com/{i}.jpg" for i in range(n)],
+        "TEXT": [f"caption {i}" for i in range(n)],
+        "WIDTH": list(range(n)),
+        "punsafe": [float("nan") if i % 7 == 0 else 0.01 * (i % 100) for i in range(n)],
+    })
+    path = tmp_path / "part-00000.parquet"
+    pq.write_table(table, path, row_group_size=64)  # 4 row groups
+    kept, dropped = _run_read([str(path)])
+    assert dropped == []
+    by_row = {s.row: s for s in kept}
+    assert sorted(by_row) == list(range(n))
+    for i, s in by_row.items():
+        assert s.id == f"part-00000.parquet:{i}" and s.url == f"http://example.com/{i}.jpg"
+        assert s.caption == f"caption {i}" and s.meta["width"] == i
+        assert "height" not in s.meta  # optional column absent: no error, no value
+        assert s.meta["punsafe"] is None if i % 7 == 0 else s.meta["punsafe"] == pytest.approx(0.01 * (i % 100))
+
+
+def test_custom_column_names_and_limit(tmp_path):
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"link": ["http://a/1", "http://a/2", "http://a/3"], "alt": ["x y", "y z", "z w"]}), path)
+    cfg = InputConfig(columns=LaionColumns(url="link", caption="alt"), limit=2)
+    kept, _ = _run_read([str(path)], cfg)
+    assert sorted((s.row, s.url, s.caption) for s in kept) == [(0, "http://a/1", "x y"), (1, "http://a/2", "y z")]
+
+
+def test_missing_required_column_drops_every_row_with_a_reason(tmp_path):
+    path = tmp_path / "nocaption.parquet"
+    pq.write_table(pa.table({"URL": ["http://a/1", "http://a/2"]}), path)
+    kept, dropped = _run_read([str(path)])
+    assert kept == []
+    assert sorted(d.row for d in dropped) == [0, 1]
+    assert {d.reason for d in dropped} == {"missing_column"} and "TEXT" in dropped[0].detail
+
+
+def test_unreadable_file_is_a_recorded_drop(tmp_path):
+    good, bad = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.table({"URL": ["http://a/1"], "TEXT": ["a b"]}), good)
+    bad.write_bytes(b"PAR1 this is not parquet")
+    kept, dropped = _run_read([str(good), str(bad)])
+    assert [s.id for s in kept] == ["a.parquet:0"]
+    assert [(d.reason, d.source_index) for d in dropped] == [("unreadable_input", 1)]
+
+
+def test_match_inputs_sorts_and_complains(tmp_path):
+    for name in ("b.parquet", "a.parquet"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.rsplit("/", 1)[1] for p in match_inputs(str(tmp_path / "*.parquet"))] == ["a.parquet", "b.parquet"]
+    with pytest.raises(FileNotFoundError):
+        match_inputs(str(tmp_path / "*.nothing"))
+
+
+def test_chunk_offsets_are_prefix_sums_in_chunk_order():
+    assert chunk_offsets([("000001-000000000000", 3), ("000000-000000000001", 5), ("000000-000000000000", 2)]) == {
+        "000000-000000000000": 0, "000000-000000000001": 2, "000001-000000000000": 7}
+    assert chunk_offsets([]) == {}
+
+
+def test_numbering_follows_input_order_whatever_the_arrival_order():
+    rng = random.Random(3)
+    positions = sorted(rng.sample([(f, r) for f in range(3) for r in range(500)], 400))
+    shuffled = positions[:]
+    rng.shuffle(shuffled)
+    samples = [Sample(id=f"{f}:{r}", source_index=f, row=r, url=None) for f, r in shuffled]
+    out = run_collect(lambda p: {"r": p | beam.Create(samples) | NumberSamples(chunk_rows=37)})
+    got = sorted((rank, (s.source_index, s.row)) for rank, s in out["r"])
+    assert [rank for rank, _ in got] == list(range(len(positions)))
+    assert [pos for _, pos in got] == positions
+
+
+def _members(i):
+    key = sample_key(i)
+    return {"__key__": key, "jpg": bytes([i]) * 100, "txt": f"caption {i}".encode(), "json": b"{}"}
+
+
+def test_write_tar_is_atomic_deterministic_and_sorted(tmp_path):
+    a, b = tmp_path / "a" / shard_name(0), tmp_path / "b" / shard_name(0)
+    a.parent.mkdir(), b.parent.mkdir()
+    ca = write_tar(str(a), (_members(i) for i in range(5)))
+    cb = write_tar(str(b), (_members(i) for i in range(5)))
+    assert ca == cb and ca[0] == 5
+    assert a.read_bytes() == b.read_bytes()
+    assert ca[1] == a.stat().st_size and ca[2] == hashlib.sha256(a.read_bytes()).hexdigest()
+    assert not list(tmp_path.glob("*/*.tmp"))
+    with tarfile.open(a) as tf:
+        assert tf.getnames()[:3] == ["0000000000.jpg", "0000000000.json", "0000000000.txt"]
+        assert tf.extractfile("0000000003.txt").read() == b"caption 3"
+    write_tar(str(a), (_members(i) for i in range(2)))  # rewriting replaces the file whole
+    with tarfile.open(a) as tf:
+        assert len(tf.getnames()) == 6
