@@ -35,11 +35,8 @@ def _cmd_build(args, beam_args: List[str]) -> int:
 
 def _cmd_sample(args, beam_args: List[str]) -> int:
     from .build import run_build, summary
-    from .tiny_clip import ensure_tiny_clip
 
     recipe = load_recipe(args.recipe)
-    if recipe.clip.enabled and recipe.clip.pretrained == "synthetic-world":
-        ensure_tiny_clip(log=lambda m: print(f"tiny CLIP: {m}", flush=True))
     out = str(Path(args.output) / recipe.input.corpus)
     result = run_build(recipe, out, beam_args, overwrite=True)
     print(summary(result))
@@ -52,6 +49,21 @@ def _cmd_tiny_clip(args, beam_args: List[str]) -> int:
     path = ensure_tiny_clip(Path(args.cache_dir) if args.cache_dir else None)
     print(path)
     print(metrics_path(path).read_text())
+    return 0
+
+
+def _cmd_realign(args, beam_args: List[str]) -> int:
+    from .realign import realign_file
+
+    def report(line: int, error: str) -> None:
+        print(f"{args.input}:{line}: {error}", file=sys.stderr)
+
+    try:
+        stats = realign_file(args.input, args.output, args.leftover, on_invalid=report)
+    except OSError as e:
+        print(f"flamingo-corpus: {e}", file=sys.stderr)
+        return 2
+    print(stats.summary())
     return 0
 
 
@@ -78,6 +90,18 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny-clip", help="train (once) and show the tiny CLIP used by tests and samples")
     t.add_argument("--cache-dir", help="cache directory (default: $FLAMINGO_CORPUS_CACHE or ~/.cache/flamingo-corpus)")
     t.set_defaults(func=_cmd_tiny_clip)
+
+    r = sub.add_parser("realign", help="recompute MMC4 image-to-sentence assignments from the similarity matrices",
+                       description="Rewrite an MMC4 shard with every image's matched_text_index and matched_sim "
+                                   "recomputed (mmc4 v1.0 stored some wrong ones). Invalid lines are reported "
+                                   "on stderr and left out.")
+    r.add_argument("input", help="MMC4 shard: .jsonl, or .zip / .jsonl.zip with one jsonl inside")
+    r.add_argument("output", help="output .jsonl (local path or gs://, s3:// URL)")
+    r.add_argument("--leftover", choices=("argmax", "drop"), default="argmax",
+                   help="images left over when there are more images than sentences: put them with their "
+                        "most similar sentence (mmc4) or remove them from the document, as the OpenFlamingo "
+                        "loader leaves them out (default: %(default)s)")
+    r.set_defaults(func=_cmd_realign)
     return ap
 
 

@@ -1,0 +1,113 @@
+"""Multimodal C4 documents: read them from jsonl shards, validate them, name them.
+
+A shard is one JSON document per line, either as a plain ``.jsonl`` file or, as released, one
+jsonl inside a ``.zip``.  Files are opened with Beam's ``FileSystems``, so local paths, gs:// and
+s3:// all work, and they are read line by line: a shard never sits in memory whole.
+
+Reading and validating are separate steps with separate reasons: :func:`read_documents` reports
+lines that are not JSON, :func:`validate_document` reports JSON that is not an MMC4 document, and
+:func:`checked_documents` does both.  Unknown fields (``could_have_url_duplicate``,
+``face_detections``, ...) are kept untouched.
+"""
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import zipfile
+from typing import IO, Any, Iterable, Iterator, Optional, Tuple
+
+from apache_beam.io.filesystems import FileSystems
+
+REQUIRED_FIELDS = ("url", "text_list", "image_info", "similarity_matrix")
+
+# (line number from 1 -- or 0 for an error about the whole file --, document or None, error or None)
+Item = Tuple[int, Optional[Any], Optional[str]]
+
+
+def read_documents(path: str) -> Iterator[Item]:
+    """Yield ``(line_number, document, None)`` or ``(line_number, None, error)`` for every line.
+
+    Lines are numbered from 1; blank lines are skipped (they hold no document) but still counted.
+    A line that is not JSON gives ``"bad_json: <why>"``.  Errors about the whole file have line 0:
+    ``zip_without_jsonl``, ``zip_with_several_jsonl`` and ``bad_zip`` (not a zip archive).
+    """
+    with FileSystems.open(path) as raw:
+        if path.lower().endswith(".zip"):
+            yield from _read_zip(raw)
+        else:
+            yield from _parse_lines(raw)
+
+
+def _read_zip(raw: IO[bytes]) -> Iterator[Item]:
+    """The items of the one jsonl inside a zip, decompressed as it is read."""
+    try:
+        archive = zipfile.ZipFile(raw)
+    except zipfile.BadZipFile:
+        yield 0, None, "bad_zip"
+        return
+    with archive:
+        names = [n for n in archive.namelist() if n.lower().endswith(".jsonl")]
+        if len(names) != 1:
+            yield 0, None, "zip_without_jsonl" if not names else "zip_with_several_jsonl"
+            return
+        with archive.open(names[0]) as member:
+            yield from _parse_lines(member)
+
+
+def _parse_lines(lines: Iterable[bytes]) -> Iterator[Item]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line), None
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are ValueErrors
+            yield number, None, f"bad_json: {e}"
+
+
+def validate_document(doc: Any) -> Optional[str]:
+    """``None`` for a well-formed MMC4 document, else the first reason token that applies.
+
+    ``text_list`` must be a non-empty list of strings (images need sentences to be aligned into),
+    ``image_info`` a list of objects, and ``similarity_matrix`` ``len(image_info)`` rows of
+    ``len(text_list)`` finite numbers each.
+    """
+    if not isinstance(doc, dict):
+        return "not_an_object"
+    if any(field not in doc for field in REQUIRED_FIELDS):
+        return "missing_field"
+    texts, images = doc["text_list"], doc["image_info"]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        return "bad_text_list"
+    if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
+        return "bad_image_info"
+    if not _is_matrix(doc["similarity_matrix"], len(images), len(texts)):
+        return "bad_matrix_shape"
+    return None
+
+
+def _is_matrix(value: Any, rows: int, columns: int) -> bool:
+    return (isinstance(value, list) and len(value) == rows
+            and all(isinstance(row, list) and len(row) == columns and all(map(_is_number, row))
+                    for row in value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def checked_documents(path: str) -> Iterator[Item]:
+    """:func:`read_documents` with :func:`validate_document` applied: invalid documents become errors."""
+    for number, doc, error in read_documents(path):
+        reason = error or validate_document(doc)
+        yield (number, None, reason) if reason else (number, doc, None)
+
+
+def reason_token(error: str) -> str:
+    """The stable token of an error (``"bad_json: Expecting value ..."`` -> ``"bad_json"``), for counting."""
+    return error.split(":", 1)[0]
+
+
+def document_id(source_name: str, line_number: int) -> str:
+    """``"<file name>:<line>"``: unique within a build whose shards have distinct file names."""
+    return f"{posixpath.basename(source_name)}:{line_number}"
