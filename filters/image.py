@@ -24,3 +24,8 @@ def similarity(value: Optional[float], minimum: Optional[float]) -> Optional[str
     if value is None:
         return "no_similarity"
     return "low_similarity" if value < minimum else None
+
+
+def encoded_size(n_bytes: int, minimum: int) -> Optional[str]:
+    """OpenFlamingo's MMC4 loader silently skips images under 11,000 bytes (``len(raw) // 1000 <= 10``)."""
+    return "too_few_bytes" if n_bytes < minimum else None

@@ -74,22 +74,23 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
 
 
 def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), overwrite: bool = False) -> BuildResult:
-    if recipe.input.corpus != "laion":
-        raise NotImplementedError(f"corpus {recipe.input.corpus!r} is not built yet")
-    from .laion import build_laion
-
     output_dir = output_dir.rstrip("/")
     inputs = match_inputs(recipe.input.path)
-    rows_in = count_parquet_rows(inputs, recipe.input.limit)
+    if recipe.input.corpus == "laion":
+        from .laion import build_laion as build
+        rows_in, kind = count_parquet_rows(inputs, recipe.input.limit), "row"
+    else:
+        from .mmc4_pipeline import build_mmc4 as build
+        rows_in, kind = None, "document"  # counting lines would read every shard twice
     prepare_output(output_dir, overwrite)
     if recipe.clip.enabled:
         resolve_pretrained(recipe.clip)  # builds the tiny synthetic-world CLIP here, not in every worker
-    log.info("building %s: %d input files, %d rows -> %s", recipe.name, len(inputs), rows_in, output_dir)
+    log.info("building %s: %d input files -> %s", recipe.name, len(inputs), output_dir)
     start = time.monotonic()
     with sample_web_for(recipe):
         with beam.Pipeline(options=pipeline_options(beam_args)) as p:
-            build_laion(p, recipe, inputs, output_dir)
-    result = collect(output_dir, recipe, rows_in, time.monotonic() - start)
+            build(p, recipe, inputs, output_dir)
+    result = collect(output_dir, recipe, rows_in, time.monotonic() - start, kind=kind)
     write_manifest(result)
     return result
 

@@ -13,7 +13,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from filters import image as image_filter
 
-from .clip_model import ClipModel, cosine, decode_rgb, load_clip, texts_of
+from .clip_model import ClipModel, decode_rgb, load_clip, texts_of
 from .recipe import ClipConfig
 from .records import Sample
 from .stage import apply_with_drops, drop
@@ -26,25 +26,34 @@ SIMILARITY_DECIMALS = 4
 
 
 class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
-    """RunInference handler: a batch of Samples in, the same Samples with embeddings out."""
+    """RunInference handler: a batch of Samples in, the same Samples with embeddings out.
 
-    def __init__(self, cfg: ClipConfig, with_text: bool = True):
+    A sample with image bytes gets an image embedding, one with a caption a text embedding, one
+    with both (a LAION pair) also their cosine similarity.  MMC4 images and sentences travel as
+    image-only and text-only samples through the same handler.
+    """
+
+    def __init__(self, cfg: ClipConfig):
         super().__init__()
         self.cfg = cfg
-        self.with_text = with_text
 
     def load_model(self) -> ClipModel:
         return load_clip(self.cfg)
 
     def run_inference(self, batch: Sequence[Sample], model: ClipModel,
                       inference_args: Optional[Dict[str, Any]] = None) -> Iterable[Sample]:
-        image_emb = model.embed_images([decode_rgb(s.image_bytes) for s in batch])
-        if not self.with_text:
-            return [s.replace(image_embedding=e) for s, e in zip(batch, image_emb)]
-        text_emb = model.embed_texts(texts_of(batch))
-        sims = cosine(image_emb, text_emb)
-        return [s.replace(image_embedding=i, text_embedding=t, similarity=round(float(v), SIMILARITY_DECIMALS))
-                for s, i, t, v in zip(batch, image_emb, text_emb, sims)]
+        with_image = [i for i, s in enumerate(batch) if s.image_bytes is not None]
+        with_text = [i for i, s in enumerate(batch) if s.caption is not None]
+        image_emb = dict(zip(with_image, model.embed_images([decode_rgb(batch[i].image_bytes) for i in with_image])
+                             if with_image else []))
+        text_emb = dict(zip(with_text, model.embed_texts(texts_of([batch[i] for i in with_text]))
+                            if with_text else []))
+        out = []
+        for i, s in enumerate(batch):
+            img, txt = image_emb.get(i), text_emb.get(i)
+            sim = round(float(img @ txt), SIMILARITY_DECIMALS) if img is not None and txt is not None else None
+            out.append(s.replace(image_embedding=img, text_embedding=txt, similarity=sim))
+        return out
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": self.cfg.batch_size}
@@ -69,6 +78,17 @@ class _SimilarityThreshold(beam.DoFn):
             yield s
 
 
+class EmbedWithClip(beam.PTransform):
+    """Image and/or text embeddings of every sample (and the pair's similarity where both)."""
+
+    def __init__(self, cfg: ClipConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, samples):
+        return samples | "CLIP embeddings" >> RunInference(OpenClipHandler(self.cfg))
+
+
 class ScoreWithClip(beam.PTransform):
     """Embed images and captions with CLIP, then drop pairs under the similarity threshold."""
 
@@ -77,5 +97,5 @@ class ScoreWithClip(beam.PTransform):
         self.cfg = cfg
 
     def expand(self, samples):
-        scored = samples | "CLIP embeddings" >> RunInference(OpenClipHandler(self.cfg))
+        scored = samples | "Embed" >> EmbedWithClip(self.cfg)
         return apply_with_drops(scored, "Similarity threshold", _SimilarityThreshold(self.cfg.min_similarity))

@@ -115,10 +115,5 @@ def decode_rgb(data: bytes):
         return im.convert("RGB")
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of L2-normalised embeddings."""
-    return np.einsum("ij,ij->i", a, b)
-
-
 def texts_of(samples) -> List[str]:
     return [s.caption or "" for s in samples]

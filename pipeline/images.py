@@ -1,7 +1,7 @@
 """Decode, check, resize and re-encode downloaded images.
 
 Resizing follows img2dataset's semantics exactly (modes ``no``, ``keep_ratio``, ``center_crop``,
-``border``; output sizes rounded as its albumentations transforms do, white padding, alpha
+``border``, ``keep_ratio_largest``; output sizes rounded as its albumentations transforms do, white padding, alpha
 composited on white), so recipes mean what img2dataset users expect, and a test checks our sizes
 against img2dataset's own ``Resizer``.  We do not call that ``Resizer``: it decodes with OpenCV
 from bytes, with no JPEG draft mode (decoding a 4000 px JPEG at 1/8 scale is several times
@@ -54,6 +54,7 @@ def target_size(width: int, height: int, cfg: ImageConfig) -> Tuple[int, int]:
     """The size img2dataset's resizer scales to, before any crop or border."""
     if cfg.resize_mode == "no":
         return width, height
+    # keep_ratio / center_crop scale the short side to image_size; border / keep_ratio_largest the long one.
     side = min(width, height) if cfg.resize_mode in ("keep_ratio", "center_crop") else max(width, height)
     if cfg.resize_only_if_bigger and side <= cfg.image_size:
         return width, height
@@ -143,6 +144,9 @@ def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
     phash = str(imagehash.phash(img))
     out = resize(img, (width, height), cfg)
     encoded = encode(out, cfg)
+    reason = image_filter.encoded_size(len(encoded), cfg.min_encoded_bytes)
+    if reason:
+        raise ImageRejected(reason, f"{len(encoded)} bytes")
     return ProcessedImage(encoded, cfg.encode_format, out.width, out.height, width, height,
                           hashlib.sha256(encoded).hexdigest(), phash)
 

@@ -20,7 +20,7 @@ WORK_DIR = "_build"
 
 INDEX_SCHEMA = pa.schema([
     ("id", pa.string()), ("source_index", pa.int64()), ("row", pa.int64()),
-    ("status", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("stage", pa.string()),
+    ("status", pa.string()), ("kind", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("stage", pa.string()),
     ("key", pa.string()), ("shard", pa.string()), ("url", pa.string()), ("caption", pa.string()),
     ("doc_id", pa.string()), ("position", pa.int64()), ("language", pa.string()),
     ("original_width", pa.int64()), ("original_height", pa.int64()),
@@ -50,10 +50,10 @@ class WriteIndex(beam.PTransform):
             file_name_suffix=".parquet", num_shards=self.num_shards)
         return (
             rows
-            | "Status and reason" >> beam.Map(lambda r: ((r.stage or "", r.status, r.reason or ""), 1))
+            | "Status and reason" >> beam.Map(lambda r: ((r.kind, r.stage or "", r.status, r.reason or ""), 1))
             | "Count per reason" >> beam.CombinePerKey(sum)
             | "Counts as JSON" >> beam.MapTuple(lambda k, n: _json_line(
-                {"stage": k[0], "status": k[1], "reason": k[2] or None, "count": n}))
+                {"kind": k[0], "stage": k[1], "status": k[2], "reason": k[3] or None, "count": n}))
             | "Write counts" >> beam.io.WriteToText(
                 posixpath.join(self.output_dir, WORK_DIR, "counts"), file_name_suffix=".jsonl", num_shards=1)
         )

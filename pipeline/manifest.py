@@ -5,7 +5,7 @@ import json
 import posixpath
 import subprocess
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -49,52 +49,81 @@ def _write_json(path: str, obj) -> None:
         f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+UNITS = {"row": "rows", "document": "documents", "image": "images"}
+
+
 @dataclass
 class BuildResult:
+    """The counts of a finished build.  ``kind`` is what one input row is: a LAION "row" or an
+    MMC4 "document"; MMC4 builds also count their "image"s."""
+
     output_dir: str
     recipe: Recipe
     rows_in: Optional[int]
     counts: List[dict]
     shards: List[dict]
     seconds: float
-    unit: str = "rows"
-    extra: Dict[str, object] = field(default_factory=dict)
+    kind: str = "row"
 
-    @property
-    def kept(self) -> int:
-        return sum(c["count"] for c in self.counts if c["status"] == "kept")
+    def _counts(self, kind: Optional[str] = None) -> List[dict]:
+        kind = kind or self.kind
+        return [c for c in self.counts if c.get("kind", "row") == kind]
 
-    @property
-    def accounted(self) -> int:
-        return sum(c["count"] for c in self.counts)
+    def kept_of(self, kind: Optional[str] = None) -> int:
+        return sum(c["count"] for c in self._counts(kind) if c["status"] == "kept")
 
-    @property
-    def drops(self) -> Dict[str, int]:
+    def accounted_of(self, kind: Optional[str] = None) -> int:
+        return sum(c["count"] for c in self._counts(kind))
+
+    def drops_of(self, kind: Optional[str] = None) -> Dict[str, int]:
         out: Dict[str, int] = defaultdict(int)
-        for c in self.counts:
+        for c in self._counts(kind):
             if c["status"] == "dropped":
                 out[f"{c['stage']}/{c['reason']}"] += c["count"]
         return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
     @property
-    def downloaded(self) -> int:
-        return sum(c["count"] for c in self.counts
+    def kept(self) -> int:
+        return self.kept_of()
+
+    @property
+    def accounted(self) -> int:
+        return self.accounted_of()
+
+    @property
+    def drops(self) -> Dict[str, int]:
+        return self.drops_of()
+
+    @property
+    def kinds(self) -> List[str]:
+        return sorted({c.get("kind", "row") for c in self.counts} | {self.kind}, key=list(UNITS).index)
+
+    def downloaded_of(self, kind: str) -> int:
+        return sum(c["count"] for c in self._counts(kind)
                    if c["status"] == "kept" or c["stage"] not in BEFORE_DOWNLOAD)
 
+    def _totals(self, kind: str) -> dict:
+        unit = UNITS[kind]
+        totals = {f"{unit}_in": self.rows_in if kind == self.kind else None,
+                  "accounted": self.accounted_of(kind), "kept": self.kept_of(kind),
+                  "dropped": self.accounted_of(kind) - self.kept_of(kind)}
+        if kind != "document":
+            totals["downloaded"] = self.downloaded_of(kind)
+        return totals
+
     def manifest(self) -> dict:
+        shards = sorted(self.shards, key=lambda s: s["name"])
         return {
             "recipe": self.recipe.to_dict(),
             "recipe_sha256": self.recipe.digest(),
             "code_version": code_version(),
-            "shards": sorted(self.shards, key=lambda s: s["name"]),
-            "totals": {
-                f"{self.unit}_in": self.rows_in, "accounted": self.accounted, "downloaded": self.downloaded,
-                "kept": self.kept, "dropped": self.accounted - self.kept,
-                "shards": len(self.shards), "bytes": sum(s["bytes"] for s in self.shards),
-            },
+            "unit": UNITS[self.kind],
+            "shards": shards,
+            "totals": {**self._totals(self.kind), "shards": len(shards), "bytes": sum(s["bytes"] for s in shards)},
             "drops": self.drops,
+            **{f"{UNITS[k]}": {"totals": self._totals(k), "drops": self.drops_of(k)}
+               for k in self.kinds if k != self.kind},
             "seconds": round(self.seconds, 3),
-            **self.extra,
         }
 
 
@@ -117,19 +146,29 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _block(r: BuildResult, kind: str, rows_in: Optional[int]) -> List[str]:
+    unit = UNITS[kind]
+    n_in = rows_in if rows_in is not None else r.accounted_of(kind)
+    kept = r.kept_of(kind)
+    pct = f" ({100 * kept / n_in:.1f}%)" if n_in else ""
+    lines = [f"  {unit + ' in':<15}{n_in:>10,}"]
+    if kind != "document":
+        lines.append(f"  {'downloaded':<15}{r.downloaded_of(kind):>10,}")
+    lines += [f"  {'kept':<15}{kept:>10,}{pct}", f"  {'dropped':<15}{r.accounted_of(kind) - kept:>10,}"]
+    lines += [f"    {reason:<38}{n:>8,}" for reason, n in r.drops_of(kind).items()]
+    return lines
+
+
 def summary(result: BuildResult) -> str:
     """The few lines a person reads at the end of a build."""
-    r, unit = result, result.unit
+    r = result
+    unit = UNITS[r.kind]
     rows_in = r.rows_in if r.rows_in is not None else r.accounted
-    pct = f" ({100 * r.kept / rows_in:.1f}%)" if rows_in else ""
-    lines = [
-        f"flamingo-corpus build '{r.recipe.name}' finished (recipe sha256 {r.recipe.digest()[:12]})",
-        f"  {unit} in        {rows_in:>10,}",
-        f"  downloaded     {r.downloaded:>10,}",
-        f"  kept           {r.kept:>10,}{pct}",
-        f"  dropped        {r.accounted - r.kept:>10,}",
-    ]
-    lines += [f"    {reason:<38}{n:>8,}" for reason, n in r.drops.items()]
+    lines = [f"flamingo-corpus build '{r.recipe.name}' finished (recipe sha256 {r.recipe.digest()[:12]})"]
+    lines += _block(r, r.kind, r.rows_in)
+    for kind in r.kinds:
+        if kind != r.kind:
+            lines += _block(r, kind, None)
     names = sorted(s["name"] for s in r.shards)
     span = f" ({names[0]} .. {names[-1]})" if names else ""
     lines += [

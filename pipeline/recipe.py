@@ -85,7 +85,7 @@ class DownloadConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    resize_mode: str = "border"  # img2dataset semantics: no | keep_ratio | center_crop | border
+    resize_mode: str = "border"  # img2dataset semantics: no | keep_ratio | center_crop | border | keep_ratio_largest
     image_size: int = 256
     resize_only_if_bigger: bool = False
     min_side: int = 0  # drop images whose original width or height is smaller
@@ -93,7 +93,7 @@ class ImageConfig:
     max_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's own default)
     encode_format: str = "jpg"  # jpg | png (never webp: the OpenFlamingo loader drops it)
     encode_quality: int = 95
-    keep_original: bool = False  # write the downloaded bytes when they are already jpg/png
+    min_encoded_bytes: int = 0  # MMC4: 11000, the OpenFlamingo loader drops smaller images
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,28 @@ class ClipConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
     batch_size: int = 64
     min_similarity: Optional[float] = 0.28  # LAION-2B-en kept >= 0.28 with ViT-B/32
+
+
+@dataclass(frozen=True)
+class Mmc4Config:
+    """MMC4 document rules (mmc4 paper and scripts; OpenFlamingo's loader)."""
+
+    image_extensions: tuple = ("png", "jpg", "jpeg")  # mmc4 kept these URL extensions; empty = any
+    url_words: tuple = ("logo", "button", "icon", "plugin", "widget")  # mmc4 skipped such URLs
+    min_image_similarity: Optional[float] = 0.15  # drop images whose best sentence is below
+    leftover: str = "argmax"  # images beyond one per sentence: argmax (mmc4) | drop (OpenFlamingo)
+    min_images: int = 1
+    max_images: int = 10_000
+    min_sentences: int = 1
+    max_sentences: int = 10_000
+    core_rule: bool = False  # mmc4-core: >= core_min_fraction of matched sims > core_min_similarity
+    core_min_fraction: float = 0.75
+    core_min_similarity: float = 0.25
+    loader_threshold: Optional[float] = 0.24  # drop documents the OpenFlamingo loader keeps no image of
+    loader_max_images: int = 6
+    drop_url_duplicates: bool = False  # documents flagged could_have_url_duplicate == 1 (mmc4 v1.1)
+    dedup_documents: bool = True  # exact duplicate documents (URL, normalised text) kept once
+    phash_max_distance: int = 0  # images of one document this close (Hamming, 64-bit phash) kept once
 
 
 @dataclass(frozen=True)
@@ -138,6 +160,7 @@ class Recipe:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    mmc4: Mmc4Config = field(default_factory=Mmc4Config)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     sample_web: SampleWebConfig = field(default_factory=SampleWebConfig)
@@ -153,9 +176,10 @@ class Recipe:
 
 _CHOICES = {
     ("input", "corpus"): ("laion", "mmc4"),
-    ("image", "resize_mode"): ("no", "keep_ratio", "center_crop", "border"),
+    ("image", "resize_mode"): ("no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"),
     ("image", "encode_format"): ("jpg", "png"),
     ("clip", "precision"): ("auto", "fp32", "fp16", "bf16"),
+    ("mmc4", "leftover"): ("argmax", "drop"),
 }
 
 

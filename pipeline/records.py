@@ -6,7 +6,9 @@ embeddings and similarity).  A stage that rejects a sample turns it into an ``In
 drop reason, so every input row ends up in the per-row index exactly once.
 
 LAION rows and MMC4 images both travel as ``Sample``: an MMC4 image carries its document id and
-its position in ``doc_id`` / ``position``, a LAION row leaves them empty.
+its position in ``doc_id`` / ``position``, a LAION row leaves them empty; an MMC4 sentence is a
+Sample with a caption and no URL, and an assembled MMC4 document is a Sample whose ``document``
+holds the output JSON.
 """
 from __future__ import annotations
 
@@ -43,6 +45,15 @@ class Sample:
     image_embedding: Optional[Any] = None  # np.ndarray float32, L2-normalised
     text_embedding: Optional[Any] = None
     similarity: Optional[float] = None
+    # MMC4: the assembled output document, and the index rows of the images kept inside it
+    document: Optional[dict] = None
+    children: list = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        if self.document is not None or (self.doc_id is not None and self.position is None):
+            return "document"
+        return "image" if self.doc_id is not None else "row"
 
     def replace(self, **changes) -> "Sample":
         return dataclasses.replace(self, **changes)
@@ -61,6 +72,7 @@ class IndexRow:
     source_index: int
     row: int
     status: str
+    kind: str = "row"  # "row" (LAION), "document" or "image" (MMC4)
     reason: Optional[str] = None  # drop reason, a short stable token: "http_404", "too_small", ...
     detail: Optional[str] = None  # free text for humans: the exception message, the duplicate's id, ...
     stage: Optional[str] = None  # the stage that decided
@@ -85,7 +97,7 @@ class IndexRow:
     def from_sample(cls, s: Sample, status: str, reason: Optional[str] = None, *, stage: Optional[str] = None,
                     detail: Optional[str] = None, **extra) -> "IndexRow":
         return cls(
-            id=s.id, source_index=s.source_index, row=s.row, status=status, reason=reason, detail=detail,
+            id=s.id, source_index=s.source_index, row=s.row, status=status, kind=s.kind, reason=reason, detail=detail,
             stage=stage, url=s.url, caption=s.caption, doc_id=s.doc_id, position=s.position,
             language=s.language, original_width=s.original_width, original_height=s.original_height,
             width=s.width, height=s.height,

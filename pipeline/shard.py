@@ -12,6 +12,7 @@ any Beam filesystem (local, gs://, s3://, hdfs://).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import posixpath
@@ -139,8 +140,11 @@ class _WriteShard(beam.DoFn):
         members = (self.to_members(sample_key(r), s) for r, s in ranked)
         count, size, sha = write_tar(posixpath.join(self.output_dir, name), members)
         for r, s in ranked:
+            key = sample_key(r)
             yield beam.pvalue.TaggedOutput(self.INDEX_TAG, IndexRow.from_sample(
-                s, KEPT, stage=self.stage, key=sample_key(r), shard=name))
+                s, KEPT, stage=self.stage, key=key, shard=name))
+            for child in s.children:  # MMC4: the images kept inside the document
+                yield beam.pvalue.TaggedOutput(self.INDEX_TAG, dataclasses.replace(child, key=key, shard=name))
         yield {"name": name, "count": count, "bytes": size, "sha256": sha}
 
 
