@@ -10,7 +10,7 @@ from typing import List, Optional
 from .recipe import RecipeError, load_recipe
 
 REPO_MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
-SAMPLE_RECIPE = REPO_MANIFESTS / "sample-laion.yaml"
+SAMPLE_RECIPES = [REPO_MANIFESTS / "sample-laion.yaml", REPO_MANIFESTS / "sample-mmc4.yaml"]
 
 EPILOG_BUILD = """\
 Any further arguments are Beam pipeline options, for example:
@@ -36,10 +36,11 @@ def _cmd_build(args, beam_args: List[str]) -> int:
 def _cmd_sample(args, beam_args: List[str]) -> int:
     from .build import run_build, summary
 
-    recipe = load_recipe(args.recipe)
-    out = str(Path(args.output) / recipe.input.corpus)
-    result = run_build(recipe, out, beam_args, overwrite=True)
-    print(summary(result))
+    for path in args.recipe or SAMPLE_RECIPES:
+        recipe = load_recipe(path)
+        out = str(Path(args.output) / recipe.input.corpus)
+        result = run_build(recipe, out, beam_args, overwrite=True)
+        print(summary(result), flush=True)
     return 0
 
 
@@ -82,8 +83,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="the local sample build (embedded web server, tiny CLIP)",
                        epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Build the bundled sample into OUTPUT/<corpus>, replacing an earlier one.")
-    s.add_argument("--recipe", default=str(SAMPLE_RECIPE), help="sample recipe (default: %(default)s)")
+                       description="Build the bundled samples into OUTPUT/<corpus>, replacing earlier ones.")
+    s.add_argument("--recipe", action="append",
+                   help="a sample recipe; repeatable (default: manifests/sample-laion.yaml and sample-mmc4.yaml)")
     s.add_argument("--output", default="out/sample", help="output root (default: %(default)s)")
     s.set_defaults(func=_cmd_sample)
 

@@ -1,0 +1,251 @@
+"""The MMC4 document stages: read documents, split them into images and sentences for the shared
+download/image/CLIP stages, and put them back together aligned.
+
+A document travels as a Sample whose ``document`` is the JSON object; each of its images as a
+Sample with ``doc_id`` and ``position`` (index in the input ``image_info``); each sentence as a
+Sample with a caption and no URL.  After CLIP, ``AssembleDocuments`` groups the three by document
+id and builds the output document of DESIGN.md section 6.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import List, Optional
+
+import apache_beam as beam
+import numpy as np
+
+from filters import document as doc_filter
+from filters import text as text_filter
+from filters import url as url_filter
+
+from . import align, mmc4
+from .records import KEPT, IndexRow, Sample
+from .recipe import Mmc4Config
+from .sources import source_name
+from .stage import apply_with_drops, drop
+
+READ, DOCUMENT, IMAGE, ALIGN = "read", "document", "metadata", "align"
+SIMILARITY_DECIMALS = 4  # as the CLIP stage: identical scores whatever the batching
+# Fields of an input image_info entry that the output recomputes or adds.
+RECOMPUTED = ("matched_text_index", "matched_sim", "image_base64")
+
+
+class _ReadShard(beam.DoFn):
+    def process(self, item):
+        source_index, path = item
+        name = source_name(path)
+        try:
+            for line, doc, error in mmc4.checked_documents(path):
+                doc_id = mmc4.document_id(name, line)
+                s = Sample(id=doc_id, source_index=source_index, row=line, doc_id=doc_id,
+                           url=doc.get("url") if isinstance(doc, dict) else None, document=doc)
+                if error:
+                    yield drop(s.replace(document=None), mmc4.reason_token(error), READ, detail=error[:200])
+                else:
+                    yield s
+        except Exception as e:  # an unreadable shard is reported, the rest of the build goes on
+            doc_id = mmc4.document_id(name, 0)
+            yield drop(Sample(id=doc_id, source_index=source_index, row=0, url=None, doc_id=doc_id),
+                       "unreadable_input", READ, detail=f"{path}: {e}"[:300])
+
+
+class ReadMmc4Documents(beam.PTransform):
+    """MMC4 jsonl / jsonl.zip shards -> (document Samples, drops of lines that are no document)."""
+
+    def __init__(self, paths: List[str]):
+        super().__init__()
+        self.paths = paths
+
+    def expand(self, pbegin):
+        files = (pbegin | "Input shards" >> beam.Create(list(enumerate(self.paths)))
+                 | "Spread shards" >> beam.Reshuffle())
+        docs, dropped = apply_with_drops(files, "Read documents", _ReadShard())
+        return docs | "Spread documents" >> beam.Reshuffle(), dropped
+
+
+def text_key(doc: dict) -> str:
+    """Exact-duplicate key of a document: its normalised URL and normalised text."""
+    text = "\n".join(text_filter.normalize_caption(t) for t in doc["text_list"])
+    url = doc.get("url") or ""
+    try:
+        url = url_filter.normalize_url(url)
+    except ValueError:
+        pass
+    return hashlib.sha256(f"{url}\n{text}".encode()).hexdigest()
+
+
+class _CheckDocument(beam.DoFn):
+    def __init__(self, cfg: Mmc4Config):
+        self.cfg = cfg
+
+    def process(self, s: Sample):
+        doc = s.document
+        for reason in (doc_filter.url_duplicate(doc.get("could_have_url_duplicate"), self.cfg.drop_url_duplicates),
+                       doc_filter.sentence_count(len(doc["text_list"]), self.cfg.min_sentences, self.cfg.max_sentences)):
+            if reason:
+                yield drop(s, reason, DOCUMENT)
+                return
+        yield s
+
+
+class _KeepFirstDocument(beam.DoFn):
+    def process(self, item):
+        _, docs = item
+        docs = sorted(docs, key=lambda s: (s.source_index, s.row))
+        yield docs[0]
+        for dup in docs[1:]:
+            yield drop(dup, "duplicate_document", DOCUMENT, duplicate_of=docs[0].id)
+
+
+class FilterDocuments(beam.PTransform):
+    """Document rules that need no image: the URL-duplicate flag, sentence counts, exact duplicates."""
+
+    def __init__(self, cfg: Mmc4Config):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, docs):
+        kept, dropped = apply_with_drops(docs, "Check document", _CheckDocument(self.cfg))
+        if not self.cfg.dedup_documents:
+            return kept, dropped
+        grouped = (kept | "Key by URL and text" >> beam.Map(lambda s: (text_key(s.document), s))
+                   | "Group identical documents" >> beam.GroupByKey())
+        unique, dups = apply_with_drops(grouped, "Keep first document", _KeepFirstDocument())
+        return unique, (dropped, dups) | "Document drops" >> beam.Flatten()
+
+
+def image_checks(url: Optional[str], cfg: Mmc4Config):
+    yield url_filter.url_scheme(url, ("http", "https"))
+    if cfg.image_extensions:
+        yield url_filter.url_extension(url, cfg.image_extensions)
+    if cfg.url_words:
+        yield url_filter.url_words(url, cfg.url_words)
+
+
+class _Explode(beam.DoFn):
+    SENTENCES = "sentences"
+
+    def __init__(self, cfg: Mmc4Config):
+        self.cfg = cfg
+
+    def process(self, s: Sample):
+        doc = s.document
+        for pos, info in enumerate(doc["image_info"]):
+            url = info.get("raw_url") if isinstance(info, dict) else None
+            image = Sample(id=f"{s.doc_id}#{pos}", source_index=s.source_index, row=s.row,
+                           url=url if isinstance(url, str) else None, doc_id=s.doc_id, position=pos,
+                           meta={"image_name": info.get("image_name") if isinstance(info, dict) else None})
+            reason = next((r for r in image_checks(image.url, self.cfg) if r), None)
+            yield drop(image, reason, IMAGE) if reason else image
+        for j, sentence in enumerate(doc["text_list"]):
+            yield beam.pvalue.TaggedOutput(self.SENTENCES, Sample(
+                id=f"{s.doc_id}@{j}", source_index=s.source_index, row=s.row, url=None,
+                caption=sentence, doc_id=s.doc_id, position=j))
+
+
+class SplitDocuments(beam.PTransform):
+    """Documents -> (image Samples that pass mmc4's URL rules, sentence Samples, image drops)."""
+
+    def __init__(self, cfg: Mmc4Config):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, docs):
+        out = docs | "Images and sentences" >> beam.ParDo(_Explode(self.cfg)).with_outputs(
+            "dropped", _Explode.SENTENCES, main="images")
+        return out.images, out[_Explode.SENTENCES], out.dropped
+
+
+def hamming(a: str, b: str) -> int:
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+class _Assemble(beam.DoFn):
+    def __init__(self, cfg: Mmc4Config):
+        self.cfg = cfg
+
+    def process(self, item):
+        _, parts = item
+        if not parts["docs"]:  # the document was dropped earlier; its images are accounted for there
+            return
+        doc_sample = parts["docs"][0]
+        images = sorted(parts["images"], key=lambda s: s.position)
+        sentences = sorted(parts["sentences"], key=lambda s: s.position)
+        sim = np.zeros((len(images), len(sentences)), dtype=np.float64)
+        if images and sentences:
+            sim = np.round(np.stack([s.image_embedding for s in images]).astype(np.float64)
+                           @ np.stack([t.text_embedding for t in sentences]).astype(np.float64).T, SIMILARITY_DECIMALS)
+        kept, image_drops = self._weak_and_duplicate(images, sim)
+        pairs = align.assign(sim[kept], leftover=self.cfg.leftover) if kept else []
+        assigned = {kept[i]: (j, v) for i, j, v in pairs}
+        image_drops += [drop(images[i], "unassigned", ALIGN) for i in kept if i not in assigned]
+        order = sorted(assigned, key=lambda i: (assigned[i][0], i))  # by sentence: the loader pairs in order
+        reason = self._document_reason(sim[order], [assigned[i][1] for i in order])
+        if reason:
+            yield drop(doc_sample.replace(document=None), reason, DOCUMENT)
+            for i in order:
+                yield drop(images[i].replace(similarity=assigned[i][1]), "document_dropped", DOCUMENT, detail=reason)
+        else:
+            yield self._document(doc_sample, images, order, assigned, sim)
+        yield from image_drops
+
+    def _weak_and_duplicate(self, images: List[Sample], sim: np.ndarray):
+        """Images below the best-sentence floor, and perceptual repeats within the document."""
+        drops, kept = [], []
+        best = sim.max(axis=1) if sim.size else np.full(len(images), -1.0)
+        for i in sorted(range(len(images)), key=lambda i: (-best[i], i)):
+            floor = self.cfg.min_image_similarity
+            if floor is not None and best[i] < floor:
+                drops.append(drop(images[i].replace(similarity=float(best[i])), "low_similarity", ALIGN))
+                continue
+            twin = next((k for k in kept if hamming(images[k].phash, images[i].phash) <= self.cfg.phash_max_distance), None)
+            if twin is not None:
+                drops.append(drop(images[i], "duplicate_in_document", ALIGN, duplicate_of=images[twin].id))
+                continue
+            kept.append(i)
+        return sorted(kept), drops
+
+    def _document_reason(self, sim: np.ndarray, matched: List[float]) -> Optional[str]:
+        cfg = self.cfg
+        reason = doc_filter.image_count(len(matched), cfg.min_images, cfg.max_images)
+        if not reason and cfg.core_rule:
+            reason = doc_filter.core_rule(matched, cfg.core_min_fraction, cfg.core_min_similarity)
+        if not reason and cfg.loader_threshold is not None:
+            reason = doc_filter.loader_rejects(sim, cfg.loader_threshold, cfg.loader_max_images)
+        return reason
+
+    def _document(self, doc_sample: Sample, images, order, assigned, sim) -> Sample:
+        source = doc_sample.document
+        image_info = []
+        for i in order:
+            s = images[i]
+            original = source["image_info"][s.position]
+            entry = {k: v for k, v in original.items() if k not in RECOMPUTED}
+            entry.update(matched_text_index=assigned[i][0], matched_sim=assigned[i][1],
+                         image_base64=base64.b64encode(s.image_bytes).decode("ascii"),
+                         width=s.width, height=s.height, sha256=s.sha256, phash=s.phash)
+            image_info.append(entry)
+        out = {k: v for k, v in source.items() if k not in ("image_info", "similarity_matrix")}
+        out.update(image_info=image_info, similarity_matrix=sim[order].tolist(), id=doc_sample.id)
+        children = [IndexRow.from_sample(images[i].replace(similarity=assigned[i][1]), KEPT, stage="shard")
+                    for i in order]
+        return doc_sample.replace(document=out, children=children)
+
+
+class AssembleDocuments(beam.PTransform):
+    """(documents, embedded images, embedded sentences) -> aligned documents, and the drops."""
+
+    def __init__(self, cfg: Mmc4Config):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, inputs):
+        docs, images, sentences = inputs
+        by_doc = {
+            "docs": docs | "Document by id" >> beam.Map(lambda s: (s.doc_id, s)),
+            "images": images | "Image by document" >> beam.Map(lambda s: (s.doc_id, s)),
+            "sentences": sentences | "Sentence by document" >> beam.Map(lambda s: (s.doc_id, s)),
+        }
+        grouped = by_doc | "Group by document" >> beam.CoGroupByKey()
+        return apply_with_drops(grouped, "Align images to sentences", _Assemble(self.cfg))

@@ -1,0 +1,57 @@
+"""The MMC4 interleaved pipeline: documents in, OpenFlamingo interleaved tars out.
+
+    Read MMC4 documents -> Filter documents -> Split into images and sentences
+      -> Download images -> Process images        (the LAION path's own stages)
+      -> Embed images and sentences with CLIP     (one model, one RunInference)
+      -> Align images to sentences, document filters -> Write shards (+ index of documents and images)
+"""
+from __future__ import annotations
+
+from typing import List
+
+import apache_beam as beam
+
+from .clip import EmbedWithClip
+from .documents import AssembleDocuments, FilterDocuments, ReadMmc4Documents, SplitDocuments
+from .download import DownloadImages
+from .images import ProcessImages
+from .index import WriteIndex, WriteShardList
+from .recipe import Recipe
+from .records import Sample
+from .shard import WriteShards, canonical_json
+
+
+def mmc4_members(key: str, s: Sample) -> dict:
+    """One MMC4 document in the OpenFlamingo contract: a single <key>.json member."""
+    return {"__key__": key, "json": canonical_json({**s.document, "key": key})}
+
+
+def _is_image(s: Sample, n: int) -> int:
+    return 0 if s.image_bytes is not None else 1
+
+
+def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
+    if not recipe.clip.enabled:
+        raise ValueError("MMC4 builds need CLIP (clip.enabled: true): alignment is computed from it")
+    drops = []
+
+    def stage(pcoll, label, transform):
+        kept, dropped = pcoll | label >> transform
+        drops.append(dropped)
+        return kept
+
+    docs = stage(p, "Read MMC4 documents", ReadMmc4Documents(inputs))
+    docs = stage(docs, "Filter documents", FilterDocuments(recipe.mmc4))
+    images, sentences, url_drops = docs | "Split into images and sentences" >> SplitDocuments(recipe.mmc4)
+    drops.append(url_drops)
+    images = stage(images, "Download images", DownloadImages(recipe.download))
+    images = stage(images, "Process images", ProcessImages(recipe.image))
+    embedded = ((images, sentences) | "Images and sentences" >> beam.Flatten()
+                | "Embed with CLIP" >> EmbedWithClip(recipe.clip))
+    images, sentences = embedded | "Split embeddings" >> beam.Partition(_is_image, 2)
+    aligned = stage((docs, images, sentences), "Align documents", AssembleDocuments(recipe.mmc4))
+    shards, kept_index = aligned | "Write shards" >> WriteShards(
+        output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, mmc4_members)
+    shards | "Record shards" >> WriteShardList(output_dir)
+    ((kept_index, *drops) | "Every document and image" >> beam.Flatten()
+     | "Write index" >> WriteIndex(output_dir, recipe.shard.index_shards))
