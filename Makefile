@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/laion_throughput.py $(ARGS)
+	$(BIN)/python benchmarks/throughput.py $(ARGS)
 
 clean:
 	rm -rf out .pytest_cache

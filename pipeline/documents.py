@@ -172,10 +172,7 @@ class _Assemble(beam.DoFn):
         doc_sample = parts["docs"][0]
         images = sorted(parts["images"], key=lambda s: s.position)
         sentences = sorted(parts["sentences"], key=lambda s: s.position)
-        sim = np.zeros((len(images), len(sentences)), dtype=np.float64)
-        if images and sentences:
-            sim = np.round(np.stack([s.image_embedding for s in images]).astype(np.float64)
-                           @ np.stack([t.text_embedding for t in sentences]).astype(np.float64).T, SIMILARITY_DECIMALS)
+        sim = self._similarity(doc_sample.document, images, sentences)
         kept, image_drops = self._weak_and_duplicate(images, sim)
         pairs = align.assign(sim[kept], leftover=self.cfg.leftover) if kept else []
         assigned = {kept[i]: (j, v) for i, j, v in pairs}
@@ -189,6 +186,17 @@ class _Assemble(beam.DoFn):
         else:
             yield self._document(doc_sample, images, order, assigned, sim)
         yield from image_drops
+
+    @staticmethod
+    def _similarity(source: dict, images: List[Sample], sentences: List[Sample]) -> np.ndarray:
+        """images x sentences: from CLIP embeddings, or the input's own matrix when CLIP is off."""
+        n_sentences = len(source["text_list"])
+        if not images:
+            return np.zeros((0, n_sentences))
+        if images[0].image_embedding is None:  # clip.enabled: false -> mmc4's released ViT-L/14 scores
+            return np.asarray(source["similarity_matrix"], dtype=np.float64)[[s.position for s in images]]
+        return np.round(np.stack([s.image_embedding for s in images]).astype(np.float64)
+                        @ np.stack([t.text_embedding for t in sentences]).astype(np.float64).T, SIMILARITY_DECIMALS)
 
     def _weak_and_duplicate(self, images: List[Sample], sim: np.ndarray):
         """Images below the best-sentence floor, and perceptual repeats within the document."""

@@ -2,7 +2,8 @@
 
     Read MMC4 documents -> Filter documents -> Split into images and sentences
       -> Download images -> Process images        (the LAION path's own stages)
-      -> Embed images and sentences with CLIP     (one model, one RunInference)
+      -> Embed images and sentences with CLIP     (one model, one RunInference; with clip.enabled
+                                                   false, the release's own similarity matrix is used)
       -> Align images to sentences, document filters -> Write shards (+ index of documents and images)
 """
 from __future__ import annotations
@@ -31,8 +32,6 @@ def _is_image(s: Sample, n: int) -> int:
 
 
 def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
-    if not recipe.clip.enabled:
-        raise ValueError("MMC4 builds need CLIP (clip.enabled: true): alignment is computed from it")
     drops = []
 
     def stage(pcoll, label, transform):
@@ -46,9 +45,11 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
     drops.append(url_drops)
     images = stage(images, "Download images", DownloadImages(recipe.download))
     images = stage(images, "Process images", ProcessImages(recipe.image))
-    embedded = ((images, sentences) | "Images and sentences" >> beam.Flatten()
-                | "Embed with CLIP" >> EmbedWithClip(recipe.clip))
-    images, sentences = embedded | "Split embeddings" >> beam.Partition(_is_image, 2)
+    if recipe.clip.enabled:
+        embedded = ((images, sentences) | "Images and sentences" >> beam.Flatten()
+                    | "Embed with CLIP" >> EmbedWithClip(recipe.clip))
+        images, sentences = embedded | "Split embeddings" >> beam.Partition(_is_image, 2)
+    # else: alignment uses the similarity matrix the release ships (mmc4: CLIP ViT-L/14).
     aligned = stage((docs, images, sentences), "Align documents", AssembleDocuments(recipe.mmc4))
     shards, kept_index = aligned | "Write shards" >> WriteShards(
         output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, mmc4_members)

@@ -125,3 +125,21 @@ def test_multiprocess_build_gives_identical_shards(mmc4_build, mmc4_recipe, tmp_
     again = run_build(mmc4_recipe, str(tmp_path / "mmc4"),
                       ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     assert sorted(again.shards, key=lambda s: s["name"]) == sorted(first.shards, key=lambda s: s["name"])
+
+
+def test_without_clip_the_release_matrix_aligns(mmc4_recipe, tmp_path):
+    """clip.enabled: false aligns with the similarity matrices the documents ship with."""
+    import dataclasses
+
+    recipe = dataclasses.replace(mmc4_recipe, clip=dataclasses.replace(mmc4_recipe.clip, enabled=False),
+                                 mmc4=dataclasses.replace(mmc4_recipe.mmc4, loader_threshold=None))
+    result = run_build(recipe, str(tmp_path / "mmc4"))
+    source = {f"docs.jsonl:{n}": line for n, line in enumerate(_input_lines(recipe), start=1)}
+    docs = _documents(tmp_path / "mmc4")
+    assert len(docs) == result.kept > 0
+    for doc in docs.values():
+        original = json.loads(source[doc["id"]])
+        rows = {(im["image_name"], im["raw_url"]): row
+                for im, row in zip(original["image_info"], original["similarity_matrix"])}
+        for im, row in zip(doc["image_info"], doc["similarity_matrix"]):
+            assert row == rows[(im["image_name"], im["raw_url"])]
