@@ -1,0 +1,352 @@
+"""A tiny open_clip model trained on the synthetic world, for tests and local sample builds.
+
+No pretrained CLIP weights can be downloaded in tests or offline builds, yet the CLIP stage
+needs similarity scores that mean something.  This module defines a small open_clip
+architecture (``TINY_MODEL_NAME``), trains it for about a minute on CPU on images and
+captions from ``pipeline.synthetic`` and caches the checkpoint, so that matched image/caption
+pairs score clearly higher than wrong captions.
+
+The checkpoint is a plain ``state_dict`` saved with ``torch.save``; it loads through the same
+path as real weights::
+
+    register_tiny_config()
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        TINY_MODEL_NAME, pretrained=str(ensure_tiny_clip()))
+
+Training renders images at varied sizes and passes them through that validation
+``preprocess``, so the model sees the same input distribution as the pipeline.
+
+``python -m pipeline.tiny_clip [--cache-dir DIR]`` builds the checkpoint and prints its metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import pathlib
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+from pipeline import synthetic
+
+TINY_MODEL_NAME = "flamingo-tiny-clip"
+
+# open_clip model config, same format as the JSON files in open_clip/model_configs/.
+TINY_MODEL_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that determines the trained weights besides the model config.
+
+    All fields enter the checkpoint's file name hash, so changing any of them retrains.
+    """
+
+    steps: int = 1200
+    batch_size: int = 128
+    train_scenes: int = 4096  # size of the fixed, pre-rendered training set
+    group_size: int = 4  # a scene and variants of it, kept together in batches (hard negatives)
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    seed: int = 0
+    eval_seed: int = 1_000_003  # held-out scenes for the metrics
+    eval_pairs: int = 64
+    image_sides: Tuple[int, int] = (48, 192)  # range of rendered widths and heights, in pixels
+    log_every: int = 100
+
+
+DEFAULT_SETTINGS = TrainSettings()
+
+
+# --- open_clip registration and cache paths -------------------------------------------------
+
+def default_cache_dir() -> pathlib.Path:
+    """``$FLAMINGO_CORPUS_CACHE`` if set, else ``~/.cache/flamingo-corpus``."""
+    env = os.environ.get("FLAMINGO_CORPUS_CACHE")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "flamingo-corpus"
+
+
+def register_tiny_config(cache_dir: Optional[pathlib.Path] = None) -> None:
+    """Make ``TINY_MODEL_NAME`` known to open_clip (idempotent).
+
+    open_clip only reads model configs from JSON files, so the config is written to
+    ``<cache_dir>/model_configs/flamingo-tiny-clip.json`` and that file is registered.
+    """
+    import open_clip
+
+    if open_clip.get_model_config(TINY_MODEL_NAME) == TINY_MODEL_CONFIG:
+        return
+    path = pathlib.Path(cache_dir or default_cache_dir()) / "model_configs" / f"{TINY_MODEL_NAME}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: f.write(json.dumps(TINY_MODEL_CONFIG, indent=2).encode()))
+    open_clip.add_model_config(path)
+
+
+def settings_hash(settings: TrainSettings = DEFAULT_SETTINGS) -> str:
+    """Short hash of the model config, the training settings and the synthetic world version."""
+    key = {
+        "model": TINY_MODEL_CONFIG,
+        "settings": dataclasses.asdict(settings),
+        "world": synthetic.WORLD_VERSION,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def checkpoint_path(cache_dir: pathlib.Path, settings: TrainSettings = DEFAULT_SETTINGS) -> pathlib.Path:
+    """Where the checkpoint for ``settings`` lives inside ``cache_dir``."""
+    return pathlib.Path(cache_dir) / f"{TINY_MODEL_NAME}-{settings_hash(settings)}.pt"
+
+
+def metrics_path(checkpoint: pathlib.Path) -> pathlib.Path:
+    """The JSON file with the training metrics, beside ``checkpoint``."""
+    return checkpoint.with_suffix(".metrics.json")
+
+
+# --- building the checkpoint once -----------------------------------------------------------
+
+def ensure_tiny_clip(cache_dir: Optional[pathlib.Path] = None, log: Log = print,
+                     settings: TrainSettings = DEFAULT_SETTINGS) -> pathlib.Path:
+    """Return the path of the trained checkpoint, training and saving it first if missing.
+
+    Safe to call from several processes at once: one trains while holding a file lock, the
+    others wait for the lock and then find the finished file.  Files are written atomically,
+    and the metrics JSON is written before the checkpoint, so an existing checkpoint is
+    always complete.
+    """
+    cache_dir = pathlib.Path(cache_dir or default_cache_dir())
+    register_tiny_config(cache_dir)
+    path = checkpoint_path(cache_dir, settings)
+    if path.exists():
+        return path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(path.with_suffix(".lock")):
+        if path.exists():  # another process trained it while we waited
+            return path
+        log(f"training {TINY_MODEL_NAME} -> {path}")
+        state_dict, metrics = train_tiny_clip(settings, log)
+        _atomic_write(metrics_path(path), lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+        _atomic_write(path, lambda f: _torch().save(state_dict, f))
+    return path
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: pathlib.Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (blocks until it is free)."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _atomic_write(path: pathlib.Path, write: Callable) -> None:
+    """Write ``path`` via ``write(binary_file)`` into a temp file, then rename it into place."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        tmp = pathlib.Path(f.name)
+        try:
+            write(f)
+        except BaseException:
+            f.close()
+            tmp.unlink()
+            raise
+    os.replace(tmp, path)
+
+
+def _torch():
+    """Import torch lazily, so importing this module stays cheap."""
+    import torch
+
+    return torch
+
+
+@contextlib.contextmanager
+def _all_cpu_threads() -> Iterator[None]:
+    """Let torch use every CPU core available to this process, then restore the old setting."""
+    torch = _torch()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+def _random_size(rng: random.Random, sides: Tuple[int, int]) -> Tuple[int, int]:
+    return rng.randint(*sides), rng.randint(*sides)
+
+
+def _images(scene_list: Sequence[synthetic.Scene], preprocess, rng: random.Random,
+            settings: TrainSettings):
+    """Render each scene at a random size and stack the preprocessed tensors."""
+    torch = _torch()
+    return torch.stack([preprocess(synthetic.render(s, *_random_size(rng, settings.image_sides)))
+                        for s in scene_list])
+
+
+def _scene_groups(rng: random.Random, settings: TrainSettings) -> List[synthetic.Scene]:
+    """Training scenes in consecutive groups of ``settings.group_size``.
+
+    Each group is a random scene followed by variants that each change one attribute.  Batches
+    take whole groups, so the contrastive loss has to tell apart scenes that differ only in,
+    say, position or shape, not just in the easy attributes (colour, background).
+    """
+    scene_list = []
+    for _ in range(settings.train_scenes // settings.group_size):
+        base = synthetic.random_scene(rng)
+        changed = rng.sample(sorted(synthetic.ATTRIBUTES), settings.group_size - 1)
+        scene_list += [base] + [synthetic.vary(base, attribute, rng) for attribute in changed]
+    return scene_list
+
+
+def _training_set(preprocess, tokenizer, settings: TrainSettings):
+    """The fixed training set: (images, tokenised captions) of the grouped training scenes."""
+    rng = random.Random(settings.seed)
+    scene_list = _scene_groups(rng, settings)
+    captions = [synthetic.caption(s, rng) for s in scene_list]
+    return _images(scene_list, preprocess, rng, settings), tokenizer(captions)
+
+
+def _batches(n_scenes: int, settings: TrainSettings, generator) -> Iterator:
+    """Endless random batches of indices into the training set, made of whole scene groups."""
+    torch = _torch()
+    group = settings.group_size
+    n_groups = n_scenes // group
+    groups_per_batch = max(1, min(settings.batch_size // group, n_groups))
+    offsets = torch.arange(group)
+    while True:
+        chosen = torch.randperm(n_groups, generator=generator)[:groups_per_batch]
+        yield (chosen[:, None] * group + offsets).flatten()
+
+
+# --- training -------------------------------------------------------------------------------
+
+def _param_groups(model, weight_decay: float) -> List[dict]:
+    """AdamW groups as in open_clip's trainer: no decay on gains, biases and the logit scale."""
+    no_decay = lambda name, p: p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": weight_decay},
+    ]
+
+
+def _lr_factor(step: int, settings: TrainSettings) -> float:
+    """Linear warmup, then cosine decay to zero."""
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _train_loop(model, images, texts, settings: TrainSettings, log: Log) -> float:
+    """Optimise ``model`` with the CLIP contrastive loss; return the last step's loss."""
+    import open_clip
+
+    torch = _torch()
+    optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings))
+    loss_fn = open_clip.loss.ClipLoss()
+    batches = _batches(len(images), settings, torch.Generator().manual_seed(settings.seed))
+    model.train()
+    for step, batch in zip(range(1, settings.steps + 1), batches):
+        loss = loss_fn(**model(images[batch], texts[batch]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % settings.log_every == 0 or step == settings.steps:
+            log(f"step {step}/{settings.steps} loss {loss.item():.4f}")
+    model.eval()
+    return loss.item()
+
+
+def train_tiny_clip(settings: TrainSettings = DEFAULT_SETTINGS, log: Log = print) -> Tuple[dict, dict]:
+    """Train the tiny CLIP from scratch on CPU; return ``(state_dict, metrics)``."""
+    import open_clip
+
+    torch = _torch()
+    register_tiny_config()
+    with _all_cpu_threads():
+        start = time.monotonic()
+        torch.manual_seed(settings.seed)
+        model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL_NAME, output_dict=True)
+        tokenizer = open_clip.get_tokenizer(TINY_MODEL_NAME)
+        images, texts = _training_set(preprocess, tokenizer, settings)
+        log(f"rendered {len(images)} training pairs in {time.monotonic() - start:.1f}s")
+        final_loss = _train_loop(model, images, texts, settings, log)
+        train_seconds = time.monotonic() - start
+        metrics = evaluate(model, preprocess, tokenizer, settings.eval_seed, settings.eval_pairs, settings)
+    metrics.update(final_loss=final_loss, train_seconds=round(train_seconds, 1),
+                   settings_hash=settings_hash(settings), settings=dataclasses.asdict(settings),
+                   model_config=TINY_MODEL_CONFIG)
+    log("metrics " + json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
+    return model.state_dict(), metrics
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+def evaluate(model, preprocess, tokenizer, seed: int, pairs: int,
+             settings: TrainSettings = DEFAULT_SETTINGS) -> dict:
+    """Score ``pairs`` held-out scenes drawn with ``seed``.
+
+    Returns the mean (and worst-case) cosine similarity of matched image/caption pairs and of
+    images with a ``synthetic.wrong_caption``, the fraction of images whose matched caption
+    beats the wrong one, and image->text top-1 retrieval accuracy among the ``pairs`` captions.
+    """
+    torch = _torch()
+    rng = random.Random(seed)
+    scene_list = [synthetic.random_scene(rng) for _ in range(pairs)]
+    matched = tokenizer([synthetic.caption(s, rng) for s in scene_list])
+    wrong = tokenizer([synthetic.wrong_caption(s, rng) for s in scene_list])
+    with torch.no_grad():
+        image_features = model.encode_image(_images(scene_list, preprocess, rng, settings), normalize=True)
+        matched_features = model.encode_text(matched, normalize=True)
+        wrong_features = model.encode_text(wrong, normalize=True)
+    similarity = image_features @ matched_features.T
+    matched_cos = similarity.diag()
+    wrong_cos = (image_features * wrong_features).sum(dim=-1)
+    retrieved = similarity.argmax(dim=1) == torch.arange(pairs)
+    return {
+        "eval_pairs": pairs,
+        "matched_cosine_mean": round(matched_cos.mean().item(), 4),
+        "matched_cosine_min": round(matched_cos.min().item(), 4),
+        "wrong_cosine_mean": round(wrong_cos.mean().item(), 4),
+        "wrong_cosine_max": round(wrong_cos.max().item(), 4),
+        "matched_beats_wrong": round((matched_cos > wrong_cos).float().mean().item(), 4),
+        "retrieval_top1": round(retrieved.float().mean().item(), 4),
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command line: build (or find) the checkpoint and print its metrics."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", type=pathlib.Path, default=None,
+                        help="cache directory (default: $FLAMINGO_CORPUS_CACHE or ~/.cache/flamingo-corpus)")
+    args = parser.parse_args(argv)
+    path = ensure_tiny_clip(args.cache_dir)
+    print(path)
+    print(metrics_path(path).read_text())
+
+
+if __name__ == "__main__":
+    main()
