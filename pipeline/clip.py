@@ -13,7 +13,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from filters import image as image_filter
 
-from .clip_model import ClipModel, decode_rgb, load_clip, texts_of
+from .clip_model import ClipModel, load_clip, texts_of
 from .recipe import ClipConfig
 from .records import Sample
 from .stage import apply_with_drops, drop
@@ -44,7 +44,7 @@ class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
                       inference_args: Optional[Dict[str, Any]] = None) -> Iterable[Sample]:
         with_image = [i for i, s in enumerate(batch) if s.image_bytes is not None]
         with_text = [i for i, s in enumerate(batch) if s.caption is not None]
-        image_emb = dict(zip(with_image, model.embed_images([decode_rgb(batch[i].image_bytes) for i in with_image])
+        image_emb = dict(zip(with_image, model.embed_encoded([batch[i].image_bytes for i in with_image])
                              if with_image else []))
         text_emb = dict(zip(with_text, model.embed_texts(texts_of([batch[i] for i in with_text]))
                             if with_text else []))

@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .clip_preprocess import SplitPreprocess
 from .recipe import ClipConfig
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,12 @@ class ClipModel:
     tokenizer: object
     device: str
     precision: str
+    # JPEG decode and resize release the GIL: a few threads keep a GPU fed (and cost little on CPU).
+    threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+
+    def __post_init__(self):
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="clip-preprocess")
+        self.split = SplitPreprocess.from_transform(self.preprocess)
 
     def _autocast(self):
         import torch
@@ -65,21 +74,47 @@ class ClipModel:
             return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
 
-    def image_tensor(self, images: Sequence) -> "torch.Tensor":
+    def pixels_from_bytes(self, encoded: Sequence[bytes]) -> "torch.Tensor":
+        """Decode and preprocess encoded images on the thread pool: the model's input, on CPU."""
         import torch
 
-        return torch.stack([self.preprocess(im) for im in images])
+        batch = torch.stack(list(self._pool.map(self._prepare, encoded)))
+        return self.split.normalize(batch) if self.split else batch
 
-    def embed_image_tensor(self, pixels) -> np.ndarray:
+    def _prepare(self, data: bytes):
+        image = decode_rgb(data)
+        return self.split.cpu(image) if self.split else self.preprocess(image)
+
+    def embed_encoded(self, encoded: Sequence[bytes], chunk: Optional[int] = None) -> np.ndarray:
+        """Embeddings of encoded images, decoding ahead while the model runs.
+
+        The pool decodes and preprocesses the whole batch in order; every ``chunk`` images go to
+        the model as soon as they are ready.  On CUDA the forward pass is asynchronous, so the
+        next chunk is being prepared while the GPU works on this one; results are copied back once.
+        """
         import torch
 
+        chunk = chunk or max(16, len(encoded) // 4)
+        outputs, ready = [], []
         with torch.inference_mode(), self._autocast():
-            emb = self.model.encode_image(pixels.to(self.device, non_blocking=True))
-            emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+            for tensor in self._pool.map(self._prepare, encoded):
+                ready.append(tensor)
+                if len(ready) == chunk:
+                    outputs.append(self._encode_images(ready))
+                    ready = []
+            if ready:
+                outputs.append(self._encode_images(ready))
+            emb = torch.nn.functional.normalize(torch.cat(outputs).float(), dim=-1)
         return emb.cpu().numpy().astype(np.float32)
 
-    def embed_images(self, images: Sequence) -> np.ndarray:
-        return self.embed_image_tensor(self.image_tensor(images))
+    def _encode_images(self, tensors: list):
+        import torch
+
+        pixels = torch.stack(tensors)
+        if self.device.startswith("cuda"):
+            pixels = pixels.pin_memory()
+        pixels = pixels.to(self.device, non_blocking=True)
+        return self.model.encode_image(self.split.normalize(pixels) if self.split else pixels)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -93,7 +128,6 @@ class ClipModel:
 
 def load_clip(cfg: ClipConfig) -> ClipModel:
     import open_clip
-    import torch
 
     if cfg.model_config:
         open_clip.add_model_config(cfg.model_config)
@@ -103,8 +137,6 @@ def load_clip(cfg: ClipConfig) -> ClipModel:
     log.info("loading CLIP %s (%s) on %s, %s", cfg.model, pretrained, device, precision)
     model, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained, device=device)
     model.eval()
-    if device == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
     return ClipModel(model, preprocess, open_clip.get_tokenizer(cfg.model), device, precision)
 
 
