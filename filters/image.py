@@ -21,7 +21,7 @@ def similarity(value: Optional[float], minimum: Optional[float]) -> Optional[str
     """CLIP image-text cosine similarity below the recipe's threshold."""
     if minimum is None:
         return None
-    if value is None:
+    if value is None or value != value:  # NaN (e.g. a zero embedding) must not pass a minimum
         return "no_similarity"
     return "low_similarity" if value < minimum else None
 

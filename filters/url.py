@@ -11,6 +11,7 @@ def url_scheme(url: Optional[str], schemes: Sequence[str]) -> Optional[str]:
         return "no_url"
     try:
         parts = urlsplit(url.strip())
+        parts.port  # a non-numeric or out-of-range port raises here, not later in normalize_url
     except ValueError:
         return "bad_url"
     if parts.scheme.lower() not in schemes:
@@ -24,6 +25,8 @@ def normalize_url(url: str) -> str:
     """Lower-case scheme and host, drop the fragment and a default port: equal URLs compare equal."""
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
+    if ":" in host:  # IPv6 literal: keep its brackets, or the port would merge into the address
+        host = f"[{host}]"
     port = parts.port
     default = {"http": 80, "https": 443}.get(parts.scheme.lower())
     netloc = host if port in (None, default) else f"{host}:{port}"

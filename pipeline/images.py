@@ -113,6 +113,8 @@ def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
 def resize(img: Image.Image, original: Tuple[int, int], cfg: ImageConfig) -> Image.Image:
     """img2dataset's resize modes with Pillow (area filter to shrink, Lanczos to enlarge)."""
     size = target_size(*original, cfg)
+    if cfg.resize_only_if_bigger and size == tuple(original):
+        return img  # img2dataset neither crops nor pads an image it does not resize
     if size != img.size:
         shrink = size[0] * size[1] < img.width * img.height
         img = img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
