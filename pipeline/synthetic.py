@@ -54,10 +54,10 @@ BACKGROUNDS: Tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
 # Position word (as used in captions) -> offset of the shape centre from the canvas centre, in
 # units of the central square's side.
 POSITIONS = {
-    "left": (-0.28, 0.0),
-    "right": (0.28, 0.0),
-    "top": (0.0, -0.28),
-    "bottom": (0.0, 0.28),
+    "left": (-0.27, 0.0),
+    "right": (0.27, 0.0),
+    "top": (0.0, -0.27),
+    "bottom": (0.0, 0.27),
     "centre": (0.0, 0.0),
 }
 
@@ -87,8 +87,8 @@ ATTRIBUTES = {
 }
 
 SIZE_RANGE = (0.75, 1.0)  # scale factor applied to the base shape radius
-MAX_JITTER = 0.05  # largest random shift of the shape, in units of the central square's side
-_BASE_RADIUS = 0.16  # shape radius at size 1.0, in units of the central square's side
+MAX_JITTER = 0.04  # largest random shift of the shape, in units of the central square's side
+_BASE_RADIUS = 0.19  # shape radius at size 1.0, in units of the central square's side
 _TILE_FRACTION = 1 / 8  # background pattern period, in units of the central square's side
 _PATTERN_LIGHTEN = 0.3  # how far the pattern colour is mixed towards white
 
@@ -116,8 +116,9 @@ class Scene:
 
     def __post_init__(self) -> None:
         for attribute, values in ATTRIBUTES.items():
-            if getattr(self, attribute) not in values:
-                raise ValueError(f"unknown {attribute} {getattr(self, attribute)!r}; expected one of {values}")
+            value = getattr(self, attribute)
+            if value not in values:
+                raise ValueError(f"unknown {attribute} {value!r}; expected one of {values}")
 
 
 def random_scene(rng: random.Random) -> Scene:
@@ -185,6 +186,7 @@ def render(scene: Scene, width: int = 224, height: int = 224) -> Image.Image:
 
 
 def _pattern_colour(base: RGB) -> RGB:
+    """The lighter tint of a background colour that its texture is drawn in."""
     return tuple(round(c + (255 - c) * _PATTERN_LIGHTEN) for c in base)
 
 

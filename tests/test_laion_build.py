@@ -45,7 +45,7 @@ def test_openflamingo_loader_reads_every_kept_sample(sample_build):
         assert text == captions[key]
 
 
-def test_keys_and_members_follow_the_contract(sample_build):
+def test_keys_and_members_follow_the_contract(sample_build, sample_recipe):
     out, _ = sample_build
     keys = []
     for tar in _tars(out):
@@ -59,7 +59,7 @@ def test_keys_and_members_follow_the_contract(sample_build):
                 assert exts == {"jpg", "txt", "json"}, (tar, key, exts)
                 meta = json.loads(tf.extractfile(f"{key}.json").read())
                 assert meta["key"] == key and meta["url"].startswith("http://127.0.0.1:")
-                assert meta["similarity"] >= 0.2 and meta["sha256"] and len(meta["phash"]) == 16
+                assert meta["similarity"] >= sample_recipe.clip.min_similarity and meta["sha256"] and len(meta["phash"]) == 16
                 jpg = tf.extractfile(f"{key}.jpg").read()
                 assert hashlib.sha256(jpg).hexdigest() == meta["sha256"]
             keys.extend(members)
@@ -101,7 +101,7 @@ def test_every_input_row_is_in_the_index_once(sample_build, sample_recipe):
             assert r["status"] == "dropped" and r["reason"] and r["stage"] and r["key"] is None
 
 
-def test_every_kind_of_trouble_has_its_reason(sample_build):
+def test_every_kind_of_trouble_has_its_reason(sample_build, sample_recipe):
     out, _ = sample_build
     rows = _index(out)
     reasons = collections.Counter(r["reason"] for r in rows if r["status"] == "dropped")
@@ -117,7 +117,7 @@ def test_every_kind_of_trouble_has_its_reason(sample_build):
         if r["reason"] == "duplicate_image":
             assert by_id[r["duplicate_of"]]["sha256"] == r["sha256"]
         if r["reason"] == "low_similarity":
-            assert r["similarity"] < 0.2
+            assert r["similarity"] < sample_recipe.clip.min_similarity
 
 
 def test_multiprocess_build_gives_identical_shards(sample_build, sample_recipe, tmp_path):
