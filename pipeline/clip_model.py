@@ -14,11 +14,14 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
 
 from .clip_preprocess import SplitPreprocess
+
+if TYPE_CHECKING:  # torch is imported lazily: Beam launchers need not load it
+    import torch
 from .recipe import ClipConfig
 
 log = logging.getLogger(__name__)

@@ -8,30 +8,20 @@ from __future__ import annotations
 import apache_beam as beam
 
 from .records import Sample
-from .stage import apply_with_drops, drop
+from .stage import KeepOnePerKey, input_order
 
 STAGE = "dedup"
 
 
 def representative_order(s: Sample):
+    """Highest similarity first, then input order."""
     sim = s.similarity if s.similarity is not None else float("-inf")
-    return (-sim, s.source_index, s.row, s.position if s.position is not None else -1)
-
-
-class _KeepBest(beam.DoFn):
-    def process(self, item):
-        _, group = item
-        group = sorted(group, key=representative_order)
-        yield group[0]
-        for dup in group[1:]:
-            yield drop(dup, "duplicate_image", STAGE, duplicate_of=group[0].id)
+    return (-sim, *input_order(s))
 
 
 class DedupExactImages(beam.PTransform):
+    """One sample per encoded-image sha256."""
+
     def expand(self, samples):
-        grouped = (
-            samples
-            | "Key by image sha256" >> beam.Map(lambda s: (s.sha256, s))
-            | "Group identical images" >> beam.GroupByKey()
-        )
-        return apply_with_drops(grouped, "Keep best of each image", _KeepBest())
+        return samples | "One sample per image sha256" >> KeepOnePerKey(
+            lambda s: s.sha256, representative_order, "duplicate_image", STAGE)

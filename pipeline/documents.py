@@ -23,7 +23,7 @@ from . import align, mmc4
 from .records import KEPT, IndexRow, Sample
 from .recipe import Mmc4Config
 from .sources import source_name
-from .stage import apply_with_drops, drop
+from .stage import KeepOnePerKey, apply_with_drops, drop, input_order
 
 READ, DOCUMENT, IMAGE, ALIGN = "read", "document", "metadata", "align"
 SIMILARITY_DECIMALS = 4  # as the CLIP stage: identical scores whatever the batching
@@ -89,15 +89,6 @@ class _CheckDocument(beam.DoFn):
         yield s
 
 
-class _KeepFirstDocument(beam.DoFn):
-    def process(self, item):
-        _, docs = item
-        docs = sorted(docs, key=lambda s: (s.source_index, s.row))
-        yield docs[0]
-        for dup in docs[1:]:
-            yield drop(dup, "duplicate_document", DOCUMENT, duplicate_of=docs[0].id)
-
-
 class FilterDocuments(beam.PTransform):
     """Document rules that need no image: the URL-duplicate flag, sentence counts, exact duplicates."""
 
@@ -109,9 +100,8 @@ class FilterDocuments(beam.PTransform):
         kept, dropped = apply_with_drops(docs, "Check document", _CheckDocument(self.cfg))
         if not self.cfg.dedup_documents:
             return kept, dropped
-        grouped = (kept | "Key by URL and text" >> beam.Map(lambda s: (text_key(s.document), s))
-                   | "Group identical documents" >> beam.GroupByKey())
-        unique, dups = apply_with_drops(grouped, "Keep first document", _KeepFirstDocument())
+        unique, dups = kept | "One document per URL and text" >> KeepOnePerKey(
+            lambda s: text_key(s.document), input_order, "duplicate_document", DOCUMENT)
         return unique, (dropped, dups) | "Document drops" >> beam.Flatten()
 
 

@@ -14,7 +14,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import apache_beam as beam
 import imagehash

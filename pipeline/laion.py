@@ -18,6 +18,7 @@ from .metadata import FilterMetadata
 from .recipe import Recipe
 from .records import Sample
 from .shard import WriteShards, canonical_json
+from .stage import Stages
 from .sources import ReadLaionRows
 
 EXTENSIONS = {"jpg": "jpg", "png": "png"}
@@ -41,13 +42,7 @@ def laion_members(key: str, s: Sample) -> dict:
 
 
 def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
-    drops = []
-
-    def stage(pcoll, label, transform):
-        kept, dropped = pcoll | label >> transform
-        drops.append(dropped)
-        return kept
-
+    stage = Stages()
     rows = stage(p, "Read LAION rows", ReadLaionRows(recipe.input, inputs))
     rows = stage(rows, "Filter metadata", FilterMetadata(recipe.filters))
     rows = stage(rows, "Download images", DownloadImages(recipe.download))
@@ -59,5 +54,5 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
     shards, kept_index = rows | "Write shards" >> WriteShards(
         output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, laion_members)
     shards | "Record shards" >> WriteShardList(output_dir)
-    ((kept_index, *drops) | "Every row" >> beam.Flatten()
+    ((kept_index, *stage.drops) | "Every row" >> beam.Flatten()
      | "Write index" >> WriteIndex(output_dir, recipe.shard.index_shards))

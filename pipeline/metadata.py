@@ -8,7 +8,7 @@ from filters import safety, text, url as url_filter
 
 from .recipe import MetadataFilterConfig
 from .records import Sample
-from .stage import apply_with_drops, drop
+from .stage import KeepOnePerKey, apply_with_drops, drop, input_order
 
 STAGE = "metadata"
 
@@ -46,19 +46,6 @@ class _FilterMetadata(beam.DoFn):
         yield s
 
 
-def _sort_key(s: Sample):
-    return (s.source_index, s.row)
-
-
-class _KeepFirstPerUrl(beam.DoFn):
-    def process(self, item):
-        _, samples = item
-        samples = sorted(samples, key=_sort_key)
-        yield samples[0]
-        for dup in samples[1:]:
-            yield drop(dup, "duplicate_url", STAGE, duplicate_of=samples[0].id)
-
-
 class FilterMetadata(beam.PTransform):
     """Caption length, URL scheme, punsafe/pwatermark, language, then one row per exact URL."""
 
@@ -70,10 +57,6 @@ class FilterMetadata(beam.PTransform):
         kept, dropped = apply_with_drops(samples, "Check metadata", _FilterMetadata(self.cfg))
         if not self.cfg.dedup_urls:
             return kept, dropped
-        grouped = (
-            kept
-            | "Key by URL" >> beam.Map(lambda s: (url_filter.normalize_url(s.url), s))
-            | "Group by URL" >> beam.GroupByKey()
-        )
-        unique, dups = apply_with_drops(grouped, "Keep first row per URL", _KeepFirstPerUrl())
+        unique, dups = kept | "One row per URL" >> KeepOnePerKey(
+            lambda s: url_filter.normalize_url(s.url), input_order, "duplicate_url", STAGE)
         return unique, (dropped, dups) | "Metadata drops" >> beam.Flatten()

@@ -20,6 +20,7 @@ from .index import WriteIndex, WriteShardList
 from .recipe import Recipe
 from .records import Sample
 from .shard import WriteShards, canonical_json
+from .stage import Stages
 
 
 def mmc4_members(key: str, s: Sample) -> dict:
@@ -32,17 +33,11 @@ def _is_image(s: Sample, n: int) -> int:
 
 
 def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
-    drops = []
-
-    def stage(pcoll, label, transform):
-        kept, dropped = pcoll | label >> transform
-        drops.append(dropped)
-        return kept
-
+    stage = Stages()
     docs = stage(p, "Read MMC4 documents", ReadMmc4Documents(inputs))
     docs = stage(docs, "Filter documents", FilterDocuments(recipe.mmc4))
     images, sentences, url_drops = docs | "Split into images and sentences" >> SplitDocuments(recipe.mmc4)
-    drops.append(url_drops)
+    stage.drops.append(url_drops)
     images = stage(images, "Download images", DownloadImages(recipe.download))
     images = stage(images, "Process images", ProcessImages(recipe.image))
     if recipe.clip.enabled:
@@ -54,5 +49,5 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
     shards, kept_index = aligned | "Write shards" >> WriteShards(
         output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, mmc4_members)
     shards | "Record shards" >> WriteShardList(output_dir)
-    ((kept_index, *drops) | "Every document and image" >> beam.Flatten()
+    ((kept_index, *stage.drops) | "Every document and image" >> beam.Flatten()
      | "Write index" >> WriteIndex(output_dir, recipe.shard.index_shards))

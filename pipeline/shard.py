@@ -23,6 +23,7 @@ import webdataset as wds
 from apache_beam.io.filesystems import FileSystems
 
 from .records import KEPT, IndexRow, Sample
+from .stage import input_order
 
 KEY_DIGITS = 10
 SHARD_DIGITS = 6
@@ -35,10 +36,6 @@ def sample_key(rank: int) -> str:
 
 def shard_name(shard: int) -> str:
     return f"{shard:0{SHARD_DIGITS}d}.tar"
-
-
-def input_order(s: Sample):
-    return (s.source_index, s.row, s.position if s.position is not None else -1)
 
 
 def chunk_of(s: Sample, chunk_rows: int) -> str:

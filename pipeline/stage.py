@@ -6,13 +6,13 @@ counts both in Beam metrics (visible in the runner's UI and in the build summary
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from .records import IndexRow, Sample, dropped
+from .records import Sample, dropped
 
 DROPPED_TAG = "dropped"
 
@@ -28,11 +28,46 @@ def apply_with_drops(pcoll, label: str, dofn: beam.DoFn, *args, **kwargs) -> Tup
     return out.kept, out[DROPPED_TAG]
 
 
-class FlattenDrops(beam.PTransform):
-    """All stages' drop outputs as one PCollection of IndexRow."""
+class _KeepFirst(beam.DoFn):
+    def __init__(self, order: Callable[[Sample], tuple], reason: str, stage: str):
+        self.order, self.reason, self.stage = order, reason, stage
 
-    def expand(self, pcolls):
-        return tuple(pcolls) | beam.Flatten()
+    def process(self, item):
+        _, group = item
+        group = sorted(group, key=self.order)
+        yield group[0]
+        for dup in group[1:]:
+            yield drop(dup, self.reason, self.stage, duplicate_of=group[0].id)
 
 
-__all__ = ["DROPPED_TAG", "drop", "apply_with_drops", "FlattenDrops", "IndexRow"]
+class KeepOnePerKey(beam.PTransform):
+    """Exact dedup: samples grouped by ``key``; the first by ``order`` is kept, the others are
+    dropped with ``reason`` and ``duplicate_of`` naming the one kept.  ``order`` must be total, so
+    the choice does not depend on the order the runner delivers a group in."""
+
+    def __init__(self, key: Callable[[Sample], str], order: Callable[[Sample], tuple], reason: str, stage: str):
+        super().__init__()
+        self.key, self.order, self.reason, self.stage = key, order, reason, stage
+
+    def expand(self, samples):
+        key = self.key
+        grouped = (samples | "Key" >> beam.Map(lambda s: (key(s), s))
+                   | "Group" >> beam.GroupByKey())
+        return apply_with_drops(grouped, "Keep first", _KeepFirst(self.order, self.reason, self.stage))
+
+
+def input_order(s: Sample) -> tuple:
+    """Position in the input: file, row (or line), image position."""
+    return (s.source_index, s.row, s.position if s.position is not None else -1)
+
+
+class Stages:
+    """Chains stages that return (kept, dropped) and keeps every drop output for the index."""
+
+    def __init__(self):
+        self.drops: List[beam.PCollection] = []
+
+    def __call__(self, pcoll, label: str, transform):
+        kept, dropped = pcoll | label >> transform
+        self.drops.append(dropped)
+        return kept

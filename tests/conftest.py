@@ -10,6 +10,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RECIPE = REPO / "manifests" / "sample-laion.yaml"
+# The real MMC4 documents of the shared folder beside the checkout (DESIGN.md section 5).
+REAL_SHARD = REPO.parent / "shared" / "data" / "mmc4" / "docs_no_face_shard_151_v3.sample.jsonl"
+
+
+@pytest.fixture(scope="session")
+def real_lines() -> list:
+    if not REAL_SHARD.exists():
+        pytest.skip(f"the real MMC4 sample is not at {REAL_SHARD} (the shared folder beside the checkout)")
+    return REAL_SHARD.read_bytes().splitlines()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +13,7 @@ from pipeline import cli
 from pipeline.align import assign, loader_view, realign_document, similarity, sort_by_sentence
 from pipeline.realign import realign_file
 
-REAL_SHARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmc4" / "docs_no_face_shard_151_v3.sample.jsonl"
-
-
-@pytest.fixture(scope="module")
-def real_lines() -> list:
-    if not REAL_SHARD.exists():
-        pytest.skip(f"the real MMC4 sample is not at {REAL_SHARD} (the shared folder beside the checkout)")
-    return REAL_SHARD.read_bytes().splitlines()
+from .conftest import REAL_SHARD
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,7 @@ import pytest
 from filters import document as f
 from pipeline.mmc4 import checked_documents, document_id, read_documents, reason_token, validate_document
 
-REAL_SHARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmc4" / "docs_no_face_shard_151_v3.sample.jsonl"
-
-
-@pytest.fixture(scope="module")
-def real_lines() -> list:
-    if not REAL_SHARD.exists():
-        pytest.skip(f"the real MMC4 sample is not at {REAL_SHARD} (the shared folder beside the checkout)")
-    return REAL_SHARD.read_bytes().splitlines()
+from .conftest import REAL_SHARD
 
 
 def small_doc(**changes) -> dict:
