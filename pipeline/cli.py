@@ -44,6 +44,14 @@ def _cmd_sample(args, beam_args: List[str]) -> int:
     return 0
 
 
+def _cmd_verify(args, beam_args: List[str]) -> int:
+    from .verify import verify
+
+    report = verify(args.output_dir)
+    print(report)
+    return 0 if report.ok else 1
+
+
 def _cmd_tiny_clip(args, beam_args: List[str]) -> int:
     from .tiny_clip import ensure_tiny_clip, metrics_path
 
@@ -88,6 +96,12 @@ def parser() -> argparse.ArgumentParser:
                    help="a sample recipe; repeatable (default: manifests/sample-laion.yaml and sample-mmc4.yaml)")
     s.add_argument("--output", default="out/sample", help="output root (default: %(default)s)")
     s.set_defaults(func=_cmd_sample)
+
+    v = sub.add_parser("verify", help="check a build's output against its manifest and the tar contract",
+                       description="Every shard opens, matches its manifest size and sha256, follows the member "
+                                   "naming contract; counts agree with sizes.json and the index. Exit 1 otherwise.")
+    v.add_argument("output_dir", metavar="DIR", help="a build's output directory (local or gs://, s3://, ...)")
+    v.set_defaults(func=_cmd_verify)
 
     t = sub.add_parser("tiny-clip", help="train (once) and show the tiny CLIP used by tests and samples")
     t.add_argument("--cache-dir", help="cache directory (default: $FLAMINGO_CORPUS_CACHE or ~/.cache/flamingo-corpus)")

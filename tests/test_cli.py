@@ -9,7 +9,7 @@ import pytest
 from pipeline import cli
 
 
-@pytest.mark.parametrize("command", [[], ["build"], ["sample"], ["tiny-clip"]])
+@pytest.mark.parametrize("command", [[], ["build"], ["sample"], ["tiny-clip"], ["realign"], ["verify"]])
 def test_help_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(command + ["--help"])

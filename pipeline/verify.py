@@ -1,0 +1,141 @@
+"""``flamingo-corpus verify DIR``: check a build's output against its manifest and the contracts.
+
+Every shard listed in manifest.json must exist with the listed size and sha256, open as a tar,
+and hold members named ``<key>.<ext>`` (ten-digit keys without dots, unique across the build)
+with the members the OpenFlamingo loader needs (LAION: txt and one of jpg/png/jpeg; MMC4: one
+json per document); counts must agree with the manifest, sizes.json and the per-row index.
+Problems are collected, not raised: the report names each one.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, List, Set
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from .index import INDEX_DIR
+from .manifest import MANIFEST, SIZES
+from .shard import KEY_DIGITS
+
+IMAGE_EXTENSIONS = ("jpg", "png", "jpeg")
+
+
+@dataclass
+class Report:
+    shards: int = 0
+    samples: int = 0
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        head = f"{self.shards} shards, {self.samples} samples"
+        if self.ok:
+            return f"OK: {head}"
+        return "\n".join([f"FAILED: {head}, {len(self.problems)} problems"] + [f"  - {p}" for p in self.problems])
+
+
+def _read(path: str) -> bytes:
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def _load_json(path: str, report: Report):
+    try:
+        return json.loads(_read(path))
+    except Exception as e:
+        report.problems.append(f"{posixpath.basename(path)}: cannot read ({e})")
+        return None
+
+
+def _members_ok(name: str, keys: Dict[str, Set[str]], unit: str, report: Report) -> None:
+    for key, exts in keys.items():
+        if len(key) != KEY_DIGITS or not key.isdigit():
+            report.problems.append(f"{name}: member key {key!r} is not {KEY_DIGITS} digits")
+        if unit == "documents":
+            if exts != {"json"}:
+                report.problems.append(f"{name}: document {key} has members {sorted(exts)}, expected only json")
+        elif "txt" not in exts or not any(e in exts for e in IMAGE_EXTENSIONS):
+            report.problems.append(f"{name}: sample {key} lacks txt or an image ({sorted(exts)})")
+
+
+def _check_shard(output_dir: str, shard: dict, unit: str, seen: Set[str], report: Report) -> None:
+    name = shard["name"]
+    try:
+        data = _read(posixpath.join(output_dir, name))
+    except Exception as e:
+        report.problems.append(f"{name}: missing or unreadable ({e})")
+        return
+    if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        report.problems.append(f"{name}: bytes or sha256 differ from the manifest")
+    keys: Dict[str, Set[str]] = defaultdict(set)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            for member in tf.getnames():
+                key, _, ext = member.partition(".")
+                keys[key].add(ext)
+    except tarfile.TarError as e:
+        report.problems.append(f"{name}: not a readable tar ({e})")
+        return
+    _members_ok(name, keys, unit, report)
+    if len(keys) != shard["count"]:
+        report.problems.append(f"{name}: {len(keys)} samples, manifest says {shard['count']}")
+    dupes = seen & set(keys)
+    if dupes:
+        report.problems.append(f"{name}: keys also in another shard: {sorted(dupes)[:5]}")
+    seen |= set(keys)
+    report.samples += len(keys)
+
+
+def _check_index(output_dir: str, kept_keys: Set[str], unit: str, report: Report) -> None:
+    files = [m.path for r in FileSystems.match([posixpath.join(output_dir, INDEX_DIR, "*.parquet")])
+             for m in r.metadata_list]
+    if not files:
+        report.problems.append("index: no parquet files")
+        return
+    kind = {"documents": "document", "rows": "row"}.get(unit, unit)
+    indexed = set()
+    for path in files:
+        with FileSystems.open(path) as f:
+            table = pq.read_table(f, columns=["key", "status", "kind"])
+        for key, status, k in zip(*(table.column(c).to_pylist() for c in ("key", "status", "kind"))):
+            if status == "kept" and k == kind:
+                indexed.add(key)
+    if indexed != kept_keys:
+        report.problems.append(f"index: {len(indexed)} kept {unit}, the tars hold {len(kept_keys)}")
+
+
+def verify(output_dir: str) -> Report:
+    output_dir = output_dir.rstrip("/")
+    report = Report()
+    manifest = _load_json(posixpath.join(output_dir, MANIFEST), report)
+    sizes = _load_json(posixpath.join(output_dir, SIZES), report)
+    if manifest is None:
+        return report
+    unit = manifest.get("unit", "rows")
+    shards = manifest.get("shards", [])
+    report.shards = len(shards)
+    on_disk = {posixpath.basename(m.path) for r in FileSystems.match([posixpath.join(output_dir, "*.tar")])
+               for m in r.metadata_list}
+    listed = {s["name"] for s in shards}
+    for extra in sorted(on_disk - listed):
+        report.problems.append(f"{extra}: a tar the manifest does not list")
+    if sizes is not None and sizes != {s["name"]: s["count"] for s in shards}:
+        report.problems.append("sizes.json disagrees with the manifest's shard counts")
+    seen: Set[str] = set()
+    for shard in sorted(shards, key=lambda s: s["name"]):
+        _check_shard(output_dir, shard, unit, seen, report)
+    if manifest.get("totals", {}).get("kept") != report.samples:
+        report.problems.append(f"manifest totals.kept is {manifest.get('totals', {}).get('kept')}, "
+                               f"the tars hold {report.samples}")
+    _check_index(output_dir, seen, unit, report)
+    return report
