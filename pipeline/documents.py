@@ -22,7 +22,7 @@ from filters import url as url_filter
 from . import align, mmc4
 from .records import KEPT, IndexRow, Sample
 from .recipe import Mmc4Config
-from .sources import source_name
+from .sources import input_units
 from .stage import KeepOnePerKey, apply_with_drops, drop, input_order
 
 READ, DOCUMENT, IMAGE, ALIGN = "read", "document", "metadata", "align"
@@ -33,8 +33,7 @@ RECOMPUTED = ("matched_text_index", "matched_sim", "image_base64")
 
 class _ReadShard(beam.DoFn):
     def process(self, item):
-        source_index, path = item
-        name = source_name(path)
+        source_index, path, name = item
         try:
             for line, doc, error in mmc4.checked_documents(path):
                 doc_id = mmc4.document_id(name, line)
@@ -58,7 +57,7 @@ class ReadMmc4Documents(beam.PTransform):
         self.paths = paths
 
     def expand(self, pbegin):
-        files = (pbegin | "Input shards" >> beam.Create(list(enumerate(self.paths)))
+        files = (pbegin | "Input shards" >> beam.Create(input_units(self.paths))
                  | "Spread shards" >> beam.Reshuffle())
         docs, dropped = apply_with_drops(files, "Read documents", _ReadShard())
         return docs | "Spread documents" >> beam.Reshuffle(), dropped

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import posixpath
 import zipfile
 from typing import IO, Any, Iterable, Iterator, Optional, Tuple
 
@@ -109,5 +108,5 @@ def reason_token(error: str) -> str:
 
 
 def document_id(source_name: str, line_number: int) -> str:
-    """``"<file name>:<line>"``: unique within a build whose shards have distinct file names."""
-    return f"{posixpath.basename(source_name)}:{line_number}"
+    """``"<source name>:<line>"``, the source name as ``sources.source_names`` gives it (unique in a build)."""
+    return f"{source_name}:{line_number}"

@@ -2,7 +2,7 @@
 
 Numbering is deterministic and needs no global sort: kept samples are counted per input chunk
 (``chunk_rows`` consecutive input rows of one file), the counts become offsets in one small side
-input, and each chunk ranks its own samples by input position.  Rank r goes to shard
+input (one entry per chunk), and each chunk ranks its samples' ids by input position.  Rank r goes to shard
 ``r // samples_per_shard`` under the key ``%010d`` % r: the same input and recipe always give the
 same shards, member for member and byte for byte (fixed tar mtime, sorted members, canonical
 JSON), which is what makes re-running or resuming a build safe.
@@ -53,14 +53,24 @@ def chunk_offsets(counts: List[Tuple[str, int]]) -> Dict[str, int]:
 
 class _RankChunk(beam.DoFn):
     def process(self, item, offsets):
-        chunk, samples = item
+        chunk, positions = item
         base = offsets[chunk]
-        for i, s in enumerate(sorted(samples, key=input_order)):
-            yield base + i, s
+        for i, (*_, sample_id) in enumerate(sorted(positions)):
+            yield sample_id, base + i
+
+
+def _with_rank(item):
+    _, joined = item
+    (rank,), (sample,) = joined["rank"], joined["sample"]
+    return rank, sample
 
 
 class NumberSamples(beam.PTransform):
-    """Samples -> (rank, sample), ranks 0..n-1 in input order."""
+    """Samples -> (rank, sample), ranks 0..n-1 in input order.
+
+    Only the small (position, id) tuples are grouped per chunk to be ranked; the ranks then meet
+    their samples in a join by id, so no worker ever holds a chunk's images at once.
+    """
 
     def __init__(self, chunk_rows: int):
         super().__init__()
@@ -68,18 +78,22 @@ class NumberSamples(beam.PTransform):
 
     def expand(self, samples):
         rows = self.chunk_rows
-        keyed = samples | "Key by input chunk" >> beam.Map(lambda s: (chunk_of(s, rows), s))
+        positions = samples | "Position in chunk" >> beam.Map(
+            lambda s: (chunk_of(s, rows), (*input_order(s), s.id)))
         offsets = (
-            keyed
+            positions
             | "Count per chunk" >> beam.combiners.Count.PerKey()
             | "All chunk counts" >> beam.combiners.ToList()
             | "Chunk offsets" >> beam.Map(chunk_offsets)
         )
-        return (
-            keyed
+        ranks = (
+            positions
             | "Group chunk" >> beam.GroupByKey()
             | "Rank within chunk" >> beam.ParDo(_RankChunk(), offsets=beam.pvalue.AsSingleton(offsets))
         )
+        by_id = samples | "Key by id" >> beam.Map(lambda s: (s.id, s))
+        return ({"rank": ranks, "sample": by_id} | "Join ranks" >> beam.CoGroupByKey()
+                | "Rank and sample" >> beam.Map(_with_rank))
 
 
 class _HashingWriter:

@@ -2,8 +2,8 @@
 
 Input files are matched once when the pipeline is built (sorted, so each file has a stable
 ``source_index``); then every parquet row group becomes its own unit of work, so a few huge files
-still spread over many workers.  The row id is ``<file name>:<row>``: stable as long as the file
-is, whatever else is added to the input.
+still spread over many workers.  The row id is ``<file name>:<row>`` (the path below the common
+folder where file names repeat): stable as long as the file is, and unique in the build.
 """
 from __future__ import annotations
 
@@ -34,25 +34,37 @@ def match_inputs(pattern: str) -> List[str]:
     return paths
 
 
-def source_name(path: str) -> str:
-    return posixpath.basename(path.rstrip("/"))
+def source_names(paths: List[str]) -> List[str]:
+    """Names of the input files in row ids: the file names, or where two inputs share a file
+    name (shards of the same name in two folders), the paths below their common folder."""
+    base = [posixpath.basename(p.rstrip("/")) for p in paths]
+    if len(set(base)) == len(base):
+        return base
+    common = posixpath.commonpath([posixpath.dirname(p) for p in paths]) if "://" not in paths[0] else \
+        posixpath.commonprefix([posixpath.dirname(p) + "/" for p in paths]).rsplit("/", 1)[0]
+    return [p[len(common):].lstrip("/") for p in paths]
+
+
+def input_units(paths: List[str]) -> List[Tuple[int, str, str]]:
+    """(source_index, path, source name) of every input file."""
+    return list(zip(range(len(paths)), paths, source_names(paths)))
 
 
 class _ListRowGroups(beam.DoFn):
-    """(source_index, path) -> one work item per parquet row group, with its first row number."""
+    """(source_index, path, name) -> one work item per parquet row group, with its first row number."""
 
-    def process(self, item: Tuple[int, str]) -> Iterable[Tuple[int, str, int, int]]:
-        source_index, path = item
+    def process(self, item: Tuple[int, str, str]) -> Iterable[Tuple[int, str, str, int, int]]:
+        source_index, path, name = item
         try:
             with FileSystems.open(path) as f:
                 meta = pq.ParquetFile(f).metadata
         except Exception as e:  # an unreadable file is reported, the rest of the build goes on
             log.error("cannot read parquet footer of %s: %s", path, e)
-            yield source_index, path, -1, 0
+            yield source_index, path, name, -1, 0
             return
         first = 0
         for rg in range(meta.num_row_groups):
-            yield source_index, path, rg, first
+            yield source_index, path, name, rg, first
             first += meta.row_group(rg).num_rows
 
 
@@ -68,9 +80,8 @@ class _ReadRowGroup(beam.DoFn):
         self.columns = columns
         self.limit = limit
 
-    def process(self, item: Tuple[int, str, int, int]):
-        source_index, path, rg, first = item
-        name = source_name(path)
+    def process(self, item: Tuple[int, str, str, int, int]):
+        source_index, path, name, rg, first = item
         if rg < 0:
             yield drop(Sample(id=f"{name}:*", source_index=source_index, row=-1, url=None),
                        "unreadable_input", "read", detail=path)
@@ -112,7 +123,7 @@ class ReadLaionRows(beam.PTransform):
     def expand(self, pbegin):
         units = (
             pbegin
-            | "Input files" >> beam.Create(list(enumerate(self.paths)))
+            | "Input files" >> beam.Create(input_units(self.paths))
             | "List row groups" >> beam.ParDo(_ListRowGroups())
             | "Spread row groups" >> beam.Reshuffle()
         )

@@ -123,7 +123,7 @@ def test_validation_reasons(doc, reason):
 
 
 def test_document_id_names_the_file_and_line():
-    assert document_id("gs://bucket/mmc4/docs_shard_151_v3.jsonl.zip", 7) == "docs_shard_151_v3.jsonl.zip:7"
+    assert document_id("docs_shard_151_v3.jsonl.zip", 7) == "docs_shard_151_v3.jsonl.zip:7"
     assert document_id("docs.jsonl", 1) == "docs.jsonl:1"
 
 

@@ -120,3 +120,22 @@ def test_write_tar_is_atomic_deterministic_and_sorted(tmp_path):
     write_tar(str(a), (_members(i) for i in range(2)))  # rewriting replaces the file whole
     with tarfile.open(a) as tf:
         assert len(tf.getnames()) == 6
+
+
+def test_source_names_are_unique_even_when_file_names_repeat():
+    from pipeline.sources import source_names
+
+    assert source_names(["/d/a.parquet", "/d/b.parquet"]) == ["a.parquet", "b.parquet"]
+    assert source_names(["/d/x/part.parquet", "/d/y/part.parquet"]) == ["x/part.parquet", "y/part.parquet"]
+    assert source_names(["gs://b/2023/s.jsonl.zip", "gs://b/2024/s.jsonl.zip"]) == ["2023/s.jsonl.zip", "2024/s.jsonl.zip"]
+
+
+def test_same_file_name_in_two_folders_keeps_both(tmp_path):
+    paths = []
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "part.parquet"
+        pq.write_table(pa.table({"URL": [f"http://a/{folder}"], "TEXT": ["a b"]}), path)
+        paths.append(str(path))
+    kept, _ = _run_read(paths)
+    assert sorted(s.id for s in kept) == ["x/part.parquet:0", "y/part.parquet:0"]
