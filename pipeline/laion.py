@@ -1,7 +1,8 @@
 """The LAION image-text pipeline: parquet rows in, OpenFlamingo-ready tars out.
 
     Read LAION rows -> Filter metadata -> Download images -> Process images
-      -> Score with CLIP -> Dedup exact images -> Write shards (+ index of every row)
+      -> Score with CLIP -> Dedup exact images -> Dedup near images (optional)
+      -> Write shards (+ index of every row)
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .download import DownloadImages
 from .images import ProcessImages
 from .index import WriteIndex, WriteShardList
 from .metadata import FilterMetadata
+from .near_dup import DedupNearImages
 from .recipe import Recipe
 from .records import Sample
 from .shard import WriteShards, canonical_json
@@ -51,6 +53,8 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
         rows = stage(rows, "Score with CLIP", ScoreWithClip(recipe.clip))
     if recipe.dedup.exact:
         rows = stage(rows, "Dedup exact images", DedupExactImages())
+    if recipe.dedup.near:
+        rows = stage(rows, "Dedup near images", DedupNearImages(recipe.dedup.near_max_distance))
     shards, kept_index = rows | "Write shards" >> WriteShards(
         output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, laion_members)
     shards | "Record shards" >> WriteShardList(output_dir)

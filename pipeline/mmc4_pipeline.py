@@ -2,6 +2,7 @@
 
     Read MMC4 documents -> Filter documents -> Split into images and sentences
       -> Download images -> Process images        (the LAION path's own stages)
+      -> Drop frequent images (optional: logos, buttons, ads found in many documents)
       -> Embed images and sentences with CLIP     (one model, one RunInference; with clip.enabled
                                                    false, the release's own similarity matrix is used)
       -> Align images to sentences, document filters -> Write shards (+ index of documents and images)
@@ -16,6 +17,7 @@ from .clip import EmbedWithClip
 from .documents import AssembleDocuments, FilterDocuments, ReadMmc4Documents, SplitDocuments
 from .download import DownloadImages
 from .images import ProcessImages
+from .near_dup import DropFrequentImages
 from .index import WriteIndex, WriteShardList
 from .recipe import Recipe
 from .records import Sample
@@ -40,6 +42,8 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
     stage.drops.append(url_drops)
     images = stage(images, "Download images", DownloadImages(recipe.download))
     images = stage(images, "Process images", ProcessImages(recipe.image))
+    if recipe.dedup.max_image_documents is not None:
+        images = stage(images, "Drop frequent images", DropFrequentImages(recipe.dedup.max_image_documents))
     if recipe.clip.enabled:
         embedded = ((images, sentences) | "Images and sentences" >> beam.Flatten()
                     | "Embed with CLIP" >> EmbedWithClip(recipe.clip))

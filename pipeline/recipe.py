@@ -132,7 +132,13 @@ class Mmc4Config:
 
 @dataclass(frozen=True)
 class DedupConfig:
+    """Cross-build dedup: exact and near apply to LAION rows, max_image_documents to MMC4 images
+    (MMC4 documents dedup their own images with mmc4.phash_max_distance)."""
+
     exact: bool = True  # drop byte-identical encoded images, keep the best one
+    near: bool = False  # drop perceptual near-duplicates across the whole build (phash, banded LSH)
+    near_max_distance: int = 5  # Hamming distance of 64-bit phashes (mmc4: findimagedupes 5; core: 10)
+    max_image_documents: Optional[int] = None  # MMC4: drop images found in more documents (logos, ads)
 
 
 @dataclass(frozen=True)
