@@ -1,6 +1,7 @@
 """The LAION image-text pipeline: parquet rows in, OpenFlamingo-ready tars out.
 
-    Read LAION rows -> Filter metadata -> Download images -> Process images
+    Read LAION rows -> Filter metadata -> (Blocklist URLs) -> Download images -> Process images
+      -> (Blocklist images)
       -> Score with CLIP -> Dedup exact images -> Dedup near images (optional)
       -> Write shards (+ index of every row)
 """
@@ -20,7 +21,7 @@ from .near_dup import DedupNearImages
 from .recipe import Recipe
 from .records import Sample
 from .shard import WriteShards, canonical_json
-from .stage import Stages
+from .stage import Stages, screen
 from .sources import ReadLaionRows
 
 EXTENSIONS = {"jpg": "jpg", "png": "png"}
@@ -47,8 +48,10 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
     stage = Stages()
     rows = stage(p, "Read LAION rows", ReadLaionRows(recipe.input, inputs))
     rows = stage(rows, "Filter metadata", FilterMetadata(recipe.filters))
+    rows = screen(rows, recipe, stage, "url")
     rows = stage(rows, "Download images", DownloadImages(recipe.download))
     rows = stage(rows, "Process images", ProcessImages(recipe.image))
+    rows = screen(rows, recipe, stage, "image")
     if recipe.clip.enabled:
         rows = stage(rows, "Score with CLIP", ScoreWithClip(recipe.clip))
     if recipe.dedup.exact:

@@ -22,7 +22,7 @@ from .index import WriteIndex, WriteShardList
 from .recipe import Recipe
 from .records import Sample
 from .shard import WriteShards, canonical_json
-from .stage import Stages
+from .stage import Stages, screen
 
 
 def mmc4_members(key: str, s: Sample) -> dict:
@@ -40,8 +40,10 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
     docs = stage(docs, "Filter documents", FilterDocuments(recipe.mmc4))
     images, sentences, url_drops = docs | "Split into images and sentences" >> SplitDocuments(recipe.mmc4)
     stage.drops.append(url_drops)
+    images = screen(images, recipe, stage, "url")
     images = stage(images, "Download images", DownloadImages(recipe.download))
     images = stage(images, "Process images", ProcessImages(recipe.image))
+    images = screen(images, recipe, stage, "image")
     if recipe.dedup.max_image_documents is not None:
         images = stage(images, "Drop frequent images", DropFrequentImages(recipe.dedup.max_image_documents))
     if recipe.clip.enabled:

@@ -142,6 +142,12 @@ class DedupConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    blocklist: Optional[str] = None  # removal list (filters/blocklist.py format), any Beam filesystem
+    blocklist_phash_distance: int = 4  # images this close to a listed phash are removed too
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     samples_per_shard: int = 10_000
     chunk_rows: int = 10_000  # input rows ranked together when numbering samples
@@ -168,6 +174,7 @@ class Recipe:
     clip: ClipConfig = field(default_factory=ClipConfig)
     mmc4: Mmc4Config = field(default_factory=Mmc4Config)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     sample_web: SampleWebConfig = field(default_factory=SampleWebConfig)
 
@@ -314,4 +321,5 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         ),
         clip=dataclasses.replace(clip, model_config=fix(clip.model_config)),
         sample_web=dataclasses.replace(recipe.sample_web, root=fix(recipe.sample_web.root)),
+        safety=dataclasses.replace(recipe.safety, blocklist=fix(recipe.safety.blocklist)),
     )

@@ -1,0 +1,53 @@
+"""Screening against removal lists: URLs before anything is downloaded, images after decoding.
+
+The list (``filters.blocklist``) is read once per worker in ``setup`` from any Beam filesystem,
+so a gs:// list serves a whole Dataflow job; it is small lookup data, not pipeline data.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from filters.blocklist import Blocklist
+
+from .records import Sample
+from .stage import apply_with_drops, drop
+
+STAGE = "safety"
+
+
+def load_blocklist(path: str, phash_distance: int) -> Blocklist:
+    with FileSystems.open(path) as f:
+        return Blocklist.parse(f.read().decode("utf-8"), phash_distance, source=path)
+
+
+class _Screen(beam.DoFn):
+    def __init__(self, path: str, phash_distance: int, what: str):
+        self.path, self.phash_distance, self.what = path, phash_distance, what
+
+    def setup(self):
+        self._list = load_blocklist(self.path, self.phash_distance)
+
+    def process(self, s: Sample):
+        if self.what == "url":
+            rule = self._list.check_url(s.url)
+        else:
+            rule = self._list.check_image(s.sha256, s.phash) or self._list.check_image(s.download_sha256, None)
+        if rule:
+            yield drop(s, "blocklisted", STAGE, detail=rule)
+        else:
+            yield s
+
+
+class ApplyBlocklist(beam.PTransform):
+    """Drop samples whose URL (``what="url"``) or image (``what="image"``) is on the list."""
+
+    def __init__(self, path: str, phash_distance: int, what: str):
+        super().__init__()
+        if what not in ("url", "image"):
+            raise ValueError(f"what must be 'url' or 'image', not {what!r}")
+        load_blocklist(path, phash_distance)  # a bad list is an error when the pipeline is built
+        self.path, self.phash_distance, self.what = path, phash_distance, what
+
+    def expand(self, samples):
+        return apply_with_drops(samples, f"Screen {self.what}s", _Screen(self.path, self.phash_distance, self.what))

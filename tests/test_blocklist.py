@@ -1,0 +1,93 @@
+"""Removal lists: parsing, URL and image rules, and a LAION build that honours one."""
+from __future__ import annotations
+
+import hashlib
+import io
+
+import imagehash
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from filters.blocklist import Blocklist, BlocklistError, url_hash
+from pipeline.build import run_build
+from pipeline.recipe import recipe_from_dict
+from pipeline.sample_web import SampleWeb
+
+
+def test_rules_of_every_kind():
+    text = """
+    # a removal list
+    domain:bad.example
+    url:HTTP://Shop.example:80/x.jpg#frag
+    url_sha256:%s
+    sha256:%s
+    phash:ffff0000ffff0000
+    """ % (url_hash("http://other.example/y.jpg"), "ab" * 32)
+    bl = Blocklist.parse(text, phash_distance=3)
+    assert bl.check_url("https://cdn.bad.example/a.png") == "domain:bad.example"
+    assert bl.check_url("https://notbad.example/a.png") is None
+    assert bl.check_url("http://shop.example/x.jpg").startswith("url_sha256:")
+    assert bl.check_url("http://other.example/y.jpg").startswith("url_sha256:")
+    assert bl.check_url("http://shop.example/z.jpg") is None
+    assert bl.check_image("ab" * 32, None) == f"sha256:{'ab' * 32}"
+    assert bl.check_image(None, "ffff0000ffff0007") == "phash:ffff0000ffff0000"  # 3 bits away
+    assert bl.check_image(None, "ffff0000ffff000f") is None  # 4 bits away
+    assert bl.check_url(None) is None and bl.check_image(None, None) is None
+
+
+@pytest.mark.parametrize("line", ["nonsense", "colour:red", "domain:", "phash:xyz"])
+def test_bad_lines_are_clear_errors(line):
+    with pytest.raises(BlocklistError) as e:
+        Blocklist.parse(f"domain:ok.example\n{line}\n", source="list.txt")
+    assert "list.txt" in str(e.value)
+
+
+def _photo(seed: int) -> Image.Image:
+    small = np.random.default_rng(seed).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((320, 240), Image.Resampling.BICUBIC)
+
+
+def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_build_removes_listed_urls_and_images(tmp_path):
+    web = tmp_path / "web"
+    web.mkdir()
+    files = {f"p{i}.jpg": _jpeg(_photo(i)) for i in range(6)}
+    files["p5.jpg"] = _jpeg(_photo(4), quality=40)  # a recompressed copy of a listed picture
+    for name, data in files.items():
+        (web / name).write_bytes(data)
+    with SampleWeb(web) as server:
+        pq.write_table(pa.table({"URL": [f"{server.url}/{n}" for n in files],
+                                 "TEXT": [f"picture number {i} of the test" for i in range(len(files))]}),
+                       tmp_path / "rows.parquet")
+        (tmp_path / "removal.txt").write_text("\n".join([
+            f"url:{server.url}/p1.jpg",
+            f"sha256:{hashlib.sha256(files['p2.jpg']).hexdigest()}",  # the bytes as downloaded
+            f"phash:{imagehash.phash(_photo(4))}",
+        ]))
+        recipe = recipe_from_dict({
+            "name": "removal", "input": {"path": str(tmp_path / "rows.parquet")},
+            "filters": {"language": {"enabled": False}},
+            "download": {"allow_private": True, "timeout_s": 5},
+            "clip": {"enabled": False},
+            "safety": {"blocklist": "removal.txt", "blocklist_phash_distance": 8},
+        }, base_dir=tmp_path)
+        result = run_build(recipe, str(tmp_path / "out"))
+    index = pq.read_table(sorted((tmp_path / "out" / "index").glob("*.parquet"))).to_pylist()
+    rows = {r["url"].rsplit("/", 1)[1]: r for r in index}
+    assert rows["p1.jpg"]["reason"] == "blocklisted" and rows["p1.jpg"]["detail"].startswith("url_sha256:")
+    assert rows["p1.jpg"]["bytes"] is None  # refused before any download
+    assert rows["p2.jpg"]["reason"] == "blocklisted" and rows["p2.jpg"]["detail"].startswith("sha256:")
+    for name in ("p4.jpg", "p5.jpg"):
+        assert rows[name]["reason"] == "blocklisted" and rows[name]["detail"].startswith("phash:")
+    assert {n for n, r in rows.items() if r["status"] == "kept"} == {"p0.jpg", "p3.jpg"}
+    assert result.drops == {"safety/blocklisted": 4}
