@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import io
 
 import imagehash
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from filters.blocklist import Blocklist, BlocklistError, url_hash
-from pipeline.build import run_build
-from pipeline.recipe import recipe_from_dict
-from pipeline.sample_web import SampleWeb
+
+from .loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
 
 
 def test_rules_of_every_kind():
@@ -45,45 +39,21 @@ def test_bad_lines_are_clear_errors(line):
     assert "list.txt" in str(e.value)
 
 
-def _photo(seed: int) -> Image.Image:
-    small = np.random.default_rng(seed).integers(0, 256, (12, 12, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((320, 240), Image.Resampling.BICUBIC)
-
-
-def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_build_removes_listed_urls_and_images(tmp_path):
-    web = tmp_path / "web"
-    web.mkdir()
-    files = {f"p{i}.jpg": _jpeg(_photo(i)) for i in range(6)}
-    files["p5.jpg"] = _jpeg(_photo(4), quality=40)  # a recompressed copy of a listed picture
-    for name, data in files.items():
-        (web / name).write_bytes(data)
-    with SampleWeb(web) as server:
-        pq.write_table(pa.table({"URL": [f"{server.url}/{n}" for n in files],
-                                 "TEXT": [f"picture number {i} of the test" for i in range(len(files))]}),
-                       tmp_path / "rows.parquet")
+    files = {f"p{i}.jpg": jpeg_bytes(smooth_photo(i)) for i in range(6)}
+    files["p5.jpg"] = jpeg_bytes(smooth_photo(4), quality=40)  # a recompressed copy of a listed picture
+
+    def write_list(server_url: str) -> None:
         (tmp_path / "removal.txt").write_text("\n".join([
-            f"url:{server.url}/p1.jpg",
+            f"url:{server_url}/p1.jpg",
             f"sha256:{hashlib.sha256(files['p2.jpg']).hexdigest()}",  # the bytes as downloaded
-            f"phash:{imagehash.phash(_photo(4))}",
+            f"phash:{imagehash.phash(smooth_photo(4))}",
         ]))
-        recipe = recipe_from_dict({
-            "name": "removal", "input": {"path": str(tmp_path / "rows.parquet")},
-            "filters": {"language": {"enabled": False}},
-            "download": {"allow_private": True, "timeout_s": 5},
-            "clip": {"enabled": False},
-            "safety": {"blocklist": "removal.txt", "blocklist_phash_distance": 8},
-        }, base_dir=tmp_path)
-        result = run_build(recipe, str(tmp_path / "out"))
-    index = pq.read_table(sorted((tmp_path / "out" / "index").glob("*.parquet"))).to_pylist()
-    rows = {r["url"].rsplit("/", 1)[1]: r for r in index}
+
+    rows, result = build_over_loopback(tmp_path, files, {
+        "safety": {"blocklist": "removal.txt", "blocklist_phash_distance": 8}}, prepare=write_list)
     assert rows["p1.jpg"]["reason"] == "blocklisted" and rows["p1.jpg"]["detail"].startswith("url_sha256:")
     assert rows["p1.jpg"]["bytes"] is None  # refused before any download
     assert rows["p2.jpg"]["reason"] == "blocklisted" and rows["p2.jpg"]["detail"].startswith("sha256:")
