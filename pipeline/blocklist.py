@@ -1,9 +1,12 @@
-"""Screening against removal lists: URLs before anything is downloaded, images after decoding.
+"""Screening against removal lists: URLs before anything is downloaded, the downloaded bytes
+before they are decoded, the encoded image and its perceptual hash after.
 
 The list (``filters.blocklist``) is read once per worker in ``setup`` from any Beam filesystem,
 so a gs:// list serves a whole Dataflow job; it is small lookup data, not pipeline data.
 """
 from __future__ import annotations
+
+import hashlib
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -14,6 +17,7 @@ from .records import Sample
 from .stage import apply_with_drops, drop
 
 STAGE = "safety"
+WHAT = ("url", "download", "image")
 
 
 def load_blocklist(path: str, phash_distance: int) -> Blocklist:
@@ -31,8 +35,10 @@ class _Screen(beam.DoFn):
     def process(self, s: Sample):
         if self.what == "url":
             rule = self._list.check_url(s.url)
+        elif self.what == "download":  # removal lists hash the bytes as published
+            rule = self._list.check_image(hashlib.sha256(s.image_bytes).hexdigest(), None)
         else:
-            rule = self._list.check_image(s.sha256, s.phash) or self._list.check_image(s.download_sha256, None)
+            rule = self._list.check_image(s.sha256, s.phash)
         if rule:
             yield drop(s, "blocklisted", STAGE, detail=rule)
         else:
@@ -40,12 +46,13 @@ class _Screen(beam.DoFn):
 
 
 class ApplyBlocklist(beam.PTransform):
-    """Drop samples whose URL (``what="url"``) or image (``what="image"``) is on the list."""
+    """Drop samples whose URL (``what="url"``), downloaded bytes (``"download"``) or encoded image
+    and phash (``"image"``) are on the list."""
 
     def __init__(self, path: str, phash_distance: int, what: str):
         super().__init__()
-        if what not in ("url", "image"):
-            raise ValueError(f"what must be 'url' or 'image', not {what!r}")
+        if what not in WHAT:
+            raise ValueError(f"what must be one of {WHAT}, not {what!r}")
         load_blocklist(path, phash_distance)  # a bad list is an error when the pipeline is built
         self.path, self.phash_distance, self.what = path, phash_distance, what
 

@@ -50,8 +50,8 @@ def prepare_output(output_dir: str, overwrite: bool) -> None:
         raise OutputExists(f"{output_dir} already holds a build ({len(old)} files); pass --overwrite to replace it")
     if old:
         FileSystems.delete(old)
-    if "://" not in output_dir:
-        FileSystems.mkdirs(output_dir) if not FileSystems.exists(output_dir) else None
+    if "://" not in output_dir and not FileSystems.exists(output_dir):
+        FileSystems.mkdirs(output_dir)
 
 
 @contextlib.contextmanager

@@ -166,8 +166,7 @@ class _ProcessImage(beam.DoFn):
         except Exception as e:  # an image that breaks the decoder must not break the build
             yield drop(s, "decode_error", STAGE, detail=f"{type(e).__name__}: {e}"[:200])
             return
-        yield s.replace(image_bytes=p.data, download_sha256=hashlib.sha256(s.image_bytes).hexdigest(),
-                        image_format=p.format, width=p.width, height=p.height,
+        yield s.replace(image_bytes=p.data, image_format=p.format, width=p.width, height=p.height,
                         original_width=p.original_width, original_height=p.original_height,
                         sha256=p.sha256, phash=p.phash)
 

@@ -1,7 +1,7 @@
 """The LAION image-text pipeline: parquet rows in, OpenFlamingo-ready tars out.
 
-    Read LAION rows -> Filter metadata -> (Blocklist URLs) -> Download images -> Process images
-      -> (Blocklist images)
+    Read LAION rows -> Filter metadata -> (Blocklist URLs) -> Download images
+      -> (Blocklist downloads) -> Process images -> (Blocklist images)
       -> Score with CLIP -> Dedup exact images -> Dedup near images (optional)
       -> Write shards (+ index of every row)
 """
@@ -50,6 +50,7 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
     rows = stage(rows, "Filter metadata", FilterMetadata(recipe.filters))
     rows = screen(rows, recipe, stage, "url")
     rows = stage(rows, "Download images", DownloadImages(recipe.download))
+    rows = screen(rows, recipe, stage, "download")
     rows = stage(rows, "Process images", ProcessImages(recipe.image))
     rows = screen(rows, recipe, stage, "image")
     if recipe.clip.enabled:

@@ -42,6 +42,7 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
     stage.drops.append(url_drops)
     images = screen(images, recipe, stage, "url")
     images = stage(images, "Download images", DownloadImages(recipe.download))
+    images = screen(images, recipe, stage, "download")
     images = stage(images, "Process images", ProcessImages(recipe.image))
     images = screen(images, recipe, stage, "image")
     if recipe.dedup.max_image_documents is not None:

@@ -40,7 +40,6 @@ class Sample:
     height: Optional[int] = None
     image_format: Optional[str] = None  # extension of the encoded bytes: "jpg" or "png"
     sha256: Optional[str] = None
-    download_sha256: Optional[str] = None  # of the bytes as downloaded (removal lists hash those)
     phash: Optional[str] = None  # 64-bit perceptual hash, 16 hex digits
     # clip
     image_embedding: Optional[Any] = None  # np.ndarray float32, L2-normalised
