@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Tuple
 
 import apache_beam as beam
-import imagehash
 from PIL import Image, ImageOps
 
 from filters import image as image_filter
 
+from . import perceptual
 from .recipe import ImageConfig
 from .records import Sample
 from .stage import apply_with_drops, drop
@@ -143,7 +143,7 @@ def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
     if not data:
         raise ImageRejected("empty_body")
     img, width, height = decode(data, cfg)
-    phash = str(imagehash.phash(img))
+    phash = perceptual.phash(img)
     out = resize(img, (width, height), cfg)
     encoded = encode(out, cfg)
     reason = image_filter.encoded_size(len(encoded), cfg.min_encoded_bytes)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import hashlib
 
-import imagehash
 import pytest
 
 from filters.blocklist import Blocklist, BlocklistError, url_hash
+from pipeline import perceptual
 
 from .loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
 
@@ -49,7 +49,7 @@ def test_a_build_removes_listed_urls_and_images(tmp_path):
         (tmp_path / "removal.txt").write_text("\n".join([
             f"url:{server_url}/p1.jpg",
             f"sha256:{hashlib.sha256(files['p2.jpg']).hexdigest()}",  # the bytes as downloaded
-            f"phash:{imagehash.phash(smooth_photo(4))}",
+            f"phash:{perceptual.phash(smooth_photo(4))}",
         ]))
 
     rows, result = build_over_loopback(tmp_path, files, {

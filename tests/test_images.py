@@ -15,7 +15,7 @@ import zlib  # noqa: E402
 import imagehash  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
 from pipeline.images import ImageRejected, decode, process_image, target_size  # noqa: E402
 from pipeline.recipe import ImageConfig  # noqa: E402
@@ -426,8 +426,10 @@ def test_phash_survives_recompression_and_resizing_but_not_another_image():
     ]
     for data in copies:
         assert process_image(data, c).phash == reference
-    # the hash is the 64-bit DCT hash of the picture itself
+    # the hash is the 64-bit DCT hash of the picture itself (without a frame, which it has not)
     assert reference == str(imagehash.phash(open_bytes(encode(src, "JPEG", quality=95)).convert("RGB")))
+    framed = ImageOps.expand(src, border=24, fill=WHITE)
+    assert process_image(encode(framed, "JPEG", quality=90), c).phash == reference
     other = Image.new("RGB", (480, 360), WHITE)
     d = ImageDraw.Draw(other)
     for x in range(0, 480, 40):

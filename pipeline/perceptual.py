@@ -1,0 +1,114 @@
+"""The perceptual hash every stage compares: pHash of the picture without a uniform frame.
+
+imagehash's 64-bit pHash survives recompression and resizing, but not a border: a white frame of
+4% a side moves it by up to ~22 bits, because the DCT sees a different picture.  Web copies are
+often framed (letterboxing, passe-partout, padding to a square), so before hashing the picture is
+cut to the box of pixels that differ from the frame colour.  A picture is framed when its four
+corners agree within ``TOLERANCE`` (per channel); otherwise it is hashed whole.  Training images,
+removal lists and the evaluation index all go through ``phash`` so their hashes compare.
+
+Trimming works on a thumbnail (pHash itself sees only 32x32), so it costs little on large images.
+Pillow and imagehash have no auto-crop; ``ImageOps.crop`` removes a fixed width, which is why the
+box is computed here.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import imagehash
+from PIL import Image, ImageChops
+
+TOLERANCE = 40  # JPEG ringing next to a sharp frame edge stays below this per channel
+FRAME_NOISE = 16  # a frame pixel is within this of the frame colour (JPEG noise on a flat area)
+FRAME_UNIFORM = 0.95  # fraction of the outermost ring that must be frame-coloured
+THUMBNAIL = 256  # side of the picture the frame is searched on
+MAX_FRAMES = 4  # nested frames removed at most
+DETECT = 64  # side of the reduced copy the frame is found on: averaging evens out noise and texture
+MIN_CONTENT = 0.5  # a frame leaves at least this fraction of each side; less is a subject on a plain
+                   # background, whose box moves with every edit, so such images are hashed whole
+
+
+def _reduced(img: Image.Image, side: int) -> Image.Image:
+    """A copy at most ``side`` pixels a side (area-averaged, aspect kept)."""
+    scale = side / max(img.size)
+    if scale >= 1:
+        return img.copy()
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
+
+
+def _corners_agree(img: Image.Image) -> Optional[Tuple[int, ...]]:
+    w, h = img.size
+    corners = [img.getpixel(xy) for xy in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))]
+    for c in corners[1:]:
+        if max(abs(a - b) for a, b in zip(c, corners[0])) > TOLERANCE:
+            return None
+    return tuple(round(sum(c[i] for c in corners) / 4) for i in range(len(corners[0])))
+
+
+def _ring_is_uniform(img: Image.Image, colour: Tuple[int, ...]) -> bool:
+    """Whether the outermost ring of pixels is frame-coloured: a textured or noisy background is
+    not a frame (cutting it would follow the noise and make the hash unstable)."""
+    w, h = img.size
+    strips = [img.crop(box) for box in ((0, 0, w, 1), (0, h - 1, w, h), (0, 0, 1, h), (w - 1, 0, w, h))]
+    near = total = 0
+    for strip in strips:
+        diff = ImageChops.difference(strip, Image.new("RGB", strip.size, colour))
+        lit = diff.point(lambda v: 255 if v > FRAME_NOISE else 0).convert("L").point(lambda v: 255 if v else 0)
+        total += strip.width * strip.height
+        near += strip.width * strip.height - lit.histogram()[255]
+    return near >= FRAME_UNIFORM * total
+
+
+def _frame_colour(img: Image.Image) -> Optional[Tuple[int, ...]]:
+    """The frame's colour when the image has a uniform frame, else None.  Decided on a reduced
+    copy, where averaging evens out noise and texture, so copies of one picture decide alike."""
+    small = _reduced(img, DETECT)
+    colour = _corners_agree(small)
+    return colour if colour is not None and _ring_is_uniform(small, colour) else None
+
+
+def content_box(img: Image.Image) -> Optional[Tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of the picture inside a uniform frame, or None when there is no
+    frame to remove (no uniform frame, or what it holds is too small to be a framed picture)."""
+    rgb = img.convert("RGB")
+    frame = _frame_colour(rgb)
+    if frame is None:
+        return None
+    diff = ImageChops.difference(rgb, Image.new("RGB", rgb.size, frame))
+    # a pixel is picture when any channel differs from the frame by more than TOLERANCE
+    mask = diff.point(lambda v: 255 if v > TOLERANCE else 0).convert("L").point(lambda v: 255 if v else 0)
+    box = mask.getbbox()
+    if box is None or box == (0, 0, *rgb.size):
+        return None
+    left, top, right, bottom = box
+    if right - left < MIN_CONTENT * rgb.width or bottom - top < MIN_CONTENT * rgb.height:
+        return None
+    return box
+
+
+def trim_frame(img: Image.Image) -> Image.Image:
+    """The picture without its uniform frame, reduced to at most ``THUMBNAIL`` pixels a side."""
+    thumb = _reduced(img if img.mode == "RGB" else img.convert("RGB"), THUMBNAIL)
+    # Frames nest (a white passe-partout around a picture with a plain margin of its own): trim
+    # until none is left, so a framed copy ends where the unframed original's trim ends.
+    for _ in range(MAX_FRAMES):
+        box = content_box(thumb)
+        if box is None:
+            break
+        thumb = thumb.crop(box)
+    return thumb
+
+
+def phash(img: Image.Image) -> str:
+    """64-bit pHash of the picture without its frame, as 16 hex digits."""
+    return str(imagehash.phash(trim_frame(img)))
+
+
+def phash_bytes(data: bytes) -> str:
+    """``phash`` of an encoded image (decoding errors propagate)."""
+    import io
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return phash(img)
