@@ -23,3 +23,8 @@ def metadata_similarity(value: Optional[float], min_similarity: Optional[float])
     if min_similarity is None or value is None or value != value:
         return None
     return "low_metadata_similarity" if float(value) < min_similarity else None
+
+
+def nsfw(score: Optional[float], max_nsfw: Optional[float]) -> Optional[str]:
+    """The NSFW head's score of the image (pipeline/nsfw.py)."""
+    return "nsfw" if _above(score, max_nsfw) else None

@@ -26,7 +26,7 @@ INDEX_SCHEMA = pa.schema([
     ("original_width", pa.int64()), ("original_height", pa.int64()),
     ("width", pa.int64()), ("height", pa.int64()), ("bytes", pa.int64()),
     ("similarity", pa.float64()), ("sha256", pa.string()), ("phash", pa.string()),
-    ("duplicate_of", pa.string()),
+    ("duplicate_of", pa.string()), ("nsfw", pa.float64()),
 ])
 assert set(INDEX_SCHEMA.names) == set(IndexRow.__dataclass_fields__), "index schema and IndexRow disagree"
 

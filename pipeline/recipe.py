@@ -105,6 +105,7 @@ class ClipConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
     batch_size: int = 64
+    compile: bool = False  # torch.compile the image tower on CUDA (compile time on first batches)
     min_similarity: Optional[float] = 0.28  # LAION-2B-en kept >= 0.28 with ViT-B/32
 
 
@@ -138,13 +139,30 @@ class DedupConfig:
     exact: bool = True  # drop byte-identical encoded images, keep the best one
     near: bool = False  # drop perceptual near-duplicates across the whole build (phash, banded LSH)
     near_max_distance: int = 5  # Hamming distance of 64-bit phashes (mmc4: findimagedupes 5; core: 10)
+    near_bands: Optional[int] = None  # bands the 64 bits are cut into for near search; None: chosen from the distance
     max_image_documents: Optional[int] = None  # MMC4: drop images found in more documents (logos, ads)
+    semantic: bool = False  # SemDeDup: drop images whose CLIP embeddings are near-identical (needs clip.enabled)
+    semantic_clusters: int = 100  # k-means clusters; pairs are compared within a cluster only
+    semantic_max_similarity: float = 0.95  # cosine above which two images are semantic duplicates
+    semantic_fit_rows: int = 100_000  # embeddings (a deterministic subset) the k-means is fitted on
 
 
 @dataclass(frozen=True)
 class SafetyConfig:
     blocklist: Optional[str] = None  # removal list (filters/blocklist.py format), any Beam filesystem
     blocklist_phash_distance: int = 4  # images this close to a listed phash are removed too
+    nsfw_head: Optional[str] = None  # classifier head on CLIP image embeddings (.npz, see pipeline/nsfw.py)
+    max_nsfw: float = 0.5  # drop images the head scores above; rows with a punsafe value use that instead
+
+
+@dataclass(frozen=True)
+class DecontaminationConfig:
+    """Evaluation-set decontamination against an index built by ``flamingo-corpus index-eval``."""
+
+    index: Optional[str] = None  # the eval index file; None switches decontamination off
+    phash_distance: int = 6  # training images this close (Hamming, 64-bit phash) to an eval image are dropped
+    min_cosine: Optional[float] = 0.95  # ... or this similar by CLIP image embedding (needs clip.enabled)
+    captions: bool = True  # drop training captions equal, after normalisation, to an eval caption
 
 
 @dataclass(frozen=True)
@@ -175,6 +193,7 @@ class Recipe:
     mmc4: Mmc4Config = field(default_factory=Mmc4Config)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     sample_web: SampleWebConfig = field(default_factory=SampleWebConfig)
 
@@ -273,6 +292,16 @@ def _validate(recipe: Recipe) -> None:
         raise RecipeError("download.threads must be at least 1")
     if recipe.image.image_size < 1:
         raise RecipeError("image.image_size must be at least 1")
+    if not 0 <= recipe.dedup.near_max_distance < 64:
+        raise RecipeError("dedup.near_max_distance must be in [0, 64)")
+    if recipe.dedup.near_bands is not None and not 1 <= recipe.dedup.near_bands <= recipe.dedup.near_max_distance + 1:
+        raise RecipeError("dedup.near_bands must be between 1 and dedup.near_max_distance + 1")
+    if recipe.dedup.semantic and not recipe.clip.enabled:
+        raise RecipeError("dedup.semantic needs CLIP image embeddings: set clip.enabled to true")
+    if recipe.dedup.semantic_clusters < 1 or recipe.dedup.semantic_fit_rows < recipe.dedup.semantic_clusters:
+        raise RecipeError("dedup.semantic_clusters must be at least 1 and at most dedup.semantic_fit_rows")
+    if recipe.safety.nsfw_head and not recipe.clip.enabled:
+        raise RecipeError("safety.nsfw_head scores CLIP image embeddings: set clip.enabled to true")
 
 
 def recipe_from_dict(data: dict, *, base_dir: Optional[Path] = None) -> Recipe:
@@ -321,5 +350,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         ),
         clip=dataclasses.replace(clip, model_config=fix(clip.model_config)),
         sample_web=dataclasses.replace(recipe.sample_web, root=fix(recipe.sample_web.root)),
-        safety=dataclasses.replace(recipe.safety, blocklist=fix(recipe.safety.blocklist)),
+        safety=dataclasses.replace(recipe.safety, blocklist=fix(recipe.safety.blocklist),
+                                   nsfw_head=fix(recipe.safety.nsfw_head)),
+        decontamination=dataclasses.replace(recipe.decontamination, index=fix(recipe.decontamination.index)),
     )

@@ -45,6 +45,7 @@ class Sample:
     image_embedding: Optional[Any] = None  # np.ndarray float32, L2-normalised
     text_embedding: Optional[Any] = None
     similarity: Optional[float] = None
+    nsfw: Optional[float] = None  # the NSFW head's score (safety.nsfw_head), when it ran
     # MMC4: the assembled output document, and the index rows of the images kept inside it
     document: Optional[dict] = None
     children: list = field(default_factory=list)
@@ -92,6 +93,7 @@ class IndexRow:
     sha256: Optional[str] = None
     phash: Optional[str] = None
     duplicate_of: Optional[str] = None
+    nsfw: Optional[float] = None
 
     @classmethod
     def from_sample(cls, s: Sample, status: str, reason: Optional[str] = None, *, stage: Optional[str] = None,
@@ -102,7 +104,7 @@ class IndexRow:
             language=s.language, original_width=s.original_width, original_height=s.original_height,
             width=s.width, height=s.height,
             bytes=len(s.image_bytes) if s.image_bytes is not None else None,
-            similarity=s.similarity, sha256=s.sha256, phash=s.phash, **extra,
+            similarity=s.similarity, sha256=s.sha256, phash=s.phash, nsfw=s.nsfw, **extra,
         )
 
     def as_dict(self) -> dict:

@@ -1,0 +1,195 @@
+"""Semantic dedup (SemDeDup): the cluster rule against brute force, the Beam stage on one and two
+worker processes, and a LAION build where re-rendered pictures go that pHash cannot catch."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing import test_pipeline
+
+from pipeline import synthetic
+from pipeline.clip_model import load_clip
+from pipeline.near_dup import hamming
+from pipeline.perceptual import phash
+from pipeline.recipe import ClipConfig, RecipeError, recipe_from_dict
+from pipeline.records import Sample
+from pipeline.sem_dedup import (DedupSemantic, cluster_duplicates, fit_centroids, semantic_duplicates,
+                                stable_hash)
+
+from .beam_util import run_collect
+from .loopback_build import build_over_loopback, jpeg_bytes
+
+TINY_CLIP = {"enabled": True, "model": "flamingo-tiny-clip", "pretrained": "synthetic-world", "device": "cpu",
+             "min_similarity": None, "batch_size": 16}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _blobs(seed: int, n_blobs: int = 6, per_blob: int = 30, dim: int = 32):
+    """Embeddings around ``n_blobs`` directions, with a few planted near-copies in each."""
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.normal(size=(n_blobs, dim)))
+    points = []
+    for c in centres:
+        base = _unit(c + 0.5 * rng.normal(size=(per_blob, dim)))
+        copies = _unit(base[:5] + 0.02 * rng.normal(size=(5, dim)))
+        points.extend(base)
+        points.extend(copies)
+    return _unit(np.array(points))
+
+
+def _brute_force(emb: np.ndarray, threshold: float) -> dict:
+    """The rule spelled out pair by pair: j is a duplicate of the most similar earlier i above
+    the threshold, and points at the kept member i's chain ends on."""
+    kept_of, out = {}, {}
+    for j in range(len(emb)):
+        sims = [(float(emb[i] @ emb[j]), i) for i in range(j)]
+        best = max(sims, default=(-2.0, -1))
+        if best[0] > threshold:
+            kept_of[j] = kept_of[best[1]]
+            out[str(j)] = str(kept_of[j])
+        else:
+            kept_of[j] = j
+    return out
+
+
+def test_cluster_rule_matches_brute_force():
+    emb = _blobs(1)
+    got = cluster_duplicates([str(i) for i in range(len(emb))], emb, 0.97)
+    assert got == _brute_force(emb, 0.97)
+    assert len(got) >= 6 * 5 * 0.9  # the planted copies are found
+    assert all(target not in got for target in got.values())  # duplicate_of always names a kept one
+
+
+def test_a_big_cluster_is_processed_in_blocks(monkeypatch):
+    import pipeline.sem_dedup as sem
+
+    emb = _blobs(2)
+    whole = cluster_duplicates([str(i) for i in range(len(emb))], emb, 0.97)
+    monkeypatch.setattr(sem, "_BLOCK_ELEMENTS", 300)  # blocks of one or two rows
+    assert cluster_duplicates([str(i) for i in range(len(emb))], emb, 0.97) == whole
+
+
+def test_clusters_keep_planted_copies_together():
+    emb = _blobs(3)
+    centroids = fit_centroids(emb, 6)
+    assert centroids.shape == (6, emb.shape[1])
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, rtol=1e-5)
+    members = [(str(i), e, (i,)) for i, e in enumerate(emb)]
+    clustered = semantic_duplicates(members, centroids, 0.97)
+    one_cluster = semantic_duplicates(members, centroids[:1], 0.97)
+    assert one_cluster == _brute_force(emb, 0.97)
+    # every planted copy is in its original's cluster, so clustering loses none of them
+    planted = {str(b * 35 + 30 + c) for b in range(6) for c in range(5)}
+    assert planted <= set(clustered)
+    assert set(clustered) <= set(one_cluster)
+
+
+def test_fit_is_deterministic_and_handles_few_rows():
+    emb = _blobs(4)
+    np.testing.assert_array_equal(fit_centroids(emb, 5), fit_centroids(emb, 5))
+    assert fit_centroids(emb[:3], 5).shape == (3, emb.shape[1])
+    assert fit_centroids(np.zeros((0, 0)), 5).shape[0] == 0
+    assert stable_hash("row:1") == stable_hash("row:1") != stable_hash("row:2")
+
+
+def _samples():
+    emb = _blobs(5)
+    return [Sample(id=f"s:{i:03d}", source_index=0, row=i, url=f"http://x/{i}", image_embedding=e,
+                   similarity=round(float(0.2 + (i % 7) / 50), 4))
+            for i, e in enumerate(emb)]
+
+
+def _line(record) -> str:
+    return json.dumps([record.id, getattr(record, "reason", None), getattr(record, "duplicate_of", None)])
+
+
+def _run(tmp_path, options) -> list:
+    with test_pipeline.TestPipeline(options=PipelineOptions(options)) as p:
+        kept, dropped = p | beam.Create(_samples()) | DedupSemantic(n_clusters=4, max_similarity=0.97, fit_rows=60)
+        ((kept, dropped) | beam.Flatten() | beam.Map(_line)
+         | beam.io.WriteToText(str(tmp_path / "out"), file_name_suffix=".jsonl"))
+    return sorted(json.loads(line) for f in tmp_path.glob("out*.jsonl") for line in f.read_text().splitlines())
+
+
+@pytest.mark.timeout(300)
+def test_stage_is_the_same_on_one_and_two_worker_processes(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = _run(tmp_path / "one", [])
+    two = _run(tmp_path / "two", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    assert one == two
+    assert len(one) == len(_samples())
+    dropped = [(i, reason, rep) for i, reason, rep in one if reason is not None]
+    assert dropped and all(reason == "semantic_duplicate" for _, reason, _ in dropped)
+    kept = {i for i, reason, _ in one if reason is None}
+    assert all(rep in kept for _, _, rep in dropped)
+    # the same decisions as the in-memory reference with the stage's own centroids rule
+    assert len(dropped) >= 6 * 5 * 0.9
+
+
+def test_samples_without_an_embedding_pass():
+    samples = [Sample(id=f"n:{i}", source_index=0, row=i, url=None, caption="a sentence") for i in range(3)]
+    out = run_collect(lambda p: dict(zip(("kept", "dropped"), p | beam.Create(samples)
+                                         | DedupSemantic(n_clusters=2, max_similarity=0.9, fit_rows=10))))
+    assert sorted(s.id for s in out["kept"]) == ["n:0", "n:1", "n:2"] and not out["dropped"]
+
+
+def test_recipe_needs_clip_for_semantic_dedup():
+    with pytest.raises(RecipeError, match="clip.enabled"):
+        recipe_from_dict({"clip": {"enabled": False}, "dedup": {"semantic": True}})
+
+
+# --- in a build ---------------------------------------------------------------------------------
+
+def _moved(scene: synthetic.Scene) -> synthetic.Scene:
+    return dataclasses.replace(scene, jitter_x=scene.jitter_x + 0.08, jitter_y=scene.jitter_y - 0.06)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_build_drops_re_renders_that_phash_misses(tmp_path, tiny_clip_checkpoint):
+    """The same scene rendered with the shape moved a little is a different picture to pHash but
+    the same to CLIP: with near dedup on, only the semantic stage removes such copies."""
+    model = load_clip(ClipConfig(**{k: v for k, v in TINY_CLIP.items() if k not in ("enabled", "min_similarity")}))
+    scenes = list(synthetic.scenes(11, 24))
+    encode = {f"scene{i}.jpg": jpeg_bytes(synthetic.render(s)) for i, s in enumerate(scenes)}
+    moved = {f"moved{i}.jpg": jpeg_bytes(synthetic.render(_moved(s))) for i, s in enumerate(scenes)}
+    emb = {name: e for name, e in zip([*encode, *moved], model.embed_encoded([*encode.values(), *moved.values()]))}
+    # planted pairs: the re-render is CLIP-close and pHash-far; the rest of the scenes are distinct
+    pairs = [i for i in range(len(scenes))
+             if emb[f"scene{i}.jpg"] @ emb[f"moved{i}.jpg"] > 0.95
+             and hamming(phash(synthetic.render(scenes[i])), phash(synthetic.render(_moved(scenes[i])))) > 10]
+    assert len(pairs) >= 4
+    files = {**encode, **{f"moved{i}.jpg": moved[f"moved{i}.jpg"] for i in pairs}}
+    names = list(files)
+    matrix = np.stack([emb[n] for n in names])
+    sims = matrix @ matrix.T
+    planted = {(f"scene{i}.jpg", f"moved{i}.jpg") for i in pairs}
+    close = {(a, b) for x, a in enumerate(names) for y, b in enumerate(names) if x < y and sims[x, y] > 0.9}
+    expected_pairs = planted | close
+
+    rows, result = build_over_loopback(tmp_path, files, {
+        "clip": TINY_CLIP,
+        "image": {"resize_mode": "center_crop", "image_size": 224},
+        "dedup": {"near": True, "near_max_distance": 5, "semantic": True, "semantic_clusters": 1,
+                  "semantic_max_similarity": 0.9, "semantic_fit_rows": 100},
+    })
+    dropped = {n: r for n, r in rows.items() if r["status"] == "dropped"}
+    for a, b in planted:  # one of each planted pair goes, naming the other
+        assert (a in dropped) != (b in dropped), (a, b)
+        gone, other = (a, b) if a in dropped else (b, a)
+        assert dropped[gone]["reason"] == "semantic_duplicate"
+        assert dropped[gone]["duplicate_of"] == rows[other]["id"]
+    # nothing is dropped that is not in a close pair, and near dedup took none of them
+    in_pairs = {n for pair in expected_pairs for n in pair}
+    assert set(dropped) <= in_pairs
+    assert all(r["reason"] == "semantic_duplicate" for r in dropped.values())
+    assert result.drops.get("sem_dedup/semantic_duplicate") == len(dropped) >= len(planted)
+    assert result.kept + len(dropped) == len(files)
