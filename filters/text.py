@@ -13,6 +13,15 @@ def normalize_caption(text: str) -> str:
     return _SPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
+def match_key(text: str) -> str:
+    """The form captions are compared in against evaluation captions: NFKC (full-width and
+    ligature forms fold to plain ones), lower case, punctuation (Unicode category P*) removed,
+    whitespace collapsed.  "A Dog, running." and "a dog running" give the same key."""
+    folded = unicodedata.normalize("NFKC", text).lower()
+    kept = "".join(c for c in folded if not unicodedata.category(c).startswith("P"))
+    return _SPACE.sub(" ", kept).strip()
+
+
 def caption_length(caption: Optional[str], min_chars: int, max_chars: int, min_words: int = 1) -> Optional[str]:
     if caption is None or not isinstance(caption, str) or not caption.strip():
         return "no_caption"

@@ -76,6 +76,23 @@ def _cmd_realign(args, beam_args: List[str]) -> int:
     return 0
 
 
+def _cmd_index_eval(args, beam_args: List[str]) -> int:
+    from .eval_index import EvalIndexError, build_index, parse_named
+
+    def report(path: str, why: str) -> None:
+        print(f"{path}: unreadable, left out: {why}", file=sys.stderr)
+
+    try:
+        recipe = load_recipe(args.recipe) if args.recipe else None
+        result = build_index([parse_named(d) for d in args.folders], [parse_named(c) for c in args.captions or []],
+                             args.output, recipe, on_unreadable=report)
+    except (RecipeError, EvalIndexError, OSError) as e:
+        print(f"flamingo-corpus: {e}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="flamingo-corpus", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
@@ -86,7 +103,9 @@ def parser() -> argparse.ArgumentParser:
                        description="Read the recipe's input, download, filter, score and shard it into DIR.")
     b.add_argument("recipe", help="recipe YAML, e.g. manifests/laion2b-en.yaml")
     b.add_argument("--output", required=True, help="output directory (local path or gs://, s3://, hdfs:// URL)")
-    b.add_argument("--overwrite", action="store_true", help="replace a build already in DIR")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace what DIR holds and build from nothing (without it, the same command "
+                        "resumes an interrupted build in DIR, and a complete one is left as it is)")
     b.set_defaults(func=_cmd_build)
 
     s = sub.add_parser("sample", help="the local sample build (embedded web server, tiny CLIP)",
@@ -118,6 +137,23 @@ def parser() -> argparse.ArgumentParser:
                         "most similar sentence (mmc4) or remove them from the document, as the OpenFlamingo "
                         "loader leaves them out (default: %(default)s)")
     r.set_defaults(func=_cmd_realign)
+
+    e = sub.add_parser("index-eval", help="index evaluation images and captions for decontamination",
+                       description="Perceptual hashes (and, with --recipe, CLIP embeddings) of every image under "
+                                   "the folders, and normalised captions, in one parquet file that a recipe's "
+                                   "decontamination.index names. Unreadable images are reported and left out.")
+    e.add_argument("folders", nargs="+", metavar="DIR",
+                   help="folder of eval images (local or fsspec URL); the eval set is named after the folder, "
+                        "or NAME=DIR")
+    e.add_argument("--output", required=True, help="the index file to write, e.g. eval.index")
+    e.add_argument("--captions", action="append", metavar="FILE",
+                   help="caption file, repeatable, NAME=FILE allowed: COCO annotations json, Karpathy split json, "
+                        "jsonl with a 'caption' field, or .txt one per line")
+    how = e.add_mutually_exclusive_group()
+    how.add_argument("--recipe", help="embed images with this recipe's clip section (and its image settings), "
+                                      "so its builds can match by CLIP cosine")
+    how.add_argument("--no-clip", action="store_true", help="perceptual hashes only (the default)")
+    e.set_defaults(func=_cmd_index_eval)
     return ap
 
 

@@ -2,7 +2,8 @@
 
     Read LAION rows -> Filter metadata -> (Blocklist URLs) -> Download images
       -> (Blocklist downloads) -> Process images -> (Blocklist images)
-      -> Score with CLIP -> Dedup exact images -> Dedup near images (optional)
+      -> Score with CLIP -> (Score NSFW head) -> Dedup exact images -> (Dedup near images)
+      -> (Dedup semantic duplicates)
       -> Write shards (+ index of every row)
 """
 from __future__ import annotations
@@ -12,14 +13,17 @@ from typing import List
 import apache_beam as beam
 
 from .clip import ScoreWithClip
+from .decontaminate import decontaminate
 from .dedup import DedupExactImages
 from .download import DownloadImages
 from .images import ProcessImages
 from .index import WriteIndex, WriteShardList
 from .metadata import FilterMetadata
 from .near_dup import DedupNearImages
+from .nsfw import score_nsfw
 from .recipe import Recipe
 from .records import Sample
+from .sem_dedup import semantic_dedup
 from .shard import WriteShards, canonical_json
 from .stage import Stages, screen
 from .sources import ReadLaionRows
@@ -55,10 +59,15 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
     rows = screen(rows, recipe, stage, "image")
     if recipe.clip.enabled:
         rows = stage(rows, "Score with CLIP", ScoreWithClip(recipe.clip))
+    rows = decontaminate(rows, recipe, stage)  # eval-set images and captions (decontamination.index)
+    if recipe.safety.nsfw_head:
+        rows = stage(rows, "Score NSFW head", score_nsfw(recipe.safety))
     if recipe.dedup.exact:
         rows = stage(rows, "Dedup exact images", DedupExactImages())
     if recipe.dedup.near:
         rows = stage(rows, "Dedup near images", DedupNearImages(recipe.dedup.near_max_distance))
+    if recipe.dedup.semantic:
+        rows = stage(rows, "Dedup semantic duplicates", semantic_dedup(recipe.dedup))
     shards, kept_index = rows | "Write shards" >> WriteShards(
         output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, laion_members)
     shards | "Record shards" >> WriteShardList(output_dir)

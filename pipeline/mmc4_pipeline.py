@@ -14,13 +14,16 @@ from typing import List
 import apache_beam as beam
 
 from .clip import EmbedWithClip
+from .decontaminate import decontaminate
 from .documents import AssembleDocuments, FilterDocuments, ReadMmc4Documents, SplitDocuments
 from .download import DownloadImages
 from .images import ProcessImages
 from .near_dup import DropFrequentImages
+from .nsfw import score_nsfw
 from .index import WriteIndex, WriteShardList
 from .recipe import Recipe
 from .records import Sample
+from .sem_dedup import semantic_dedup
 from .shard import WriteShards, canonical_json
 from .stage import Stages, screen
 
@@ -51,7 +54,12 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
         embedded = ((images, sentences) | "Images and sentences" >> beam.Flatten()
                     | "Embed with CLIP" >> EmbedWithClip(recipe.clip))
         images, sentences = embedded | "Split embeddings" >> beam.Partition(_is_image, 2)
+        if recipe.safety.nsfw_head:
+            images = stage(images, "Score NSFW head", score_nsfw(recipe.safety))
+        if recipe.dedup.semantic:  # across documents; off by default, as in mmc4
+            images = stage(images, "Dedup semantic duplicates", semantic_dedup(recipe.dedup))
     # else: alignment uses the similarity matrix the release ships (mmc4: CLIP ViT-L/14).
+    images = decontaminate(images, recipe, stage)  # eval-set images; sentences are left in place
     aligned = stage((docs, images, sentences), "Align documents", AssembleDocuments(recipe.mmc4))
     shards, kept_index = aligned | "Write shards" >> WriteShards(
         output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, mmc4_members)

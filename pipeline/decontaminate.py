@@ -1,0 +1,94 @@
+"""Evaluation-set decontamination: training samples that are evaluation images or captions go.
+
+A model scored on COCO, Flickr30K, VQAv2, ... must not have trained on those images, and web
+crawls hold many copies of them (recompressed, resized, framed).  The stage compares every
+sample with the eval index (``flamingo-corpus index-eval``, pipeline/eval_index.py):
+
+- perceptual hash within ``decontamination.phash_distance`` of an eval image's (the same framed-
+  picture-aware pHash the image stage stores);
+- CLIP image embedding at least ``min_cosine`` similar to an eval image's (when the build embeds
+  images and the index holds embeddings of the same model);
+- caption equal, after ``filters.text.match_key``, to an eval caption (LAION rows).
+
+A match is dropped with reason ``eval_overlap`` and a detail naming the eval item and evidence
+("coco:val2014/x.jpg phash_distance=2", "... cosine=0.9731", "caption coco:<item>").
+
+The index is small lookup data: each worker reads it once in ``setup`` through Beam's
+FileSystems, so a gs:// index serves a Dataflow job.  Samples are batched so one batch meets the
+whole index in one vectorised XOR/popcount and one matrix product.
+
+MMC4: the stage screens images only.  Sentences are not dropped: removing one would shift the
+sentence indices the similarity matrix and the image assignments refer to, and a sentence that
+happens to equal an eval caption is not what leaks an eval image.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from .eval_index import EvalIndex, load_index, read_header
+from .recipe import ClipConfig, DecontaminationConfig
+from .records import Sample
+from .stage import apply_with_drops, drop
+
+log = logging.getLogger(__name__)
+
+STAGE = "decontaminate"
+REASON = "eval_overlap"
+LABEL = "Decontaminate against eval sets"
+MAX_BATCH = 256
+
+
+class _MatchBatch(beam.DoFn):
+    def __init__(self, cfg: DecontaminationConfig, use_embeddings: bool):
+        self.cfg, self.use_embeddings = cfg, use_embeddings
+        self.checked = Metrics.counter(STAGE, "checked")
+
+    def setup(self):
+        self._index: EvalIndex = load_index(self.cfg.index)
+
+    def process(self, batch: List[Sample]):
+        matches = self._index.match(
+            [s.phash for s in batch],
+            [s.image_embedding for s in batch] if self.use_embeddings else (),
+            [s.caption if s.kind == "row" else None for s in batch],
+            phash_distance=self.cfg.phash_distance,
+            min_cosine=self.cfg.min_cosine if self.use_embeddings else None,
+            check_captions=self.cfg.captions)
+        self.checked.inc(len(batch))
+        for s, m in zip(batch, matches):
+            yield drop(s, REASON, STAGE, detail=m.detail) if m else s
+
+
+class Decontaminate(beam.PTransform):
+    """Drop samples whose image or caption is in the eval index -> (kept, dropped)."""
+
+    def __init__(self, cfg: DecontaminationConfig, clip_cfg: Optional[ClipConfig] = None):
+        super().__init__()
+        if not cfg.index:
+            raise ValueError("decontamination.index is not set")
+        # Read the footer now: a missing index or one of another CLIP model fails the build before
+        # it starts, not in every worker.
+        header = read_header(cfg.index)
+        self.use_embeddings = bool(clip_cfg is not None and clip_cfg.enabled and cfg.min_cosine is not None
+                                   and header.has_embeddings)
+        if self.use_embeddings:
+            header.check_clip(clip_cfg)
+        elif clip_cfg is not None and clip_cfg.enabled and cfg.min_cosine is not None:
+            log.warning("eval index %s has no CLIP embeddings: matching by perceptual hash%s only",
+                        cfg.index, " and caption" if cfg.captions else "")
+        self.cfg = cfg
+
+    def expand(self, samples):
+        batches = samples | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=MAX_BATCH)
+        return apply_with_drops(batches, "Match eval index", _MatchBatch(self.cfg, self.use_embeddings))
+
+
+def decontaminate(samples, recipe, stage):
+    """The decontamination stage, when the recipe names an eval index."""
+    if not recipe.decontamination.index:
+        return samples
+    return stage(samples, LABEL, Decontaminate(recipe.decontamination, recipe.clip))

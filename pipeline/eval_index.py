@@ -1,0 +1,523 @@
+"""The evaluation-set index: what a build must keep out of its training data.
+
+``flamingo-corpus index-eval`` walks folders of evaluation images (COCO, Flickr30K, VQAv2, OK-VQA,
+TextVQA, VizWiz, Hateful Memes: whatever the user has on disk) and reads caption files, and
+writes one parquet file.  A build whose recipe names it (``decontamination.index``) drops every
+training image within the recipe's distance of an eval image and every caption equal to an eval
+caption (pipeline/decontaminate.py).
+
+The file holds two kinds of rows:
+
+    kind="image"    eval_set, item (path relative to the eval folder), phash (16 hex digits),
+                    embedding (list<float32>, null when no CLIP model was asked for)
+    kind="caption"  eval_set, item (the image the caption describes, or "line N"), caption
+                    (normalised with ``filters.text.match_key``)
+
+Its schema metadata records the format version and, when there are embeddings, the CLIP model
+and weights they were made with and their dimension: embeddings of different models do not
+compare, and the build refuses such an index instead of silently matching nothing.
+
+Eval images are hashed and embedded the way the build treats a training image (the image stage's
+decode and ``perceptual.phash``; with a recipe, its resize and encode before CLIP), so the same
+picture found on the web lands on the same hash and a near-identical embedding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from filters.text import match_key
+
+from .recipe import ClipConfig, ImageConfig, Recipe, RecipeError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+METADATA_KEY = b"flamingo_corpus.eval_index"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+CAPTION_EXTENSIONS = (".json", ".jsonl", ".txt")
+IMAGE, CAPTION = "image", "caption"
+
+SCHEMA = pa.schema([
+    ("kind", pa.string()), ("eval_set", pa.string()), ("item", pa.string()),
+    ("phash", pa.string()), ("embedding", pa.list_(pa.float32())), ("caption", pa.string()),
+])
+
+# Cells (training samples x eval images) compared at once: bounds the memory of one comparison
+# (uint64 XOR or float32 product) to some tens of MB whatever the size of the eval index.
+CHUNK_CELLS = 1 << 22
+
+
+class EvalIndexError(RecipeError):
+    """An eval index that cannot be built or used (unreadable, newer format, other CLIP model)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP identity
+
+
+def clip_identity(cfg: ClipConfig) -> Dict[str, str]:
+    """What makes two sets of embeddings comparable: the model name and the weights.  Weights given
+    as a local checkpoint are named by file name, so two paths to one checkpoint agree (and the
+    tiny ``synthetic-world`` model is named by its checkpoint, whose name holds its settings hash)."""
+    from .clip_model import resolve_pretrained
+
+    pretrained = resolve_pretrained(cfg) or ""
+    weights = posixpath.basename(pretrained.replace(os.sep, "/")) if (
+        "/" in pretrained or os.sep in pretrained) else pretrained
+    return {"clip_model": cfg.model, "clip_pretrained": cfg.pretrained or "", "clip_weights": weights}
+
+
+# ---------------------------------------------------------------------------------------------
+# The file: header, writer, reader
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    path: str
+    format_version: int
+    clip_model: Optional[str] = None
+    clip_pretrained: Optional[str] = None
+    clip_weights: Optional[str] = None
+    embedding_dim: Optional[int] = None
+    num_rows: int = 0
+
+    @property
+    def has_embeddings(self) -> bool:
+        return bool(self.embedding_dim)
+
+    def check_clip(self, cfg: ClipConfig) -> None:
+        """Raise EvalIndexError when the index's embeddings were made with another CLIP model."""
+        if not self.has_embeddings:
+            return
+        ours = clip_identity(cfg)
+        if (ours["clip_model"], ours["clip_weights"]) != (self.clip_model, self.clip_weights):
+            raise EvalIndexError(
+                f"eval index {self.path} holds embeddings of CLIP {self.clip_model} ({self.clip_pretrained}), "
+                f"the recipe embeds with {cfg.model} ({cfg.pretrained}): they do not compare. Rebuild the index "
+                f"with `flamingo-corpus index-eval ... --recipe` and this recipe, or set "
+                f"decontamination.min_cosine to null to match by perceptual hash and caption only")
+
+
+def _header_from_schema(path: str, schema: pa.Schema, num_rows: int) -> IndexHeader:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None or set(SCHEMA.names) - set(schema.names):
+        raise EvalIndexError(f"{path} is not an eval index (made by `flamingo-corpus index-eval`)")
+    meta = json.loads(raw)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise EvalIndexError(f"{path}: eval index format {meta['format_version']} is newer than this "
+                             f"flamingo-corpus reads ({FORMAT_VERSION}); upgrade flamingo-corpus")
+    fields = {f.name for f in dataclasses.fields(IndexHeader)} - {"path", "num_rows"}
+    return IndexHeader(path=path, num_rows=num_rows, **{k: v for k, v in meta.items() if k in fields})
+
+
+def read_header(path: str) -> IndexHeader:
+    """The index's metadata from the parquet footer alone (cheap: used when the pipeline is built)."""
+    try:
+        with FileSystems.open(path) as f:
+            pf = pq.ParquetFile(f)
+            return _header_from_schema(path, pf.schema_arrow, pf.metadata.num_rows)
+    except EvalIndexError:
+        raise
+    except Exception as e:  # missing file, not parquet, ...
+        raise EvalIndexError(f"cannot read eval index {path}: {e}") from e
+
+
+def write_index(path: str, images: Sequence[dict], captions: Sequence[dict],
+                clip: Optional[Dict[str, str]] = None) -> int:
+    """Write the index: ``images`` as dicts eval_set, item, phash, embedding (array or None);
+    ``captions`` as dicts eval_set, item, caption (raw: normalised here; empty keys left out).
+    Rows are sorted, so the same inputs give the same file and "first" means the same everywhere.
+    Returns the number of rows."""
+    dims = {len(im["embedding"]) for im in images if im.get("embedding") is not None}
+    if len(dims) > 1:
+        raise EvalIndexError(f"embeddings of several dimensions {sorted(dims)}")
+    rows = [{"kind": IMAGE, "eval_set": im["eval_set"], "item": im["item"], "phash": im["phash"],
+             "embedding": None if im.get("embedding") is None else np.asarray(im["embedding"], np.float32),
+             "caption": None} for im in sorted(images, key=lambda r: (r["eval_set"], r["item"]))]
+    keyed = {(c["eval_set"], c["item"], match_key(c["caption"])) for c in captions}
+    rows += [{"kind": CAPTION, "eval_set": s, "item": i, "phash": None, "embedding": None, "caption": k}
+             for s, i, k in sorted(keyed) if k]
+    meta = {"format_version": FORMAT_VERSION, "embedding_dim": dims.pop() if dims else None}
+    if meta["embedding_dim"]:
+        if not clip:
+            raise EvalIndexError("embeddings without the CLIP model that made them (see clip_identity)")
+        meta.update(clip)
+    table = pa.Table.from_pylist(rows, schema=SCHEMA.with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)}))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    with FileSystems.create(path) as f:
+        f.write(sink.getvalue().to_pybytes())
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class Match:
+    """The eval item a training sample matched, and the evidence."""
+
+    eval_set: str
+    item: str
+    evidence: str  # "phash_distance=2", "cosine=0.9731" or "caption"
+
+    @property
+    def detail(self) -> str:
+        ref = f"{self.eval_set}:{self.item}"
+        return f"caption {ref}" if self.evidence == CAPTION else f"{ref} {self.evidence}"
+
+
+@dataclass
+class EvalIndex:
+    """The index in memory, ready to match batches of training samples.  Image rows are in
+    (eval_set, item) order, so the first of equally close eval images is the same on every run."""
+
+    header: IndexHeader
+    sets: List[str]  # per image row
+    items: List[str]
+    phashes: np.ndarray  # uint64, per image row
+    embeddings: Optional[np.ndarray] = None  # float32 (rows with an embedding, dim)
+    embedding_rows: Optional[np.ndarray] = None  # image row of each embedding row
+    captions: Dict[str, Tuple[str, str]] = field(default_factory=dict)  # match key -> (eval_set, item)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.items)
+
+    def match(self, phashes: Sequence[Optional[str]], embeddings: Sequence[Optional[np.ndarray]] = (),
+              captions: Sequence[Optional[str]] = (), *, phash_distance: int = 6,
+              min_cosine: Optional[float] = None, check_captions: bool = True) -> List[Optional[Match]]:
+        """The match of each training sample, or None.  A perceptual-hash match wins over an
+        embedding match, which wins over a caption match; within a kind the closest eval image
+        (then the first in index order) is named."""
+        n = len(phashes)
+        out: List[Optional[Match]] = [None] * n
+        for i, m in zip(*self._by_phash(phashes, phash_distance)):
+            out[i] = m
+        if min_cosine is not None and self.embeddings is not None and len(embeddings):
+            # only samples the hashes left unmatched: the product is the expensive part
+            pending = [e if out[i] is None else None for i, e in enumerate(embeddings)]
+            for i, m in zip(*self._by_embedding(pending, min_cosine)):
+                out[i] = m
+        if check_captions and self.captions and len(captions):
+            for i, caption in enumerate(captions):
+                hit = self.captions.get(match_key(caption)) if caption else None
+                if hit and out[i] is None:
+                    out[i] = Match(hit[0], hit[1], CAPTION)
+        return out
+
+    def _by_phash(self, phashes, distance):
+        rows = [i for i, h in enumerate(phashes) if h]
+        if not rows or not self.num_images:
+            return [], []
+        query = np.array([int(phashes[i], 16) for i in rows], dtype=np.uint64)
+        # Hamming distance of every pair at once: XOR, then the popcount numpy does natively.
+        best, dist = _nearest(len(query), self.num_images,
+                              lambda a, b: np.bitwise_count(query[:, None] ^ self.phashes[None, a:b]))
+        hits = np.flatnonzero(dist <= distance)
+        return [rows[k] for k in hits], [
+            Match(self.sets[best[k]], self.items[best[k]], f"phash_distance={int(dist[k])}") for k in hits]
+
+    def _by_embedding(self, embeddings, min_cosine):
+        from .clip import SIMILARITY_DECIMALS
+
+        rows = [i for i, e in enumerate(embeddings) if e is not None]
+        if not rows or not len(self.embeddings):
+            return [], []
+        query = np.stack([np.asarray(embeddings[i], np.float32) for i in rows])
+        if query.shape[1] != self.embeddings.shape[1]:
+            raise EvalIndexError(f"training embeddings have {query.shape[1]} dimensions, the eval index "
+                                 f"{self.header.path} {self.embeddings.shape[1]}")
+        # Rounded as the CLIP stage rounds similarities: float32 products differ in the last bits
+        # with the batch's shape, the decision and the reported value must not.
+        best, neg = _nearest(len(query), len(self.embeddings),
+                             lambda a, b: -np.round(query @ self.embeddings[a:b].T, SIMILARITY_DECIMALS))
+        hits = np.flatnonzero(-neg >= min_cosine)
+        return [rows[k] for k in hits], [
+            Match(self.sets[j], self.items[j], f"cosine={-neg[k]:.4f}")
+            for k, j in ((k, int(self.embedding_rows[best[k]])) for k in hits)]
+
+
+def _nearest(n_query: int, n_eval: int, cost: Callable[[int, int], np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """(index, cost) of the cheapest eval row for each query row; ``cost(a, b)`` gives the
+    (n_query, b - a) costs of eval rows a..b.  The eval side is walked in chunks, so each eval
+    row is read once per batch and memory stays at CHUNK_CELLS; ties go to the first eval row."""
+    best_j = best_c = None
+    step = max(1, CHUNK_CELLS // n_query)
+    for a in range(0, n_eval, step):
+        c = cost(a, min(a + step, n_eval))
+        j = c.argmin(axis=1)
+        v = c[np.arange(n_query), j]
+        if best_c is None:
+            best_j, best_c = j + a, v
+        else:
+            better = v < best_c  # strictly: an earlier chunk keeps a tie
+            best_j, best_c = np.where(better, j + a, best_j), np.where(better, v, best_c)
+    return best_j, best_c
+
+
+def load_index(path: str) -> EvalIndex:
+    """Read the whole index (small lookup data) from any Beam filesystem (local, gs://, s3://)."""
+    try:
+        with FileSystems.open(path) as f:
+            data = f.read()
+        table = pq.read_table(pa.BufferReader(data))
+    except Exception as e:
+        raise EvalIndexError(f"cannot read eval index {path}: {e}") from e
+    header = _header_from_schema(path, table.schema, table.num_rows)
+    kinds = table.column("kind").to_pylist()
+    images = table.filter(pa.array([k == IMAGE for k in kinds]))
+    caps = table.filter(pa.array([k == CAPTION for k in kinds]))
+    sets, items = images.column("eval_set").to_pylist(), images.column("item").to_pylist()
+    order = sorted(range(len(items)), key=lambda i: (sets[i], items[i]))
+    images = images.take(pa.array(order, pa.int64()))
+    sets, items = images.column("eval_set").to_pylist(), images.column("item").to_pylist()
+    phashes = np.array([int(h, 16) for h in images.column("phash").to_pylist()], dtype=np.uint64)
+    embeddings = embedding_rows = None
+    if header.has_embeddings:
+        column = images.column("embedding").combine_chunks()
+        has = ~column.is_null().to_numpy(zero_copy_only=False)
+        values = column.filter(pa.array(has)).flatten().to_numpy(zero_copy_only=False)
+        embedding_rows = np.flatnonzero(has)
+        embeddings = values.astype(np.float32).reshape(len(embedding_rows), header.embedding_dim)
+    captions: Dict[str, Tuple[str, str]] = {}
+    for s, i, c in sorted(zip(caps.column("eval_set").to_pylist(), caps.column("item").to_pylist(),
+                              caps.column("caption").to_pylist())):
+        captions.setdefault(c, (s, i))
+    return EvalIndex(header, sets, items, phashes, embeddings, embedding_rows, captions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Caption files
+
+
+def _open_text(path: str) -> str:
+    import fsspec
+
+    with fsspec.open(path, "rb") as f:
+        return f.read().decode("utf-8-sig")
+
+
+def _as_captions(value) -> List[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+_ITEM_FIELDS = ("image", "file_name", "filename", "image_id", "img", "id")
+
+
+def _item_of(obj: dict, fallback: str) -> str:
+    for name in _ITEM_FIELDS:
+        if obj.get(name) not in (None, ""):
+            return str(obj[name])
+    return fallback
+
+
+def read_captions(path: str) -> List[Tuple[str, str]]:
+    """(item, caption) pairs of a caption file, by format:
+
+    - COCO annotations json: {"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}
+      (item: the image's file name, or its id);
+    - Karpathy split json: {"images": [{"filepath"?, "filename", "sentences": [{"raw"}]}]};
+    - a json list, or .jsonl lines, of objects with a "caption" (a string or a list of strings);
+      item: their image / file_name / filename / image_id field, else "line N";
+    - .txt: one caption a line (item "line N").
+    """
+    text = _open_text(path)
+    name = path.lower()
+    if name.endswith(".txt"):
+        return [(f"line {n}", line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if name.endswith(".jsonl"):
+        out = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalIndexError(f"{path}:{n}: not JSON ({e})") from e
+            if isinstance(obj, dict):
+                out += [(_item_of(obj, f"line {n}"), c) for c in _as_captions(obj.get("caption"))]
+        return out
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EvalIndexError(f"{path}: not JSON ({e}); caption files are .json, .jsonl or .txt") from e
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        names = {im.get("id"): im.get("file_name") for im in data.get("images") or [] if isinstance(im, dict)}
+        return [(str(names.get(a.get("image_id")) or a.get("image_id")), c)
+                for a in data["annotations"] if isinstance(a, dict) for c in _as_captions(a.get("caption"))]
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        out = []
+        for im in data["images"]:
+            if not isinstance(im, dict):
+                continue
+            item = posixpath.join(im.get("filepath") or "", im.get("filename") or str(im.get("imgid", "")))
+            for sent in im.get("sentences") or []:
+                if isinstance(sent, dict) and (sent.get("raw") or sent.get("tokens")):
+                    out.append((item, sent.get("raw") or " ".join(sent["tokens"])))
+        return out
+    if isinstance(data, list):
+        return [(_item_of(obj, f"entry {n}"), c) for n, obj in enumerate(data, start=1) if isinstance(obj, dict)
+                for c in _as_captions(obj.get("caption"))]
+    raise EvalIndexError(f"{path}: not a caption file this reads (COCO annotations, Karpathy split, "
+                         f"json/jsonl objects with a 'caption', or .txt)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders
+
+
+def list_images(folder: str) -> List[Tuple[str, str]]:
+    """(item, full path) of every image under ``folder`` (local or any fsspec URL), sorted."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(folder)
+    if not fs.isdir(root):
+        raise EvalIndexError(f"{folder} is not a folder")
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    out = []
+    for p in sorted(fs.find(root)):
+        if p.lower().endswith(IMAGE_EXTENSIONS):
+            full = p if protocol in ("file", "local") else f"{protocol}://{p}"
+            out.append((posixpath.relpath(p, root), full))
+    return out
+
+
+def _read_bytes(path: str) -> bytes:
+    import fsspec
+
+    with fsspec.open(path, "rb") as f:
+        return f.read()
+
+
+def _relaxed(cfg: ImageConfig) -> ImageConfig:
+    # An eval image is indexed whatever its size: the build's size filters decide on web copies.
+    return dataclasses.replace(cfg, min_side=0, max_aspect_ratio=None, min_encoded_bytes=0)
+
+
+def prepare_image(path: str, cfg: ImageConfig) -> Tuple[str, bytes]:
+    """(phash, the bytes the build would embed) of one eval image, through the image stage."""
+    from .images import process_image
+
+    p = process_image(_read_bytes(path), _relaxed(cfg))
+    return p.phash, p.data
+
+
+def _try_prepare(path: str, cfg: ImageConfig):
+    try:
+        return prepare_image(path, cfg)
+    except Exception as e:  # undecodable, truncated, unreadable: reported and counted, not fatal
+        return e
+
+
+@dataclass
+class SetSummary:
+    images: int = 0
+    unreadable: int = 0
+    captions: int = 0
+
+
+@dataclass
+class IndexSummary:
+    output: str
+    sets: Dict[str, SetSummary]
+    rows: int
+    clip: Optional[Dict[str, str]]
+    embedding_dim: Optional[int]
+
+    def __str__(self) -> str:
+        lines = [f"eval index {self.output}: {self.rows:,} rows"]
+        for name, s in sorted(self.sets.items()):
+            lines.append(f"  {name:<24}{s.images:>9,} images{s.unreadable:>7,} unreadable{s.captions:>9,} captions")
+        lines.append(f"  embeddings: CLIP {self.clip['clip_model']} ({self.clip['clip_pretrained']}), "
+                     f"{self.embedding_dim} dims" if self.clip else "  embeddings: none (perceptual hashes only)")
+        return "\n".join(lines)
+
+
+def _batches(xs: Sequence, n: int) -> Iterator[Sequence]:
+    for i in range(0, len(xs), n):
+        yield xs[i:i + n]
+
+
+def build_index(folders: Sequence[Tuple[str, str]], caption_files: Sequence[Tuple[str, str]], output: str,
+                recipe: Optional[Recipe] = None, *,
+                on_unreadable: Callable[[str, str], None] = lambda path, why: None,
+                progress: bool = True) -> IndexSummary:
+    """Index ``folders`` ((eval set, folder)) and ``caption_files`` ((eval set, file)) into ``output``.
+    With a recipe whose CLIP is enabled, images get embeddings of that model (after the recipe's
+    image stage, as training images are embedded); an unreadable image is reported through
+    ``on_unreadable`` and counted, not fatal."""
+    from tqdm import tqdm
+
+    names = [n for n, _ in folders]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise EvalIndexError(f"several image folders are named {', '.join(dup)}: name them with NAME=DIR")
+    # Everything that can fail fast does, before hours of hashing and embedding.
+    listed = {name: list_images(folder) for name, folder in folders}
+    sets: Dict[str, SetSummary] = {name: SetSummary() for name in listed}
+    captions = []
+    for name, path in caption_files:
+        found = read_captions(path)
+        sets.setdefault(name, SetSummary()).captions += len(found)
+        captions += [{"eval_set": name, "item": item, "caption": c} for item, c in found]
+    image_cfg = recipe.image if recipe else ImageConfig()
+    use_clip = recipe is not None and recipe.clip.enabled
+    model = None
+    if use_clip:
+        from .clip_model import load_clip
+
+        model = load_clip(recipe.clip)
+    batch = recipe.clip.batch_size if use_clip else 256
+    images: List[dict] = []
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        for name, entries in listed.items():
+            summary = sets[name]
+            with tqdm(total=len(entries), desc=f"index {name}", unit="img", disable=not progress) as bar:
+                for chunk in _batches(entries, batch):
+                    done = list(pool.map(lambda entry: _try_prepare(entry[1], image_cfg), chunk))
+                    good = []
+                    for (item, path), r in zip(chunk, done):
+                        if isinstance(r, Exception):
+                            summary.unreadable += 1
+                            on_unreadable(path, f"{type(r).__name__}: {r}"[:200])
+                        else:
+                            good.append((item, *r))
+                    emb = model.embed_encoded([data for _, _, data in good]) if model and good else [None] * len(good)
+                    images += [{"eval_set": name, "item": item, "phash": ph, "embedding": e}
+                               for (item, ph, _), e in zip(good, emb)]
+                    summary.images += len(good)
+                    bar.update(len(chunk))
+    clip = clip_identity(recipe.clip) if use_clip and images else None
+    rows = write_index(output, images, captions, clip)
+    dim = len(images[0]["embedding"]) if clip else None
+    return IndexSummary(output, sets, rows, clip, dim)
+
+
+def parse_named(arg: str) -> Tuple[str, str]:
+    """``NAME=PATH`` -> (NAME, PATH); a bare path is named after its base name (``.../coco/`` ->
+    "coco"; a caption file by its stem)."""
+    name, sep, path = arg.partition("=")
+    if sep and name and "/" not in name and "\\" not in name and not os.path.exists(arg):
+        return name, path
+    base = posixpath.basename(arg.rstrip("/").replace(os.sep, "/")) or arg
+    if base.lower().endswith(CAPTION_EXTENSIONS) and not os.path.isdir(arg):
+        base = base.rsplit(".", 1)[0]
+    return base, arg
+
+
+__all__ = ["EvalIndex", "EvalIndexError", "IndexHeader", "Match", "build_index", "load_index", "read_header",
+           "read_captions", "write_index", "clip_identity", "parse_named"]
