@@ -1,7 +1,18 @@
-"""Running a build: recipe + output directory + Beam options -> tars, index, manifest, summary."""
+"""Running a build: recipe + output directory + Beam options -> tars, index, manifest, summary.
+
+Builds are resumable.  At the start a build records its recipe digest and its input files (path
+and size) in ``_build/state.json``; each shard gets a completion record once it is written whole
+(pipeline/shard.py).  The same command started again on the output of a killed build finds the
+same state and resumes: reading, downloading and processing run again (global ranks are known
+only after filtering), but shards already complete are verified and kept instead of written
+again, and the output ends byte-identical to an uninterrupted build's.  A different recipe or
+different inputs is an error that suggests ``--overwrite``; a complete output (manifest present
+and a quick verify passing) is reported as such and left alone.
+"""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import posixpath
 import time
@@ -14,11 +25,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from .clip_model import resolve_pretrained
 from .index import INDEX_DIR, WORK_DIR
-from .manifest import MANIFEST, SIZES, BuildResult, collect, summary, write_manifest
+from .manifest import MANIFEST, SIZES, BuildResult, collect, read_manifest, summary, write_manifest
 from .recipe import Recipe
+from .shard import COMPLETE_DIR, TMP_SUFFIX
 from .sources import match_inputs
 
 log = logging.getLogger(__name__)
+
+STATE = "state.json"  # under WORK_DIR: what the build is, so that a restart can tell it is the same one
+STATE_VERSION = 1
 
 
 class OutputExists(RuntimeError):
@@ -26,32 +41,146 @@ class OutputExists(RuntimeError):
 
 
 def count_parquet_rows(paths: Sequence[str], limit: Optional[int]) -> int:
-    """Input rows from the parquet footers: what the index must account for."""
+    """Input rows from the parquet footers: what the index must account for.  A file whose
+    footer cannot be read counts as one: the index holds one row for it (``<file>:*``,
+    ``unreadable_input``), as its rows cannot be told apart."""
     total = 0
     for path in paths:
         try:
             with FileSystems.open(path) as f:
                 n = pq.ParquetFile(f).metadata.num_rows
-        except Exception:  # an unreadable file is reported by the pipeline itself
+        except Exception:  # noqa: BLE001 - the pipeline reports it as one unreadable_input row
+            total += 1
             continue
         total += min(n, limit) if limit is not None else n
     return total
 
 
+def input_files(paths: Sequence[str]) -> List[dict]:
+    """[{path, bytes}] of the inputs: a file replaced by one of another size is another input."""
+    sizes = {m.path: m.size_in_bytes for r in FileSystems.match(list(paths)) for m in r.metadata_list}
+    return [{"path": p, "bytes": sizes.get(p)} for p in paths]
+
+
+def build_state(recipe: Recipe, inputs: Sequence[str]) -> dict:
+    return {"version": STATE_VERSION, "recipe_sha256": recipe.digest(), "inputs": input_files(inputs)}
+
+
+def _state_path(output_dir: str) -> str:
+    return posixpath.join(output_dir, WORK_DIR, STATE)
+
+
+def _read_state(output_dir: str) -> Optional[dict]:
+    try:
+        with FileSystems.open(_state_path(output_dir)) as f:
+            return json.loads(f.read())
+    except Exception:  # noqa: BLE001 - missing or cut short by a kill: no state
+        return None
+
+
+def _write_state(output_dir: str, state: dict) -> None:
+    with FileSystems.create(_state_path(output_dir)) as f:
+        f.write((json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _matches(patterns: Sequence[str]) -> List[str]:
+    return [m.path for r in FileSystems.match(list(patterns)) for m in r.metadata_list]
+
+
 def _previous_outputs(output_dir: str) -> List[str]:
-    patterns = ["*.tar", "*.tar.tmp", MANIFEST, SIZES, f"{INDEX_DIR}/*", f"{WORK_DIR}/*"]
-    return [m.path for r in FileSystems.match([posixpath.join(output_dir, p) for p in patterns])
-            for m in r.metadata_list]
+    patterns = ["*.tar", "*.tar" + TMP_SUFFIX, MANIFEST, SIZES, f"{INDEX_DIR}/*", f"{WORK_DIR}/*"]
+    return _matches([posixpath.join(output_dir, p) for p in patterns])
 
 
-def prepare_output(output_dir: str, overwrite: bool) -> None:
+def _differs(saved: dict, state: dict) -> Optional[str]:
+    """What makes ``saved`` another build than ``state``, in words; None when it is the same."""
+    if saved.get("recipe_sha256") != state["recipe_sha256"]:
+        return (f"another recipe (sha256 {str(saved.get('recipe_sha256'))[:12]}, "
+                f"this one is {state['recipe_sha256'][:12]})")
+    if saved.get("inputs") != state["inputs"]:
+        before = {i["path"]: i["bytes"] for i in saved.get("inputs") or []}
+        now = {i["path"]: i["bytes"] for i in state["inputs"]}
+        changed = sorted(set(before) ^ set(now)) + sorted(p for p in set(before) & set(now) if before[p] != now[p])
+        return f"other input files ({len(changed)} differ, e.g. {changed[0] if changed else '?'})"
+    return None
+
+
+def _clear_for_resume(output_dir: str) -> None:
+    """Remove what an interrupted run leaves that a resumed one writes anew: partial tars, the
+    index, counts, Beam's temporary folders, a manifest cut short.  Kept: the finished tars, their
+    completion records and the state."""
+    keep = {_state_path(output_dir)}
+    records = posixpath.join(output_dir, WORK_DIR, COMPLETE_DIR) + "/"
+    stale = [p for p in _matches([posixpath.join(output_dir, WORK_DIR, "*")])
+             if p not in keep and not p.startswith(records)]
+    stale += _matches([posixpath.join(output_dir, p) for p in ("*.tar" + TMP_SUFFIX, MANIFEST, SIZES)])
+    index = posixpath.join(output_dir, INDEX_DIR)
+    if FileSystems.exists(index):
+        stale.append(index)
+    if stale:
+        log.info("resuming: removing %d files of the interrupted run (partial tars, index, counts)", len(stale))
+        FileSystems.delete(stale)
+
+
+def prepare_output(output_dir: str, overwrite: bool, state: Optional[dict] = None) -> str:
+    """Make ``output_dir`` ready and say how to go on: "fresh", "resume" or "complete".
+
+    ``state`` (see ``build_state``) is what this build is; without it an existing output is only
+    replaced (``overwrite``) or refused, as before builds could resume.
+    """
     old = _previous_outputs(output_dir)
     if old and not overwrite:
-        raise OutputExists(f"{output_dir} already holds a build ({len(old)} files); pass --overwrite to replace it")
+        if state is None:
+            raise OutputExists(f"{output_dir} already holds a build ({len(old)} files); pass --overwrite to replace it")
+        mode = _resume_or_complete(output_dir, state, len(old))
+        if mode == "resume":
+            _clear_for_resume(output_dir)
+        return mode
     if old:
         FileSystems.delete(old)
     if "://" not in output_dir and not FileSystems.exists(output_dir):
         FileSystems.mkdirs(output_dir)
+    if state is not None:
+        _write_state(output_dir, state)
+    return "fresh"
+
+
+def _resume_or_complete(output_dir: str, state: dict, n_old: int) -> str:
+    from .verify import verify
+
+    manifest = read_manifest(output_dir)
+    saved = _read_state(output_dir)
+    if manifest is not None:
+        done = {"recipe_sha256": manifest.get("recipe_sha256"), "inputs": manifest.get("inputs")}
+        why = _differs(done, state)
+        if why is None:
+            report = verify(output_dir, quick=True)
+            if report.ok:
+                return "complete"
+            if saved is None:
+                raise OutputExists(f"{output_dir} holds a build of this recipe that does not verify "
+                                   f"({report.problems[0]}); pass --overwrite to build it again")
+        elif saved is None or _differs(saved, state):
+            raise OutputExists(f"{output_dir} holds a complete build of {why}; "
+                               "pass --overwrite to replace it, or choose another output directory")
+    if saved is None:
+        raise OutputExists(f"{output_dir} already holds files ({n_old}) but no state of an interrupted build "
+                           "to resume; pass --overwrite to replace them")
+    why = _differs(saved, state)
+    if why is not None:
+        raise OutputExists(f"{output_dir} holds an interrupted build of {why}; the same command resumes it, "
+                           "--overwrite starts this one from nothing")
+    return "resume"
+
+
+def _remove_stale_tars(output_dir: str, shards: List[dict]) -> None:
+    """Tars of an interrupted run beyond this run's shards (it kept fewer samples: the web
+    changed in between) would be taken for part of the build; they go."""
+    names = {s["name"] for s in shards}
+    stale = [p for p in _matches([posixpath.join(output_dir, "*.tar")]) if posixpath.basename(p) not in names]
+    if stale:
+        log.warning("removing %d tars of the interrupted run that this run does not have", len(stale))
+        FileSystems.delete(stale)
 
 
 @contextlib.contextmanager
@@ -74,6 +203,8 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
 
 
 def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), overwrite: bool = False) -> BuildResult:
+    """Build ``recipe`` into ``output_dir``: from nothing, resuming an interrupted run of the
+    same build, or not at all when the output is complete (the result says which)."""
     output_dir = output_dir.rstrip("/")
     inputs = match_inputs(recipe.input.path)
     if recipe.input.corpus == "laion":
@@ -82,15 +213,27 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
     else:
         from .mmc4_pipeline import build_mmc4 as build
         rows_in, kind = None, "document"  # counting lines would read every shard twice
-    prepare_output(output_dir, overwrite)
+    state = build_state(recipe, inputs)
+    mode = prepare_output(output_dir, overwrite, state)
+    if mode == "complete":
+        log.info("%s is complete already (recipe %s); nothing to do", output_dir, state["recipe_sha256"][:12])
+        work = posixpath.join(output_dir, WORK_DIR)
+        if FileSystems.exists(work):  # a kill between the manifest and the clean-up left it
+            FileSystems.delete([work])
+        return BuildResult.from_manifest(output_dir, recipe, read_manifest(output_dir))
     if recipe.clip.enabled:
         resolve_pretrained(recipe.clip)  # builds the tiny synthetic-world CLIP here, not in every worker
-    log.info("building %s: %d input files -> %s", recipe.name, len(inputs), output_dir)
+    log.info("%s %s: %d input files -> %s", "resuming" if mode == "resume" else "building",
+             recipe.name, len(inputs), output_dir)
     start = time.monotonic()
     with sample_web_for(recipe):
         with beam.Pipeline(options=pipeline_options(beam_args)) as p:
             build(p, recipe, inputs, output_dir)
-    result = collect(output_dir, recipe, rows_in, time.monotonic() - start, kind=kind)
+    result = collect(output_dir, recipe, rows_in, time.monotonic() - start, kind=kind,
+                     inputs=state["inputs"], resumed=mode == "resume")
+    if result.resumed:
+        log.info("resumed: %d of %d shards were complete and kept", result.shards_skipped, len(result.shards))
+    _remove_stale_tars(output_dir, result.shards)
     write_manifest(result)
     return result
 

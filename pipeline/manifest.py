@@ -1,4 +1,9 @@
-"""manifest.json, sizes.json and the human summary, assembled after the pipeline has run."""
+"""manifest.json, sizes.json and the human summary, assembled after the pipeline has run.
+
+Two builds of the same recipe over the same inputs give the same manifest but for ``seconds``
+(the only timing field), whether one of them was interrupted and resumed or not; how a build
+went (resumed, shards reused) is told in the summary, not in the manifest.
+"""
 from __future__ import annotations
 
 import json
@@ -18,6 +23,8 @@ MANIFEST = "manifest.json"
 SIZES = "sizes.json"
 # Stages whose drops happen before an image is in hand: everything after them was downloaded.
 BEFORE_DOWNLOAD = ("read", "metadata", "download")
+SHARD_FIELDS = ("name", "count", "bytes", "sha256")  # a shard's entry in the manifest
+TIMING_FIELDS = ("seconds",)  # the manifest fields that differ between two runs of one build
 
 
 def code_version() -> str:
@@ -64,6 +71,14 @@ class BuildResult:
     shards: List[dict]
     seconds: float
     kind: str = "row"
+    inputs: Optional[List[dict]] = None  # [{path, bytes}] of the input files
+    resumed: bool = False  # this run picked up the output of an interrupted one
+    already_complete: bool = False  # the output was complete already; nothing was run
+
+    @property
+    def shards_skipped(self) -> int:
+        """Shards a resumed build found complete and did not write again."""
+        return sum(1 for s in self.shards if s.get("skipped"))
 
     def _counts(self, kind: Optional[str] = None) -> List[dict]:
         kind = kind or self.kind
@@ -112,12 +127,13 @@ class BuildResult:
         return totals
 
     def manifest(self) -> dict:
-        shards = sorted(self.shards, key=lambda s: s["name"])
+        shards = [{k: s[k] for k in SHARD_FIELDS} for s in sorted(self.shards, key=lambda s: s["name"])]
         return {
             "recipe": self.recipe.to_dict(),
             "recipe_sha256": self.recipe.digest(),
             "code_version": code_version(),
             "unit": UNITS[self.kind],
+            "inputs": self.inputs,
             "shards": shards,
             "totals": {**self._totals(self.kind), "shards": len(shards), "bytes": sum(s["bytes"] for s in shards)},
             "drops": self.drops,
@@ -127,6 +143,39 @@ class BuildResult:
         }
 
 
+    @classmethod
+    def from_manifest(cls, output_dir: str, recipe: Recipe, manifest: dict) -> "BuildResult":
+        """The result of a build that is already complete, rebuilt from its manifest (the counts
+        per stage and reason the summary shows are all there; the index is not read)."""
+        unit_kind = {u: k for k, u in UNITS.items()}
+        kind = unit_kind.get(manifest.get("unit", "rows"), "row")
+        counts = []
+        for k, unit in UNITS.items():
+            section = manifest if k == kind else manifest.get(unit)
+            if not section:
+                continue
+            counts.append({"kind": k, "stage": "shard", "status": "kept", "reason": None,
+                           "count": section["totals"]["kept"]})
+            for stage_reason, n in section["drops"].items():
+                stage, _, reason = stage_reason.partition("/")
+                counts.append({"kind": k, "stage": stage, "status": "dropped", "reason": reason, "count": n})
+        return cls(output_dir, recipe, manifest["totals"].get(f"{UNITS[kind]}_in"), counts,
+                   manifest.get("shards", []), manifest.get("seconds", 0.0), kind=kind,
+                   inputs=manifest.get("inputs"), already_complete=True)
+
+
+def read_manifest(output_dir: str) -> Optional[dict]:
+    """manifest.json of ``output_dir``, or None when there is none or it does not parse."""
+    path = posixpath.join(output_dir, MANIFEST)
+    try:
+        if not FileSystems.exists(path):
+            return None
+        with FileSystems.open(path) as f:
+            return json.loads(f.read())
+    except Exception:  # noqa: BLE001 - a manifest cut short by a kill is no manifest
+        return None
+
+
 def collect(output_dir: str, recipe: Recipe, rows_in: Optional[int], seconds: float, **kw) -> BuildResult:
     counts = _read_jsonl(posixpath.join(output_dir, WORK_DIR, "counts*"))
     shards = _read_jsonl(posixpath.join(output_dir, WORK_DIR, "shards*"))
@@ -134,9 +183,11 @@ def collect(output_dir: str, recipe: Recipe, rows_in: Optional[int], seconds: fl
 
 
 def write_manifest(result: BuildResult) -> None:
+    """sizes.json, then manifest.json, then the work folder goes: a kill at any point leaves
+    either no manifest (the build resumes) or a complete output with some leftovers in _build/."""
     d = result.output_dir
-    _write_json(posixpath.join(d, MANIFEST), result.manifest())
     _write_json(posixpath.join(d, SIZES), {s["name"]: s["count"] for s in sorted(result.shards, key=lambda s: s["name"])})
+    _write_json(posixpath.join(d, MANIFEST), result.manifest())
     work = posixpath.join(d, WORK_DIR)
     if FileSystems.exists(work):
         FileSystems.delete([work])
@@ -164,7 +215,11 @@ def summary(result: BuildResult) -> str:
     r = result
     unit = UNITS[r.kind]
     rows_in = r.rows_in if r.rows_in is not None else r.accounted
-    lines = [f"flamingo-corpus build '{r.recipe.name}' finished (recipe sha256 {r.recipe.digest()[:12]})"]
+    if r.already_complete:
+        head = "is complete already: nothing was rebuilt (--overwrite builds it again)"
+    else:
+        head = "finished, resumed from an interrupted run" if r.resumed else "finished"
+    lines = [f"flamingo-corpus build '{r.recipe.name}' {head} (recipe sha256 {r.recipe.digest()[:12]})"]
     lines += _block(r, r.kind, r.rows_in)
     for kind in r.kinds:
         if kind != r.kind:
@@ -173,7 +228,12 @@ def summary(result: BuildResult) -> str:
     span = f" ({names[0]} .. {names[-1]})" if names else ""
     lines += [
         f"  shards         {len(names):>10,}{span}, {_mb(sum(s['bytes'] for s in r.shards))}",
-        f"  time           {r.seconds:>10.1f} s, {rows_in / max(r.seconds, 1e-9):.1f} {unit}/s",
+    ]
+    if r.resumed:
+        lines.append(f"  reused         {r.shards_skipped:>10,} shards complete from the interrupted run")
+    lines += [
+        f"  time           {r.seconds:>10.1f} s, {rows_in / max(r.seconds, 1e-9):.1f} {unit}/s"
+        + (" (of the original build)" if r.already_complete else ""),
         f"  output         {r.output_dir}",
     ]
     if r.rows_in is not None and r.accounted != r.rows_in:

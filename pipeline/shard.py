@@ -8,26 +8,36 @@ same shards, member for member and byte for byte (fixed tar mtime, sorted member
 JSON), which is what makes re-running or resuming a build safe.
 
 Tars are written by webdataset's TarWriter to a temporary name and renamed when complete, on
-any Beam filesystem (local, gs://, s3://, hdfs://).
+any Beam filesystem (local, gs://, s3://, hdfs://).  Right after the rename a small record of the
+shard (name, sample count, bytes, sha256) is written under ``_build/complete/``: a build that is
+killed and started again reuses a shard only when its record is there, the tar on disk matches it,
+and the tar this run would write is that same tar (see ``_WriteShard``).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import posixpath
-from typing import Callable, Dict, Iterable, List, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
 import webdataset as wds
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
+from .index import WORK_DIR
 from .records import KEPT, IndexRow, Sample
 from .stage import input_order
+
+log = logging.getLogger(__name__)
 
 KEY_DIGITS = 10
 SHARD_DIGITS = 6
 TAR_MTIME = 0.0  # fixed member mtime: reproducible bytes
+TMP_SUFFIX = ".tmp"  # a tar being written; what an interrupted write leaves behind
+COMPLETE_DIR = "complete"  # under the output's _build/: one record per shard written whole
 
 
 def sample_key(rank: int) -> str:
@@ -97,9 +107,10 @@ class NumberSamples(beam.PTransform):
 
 
 class _HashingWriter:
-    """A write-only file wrapper that counts and hashes what passes through."""
+    """A write-only file wrapper that counts and hashes what passes through (to ``f``, or nowhere
+    when ``f`` is None: the size and sha256 a tar would have, without writing it)."""
 
-    def __init__(self, f):
+    def __init__(self, f=None):
         self.f = f
         self.sha = hashlib.sha256()
         self.size = 0
@@ -107,7 +118,7 @@ class _HashingWriter:
     def write(self, b):
         self.sha.update(b)
         self.size += len(b)
-        return self.f.write(b)
+        return self.f.write(b) if self.f is not None else len(b)
 
     def flush(self):
         pass
@@ -117,25 +128,85 @@ def canonical_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 
+def _write_members(out: _HashingWriter, samples: Iterable[dict]) -> int:
+    count = 0
+    writer = wds.TarWriter(out, mtime=TAR_MTIME, encoder=False)
+    for sample in samples:
+        writer.write(sample)
+        count += 1
+    writer.close()
+    return count
+
+
 def write_tar(path: str, samples: Iterable[dict]) -> Tuple[int, int, str]:
     """Write webdataset samples to ``path`` atomically; returns (count, bytes, sha256)."""
-    tmp = path + ".tmp"
-    count = 0
+    tmp = path + TMP_SUFFIX
     with FileSystems.create(tmp) as raw:
         out = _HashingWriter(raw)
-        writer = wds.TarWriter(out, mtime=TAR_MTIME, encoder=False)
-        for sample in samples:
-            writer.write(sample)
-            count += 1
-        writer.close()
+        count = _write_members(out, samples)
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
     return count, out.size, out.sha.hexdigest()
 
 
+def tar_digest(samples: Iterable[dict]) -> Tuple[int, int, str]:
+    """(count, bytes, sha256) of the tar ``write_tar`` would write, computed without writing it."""
+    out = _HashingWriter()
+    count = _write_members(out, samples)
+    return count, out.size, out.sha.hexdigest()
+
+
+def file_digest(path: str, block: int = 1 << 20) -> Tuple[int, str]:
+    """(bytes, sha256) of a file on any Beam filesystem, read in blocks."""
+    sha, size = hashlib.sha256(), 0
+    with FileSystems.open(path) as f:
+        while True:
+            b = f.read(block)
+            if not b:
+                return size, sha.hexdigest()
+            sha.update(b)
+            size += len(b)
+
+
+def records_dir(output_dir: str) -> str:
+    return posixpath.join(output_dir, WORK_DIR, COMPLETE_DIR)
+
+
+def record_path(output_dir: str, name: str) -> str:
+    return posixpath.join(records_dir(output_dir), name + ".json")
+
+
+def read_record(output_dir: str, name: str) -> Optional[dict]:
+    """The completion record of shard ``name``, or None when there is none or it is unreadable
+    (a record cut short by a kill is as good as none: the shard is written again)."""
+    path = record_path(output_dir, name)
+    try:
+        if not FileSystems.exists(path):
+            return None
+        with FileSystems.open(path) as f:
+            record = json.loads(f.read())
+        return record if all(k in record for k in ("name", "count", "bytes", "sha256")) else None
+    except Exception:  # noqa: BLE001 - any unreadable record means "not complete"
+        return None
+
+
+def write_record(output_dir: str, info: dict) -> None:
+    with FileSystems.create(record_path(output_dir, info["name"])) as f:
+        f.write(canonical_json(info))
+
+
 class _WriteShard(beam.DoFn):
-    """(shard number, [(rank, sample)]) -> shard info dict, plus index rows of kept samples."""
+    """(shard number, [(rank, sample)]) -> shard info dict, plus index rows of kept samples.
+
+    A shard already complete on disk is not written again: a resumed build would write the same
+    bytes anyway.  "Complete" is checked, not assumed: the completion record must be there, the
+    tar must have the record's size and sha256, and the tar this run would write must be that
+    tar.  The last check matters because the web changes between runs (a URL that failed before
+    may answer now and shift every later rank); it costs encoding the tar in memory and reading
+    the file back, not writing it.  Anything short of that and the shard is written afresh, its
+    stale record removed first, so a record always describes a tar that was renamed whole.
+    """
 
     INDEX_TAG = "index"
 
@@ -144,23 +215,53 @@ class _WriteShard(beam.DoFn):
         self.to_members = to_members
         self.stage = stage
 
+    def _complete(self, name: str, path: str, ranked) -> Optional[dict]:
+        record = read_record(self.output_dir, name)
+        if record is None:
+            return None
+        found = [m for r in FileSystems.match([path]) for m in r.metadata_list]
+        if len(found) != 1 or found[0].size_in_bytes != record["bytes"]:
+            return None
+        members = (self.to_members(sample_key(r), s) for r, s in ranked)
+        if tar_digest(members) != (record["count"], record["bytes"], record["sha256"]):
+            log.info("%s: on disk from an earlier run but with other samples; writing it again", name)
+            return None
+        if file_digest(path) != (record["bytes"], record["sha256"]):
+            log.warning("%s: differs from its completion record; writing it again", name)
+            return None
+        return record
+
     def process(self, item):
         shard, ranked = item
         ranked = sorted(ranked, key=lambda rs: rs[0])
         name = shard_name(shard)
-        members = (self.to_members(sample_key(r), s) for r, s in ranked)
-        count, size, sha = write_tar(posixpath.join(self.output_dir, name), members)
+        path = posixpath.join(self.output_dir, name)
+        record = self._complete(name, path, ranked)
+        if record is not None:
+            Metrics.counter("shards", "skipped_complete").inc()
+            info = {"name": name, "count": record["count"], "bytes": record["bytes"], "sha256": record["sha256"]}
+        else:
+            stale = record_path(self.output_dir, name)
+            if FileSystems.exists(stale):
+                FileSystems.delete([stale])
+            members = (self.to_members(sample_key(r), s) for r, s in ranked)
+            count, size, sha = write_tar(path, members)
+            info = {"name": name, "count": count, "bytes": size, "sha256": sha}
+            write_record(self.output_dir, info)
+            Metrics.counter("shards", "written").inc()
         for r, s in ranked:
             key = sample_key(r)
             yield beam.pvalue.TaggedOutput(self.INDEX_TAG, IndexRow.from_sample(
                 s, KEPT, stage=self.stage, key=key, shard=name))
             for child in s.children:  # MMC4: the images kept inside the document
                 yield beam.pvalue.TaggedOutput(self.INDEX_TAG, dataclasses.replace(child, key=key, shard=name))
-        yield {"name": name, "count": count, "bytes": size, "sha256": sha}
+        yield {**info, "skipped": record is not None}
 
 
 class WriteShards(beam.PTransform):
     """Kept samples -> webdataset tars in ``output_dir``; returns (shard infos, kept index rows).
+    A shard info is {name, count, bytes, sha256, skipped}: ``skipped`` when a resumed build found
+    the shard already complete and left it as it was.
 
     ``to_members(key, sample)`` gives the tar members of one sample: the LAION and MMC4 paths
     share everything here but that function.

@@ -3,8 +3,13 @@
 Every shard listed in manifest.json must exist with the listed size and sha256, open as a tar,
 and hold members named ``<key>.<ext>`` (ten-digit keys without dots, unique across the build)
 with the members the OpenFlamingo loader needs (LAION: txt and one of jpg/png/jpeg; MMC4: one
-json per document); counts must agree with the manifest, sizes.json and the per-row index.
+json per document); counts must agree with the manifest, sizes.json and the per-row index (one
+index row per input row: the manifest's totals add up).  No partial ``.tar.tmp`` may be left.
 Problems are collected, not raised: the report names each one.
+
+``quick=True`` checks what a look at the listing and the file footers can: shards present with
+their listed sizes, no stray or partial tars, index rows adding up to the manifest's totals.  A
+build started again on a complete output uses it to say "complete" without reading every byte.
 """
 from __future__ import annotations
 
@@ -21,8 +26,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from .index import INDEX_DIR
-from .manifest import MANIFEST, SIZES
-from .shard import KEY_DIGITS
+from .manifest import MANIFEST, SIZES, UNITS
+from .shard import KEY_DIGITS, TMP_SUFFIX
 
 IMAGE_EXTENSIONS = ("jpg", "png", "jpeg")
 
@@ -96,9 +101,36 @@ def _check_shard(output_dir: str, shard: dict, unit: str, seen: Set[str], report
     report.samples += len(keys)
 
 
+def _index_files(output_dir: str) -> List[str]:
+    return sorted(m.path for r in FileSystems.match([posixpath.join(output_dir, INDEX_DIR, "*.parquet")])
+                  for m in r.metadata_list)
+
+
+def _check_index_counts(files: List[str], manifest: dict, report: Report) -> None:
+    """The index holds one row per input row and image: as many as the manifest accounts for."""
+    rows = 0
+    for path in files:
+        try:
+            with FileSystems.open(path) as f:
+                rows += pq.ParquetFile(f).metadata.num_rows
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            report.problems.append(f"index: {posixpath.basename(path)} unreadable ({e})")
+            return
+    unit = manifest.get("unit", "rows")
+    totals = manifest.get("totals", {})
+    accounted = totals.get("accounted", 0) + sum(
+        (manifest.get(u) or {}).get("totals", {}).get("accounted", 0) for u in UNITS.values() if u != unit)
+    if rows != accounted:
+        report.problems.append(f"index: {rows} rows, the manifest accounts for {accounted}")
+    n_in = totals.get(f"{unit}_in")
+    if n_in is not None and n_in != totals.get("accounted"):
+        report.problems.append(f"manifest: {n_in} {unit} in, {totals.get('accounted')} accounted for")
+    if totals.get("accounted") != totals.get("kept", 0) + totals.get("dropped", 0):
+        report.problems.append("manifest: kept and dropped do not add up to the rows accounted for")
+
+
 def _check_index(output_dir: str, kept_keys: Set[str], unit: str, report: Report) -> None:
-    files = [m.path for r in FileSystems.match([posixpath.join(output_dir, INDEX_DIR, "*.parquet")])
-             for m in r.metadata_list]
+    files = _index_files(output_dir)
     if not files:
         report.problems.append("index: no parquet files")
         return
@@ -114,7 +146,18 @@ def _check_index(output_dir: str, kept_keys: Set[str], unit: str, report: Report
         report.problems.append(f"index: {len(indexed)} kept {unit}, the tars hold {len(kept_keys)}")
 
 
-def verify(output_dir: str) -> Report:
+def _check_shard_sizes(output_dir: str, shards: List[dict], report: Report) -> None:
+    sizes = {posixpath.basename(m.path): m.size_in_bytes
+             for r in FileSystems.match([posixpath.join(output_dir, "*.tar")]) for m in r.metadata_list}
+    for shard in shards:
+        if shard["name"] not in sizes:
+            report.problems.append(f"{shard['name']}: missing")
+        elif sizes[shard["name"]] != shard["bytes"]:
+            report.problems.append(f"{shard['name']}: {sizes[shard['name']]} bytes, the manifest says {shard['bytes']}")
+    report.samples = sum(s["count"] for s in shards)
+
+
+def verify(output_dir: str, quick: bool = False) -> Report:
     output_dir = output_dir.rstrip("/")
     report = Report()
     manifest = _load_json(posixpath.join(output_dir, MANIFEST), report)
@@ -129,8 +172,19 @@ def verify(output_dir: str) -> Report:
     listed = {s["name"] for s in shards}
     for extra in sorted(on_disk - listed):
         report.problems.append(f"{extra}: a tar the manifest does not list")
+    partial = FileSystems.match([posixpath.join(output_dir, "*.tar" + TMP_SUFFIX)])[0].metadata_list
+    for m in partial:
+        report.problems.append(f"{posixpath.basename(m.path)}: a partial shard left by an interrupted write")
     if sizes is not None and sizes != {s["name"]: s["count"] for s in shards}:
         report.problems.append("sizes.json disagrees with the manifest's shard counts")
+    index_files = _index_files(output_dir)
+    if index_files:
+        _check_index_counts(index_files, manifest, report)
+    if quick:
+        _check_shard_sizes(output_dir, shards, report)
+        if not index_files:
+            report.problems.append("index: no parquet files")
+        return report
     seen: Set[str] = set()
     for shard in sorted(shards, key=lambda s: s["name"]):
         _check_shard(output_dir, shard, unit, seen, report)
