@@ -31,6 +31,12 @@ SIMILARITY_DECIMALS = 4  # as the CLIP stage: identical scores whatever the batc
 RECOMPUTED = ("matched_text_index", "matched_sim", "image_base64")
 
 
+def _text(value) -> Optional[str]:
+    """A document's ``url`` when it is text: the field is provenance only, but a number or a list
+    there must not reach the URL functions or the index's string column."""
+    return value if isinstance(value, str) else None
+
+
 class _ReadShard(beam.DoFn):
     def process(self, item):
         source_index, path, name = item
@@ -38,7 +44,7 @@ class _ReadShard(beam.DoFn):
             for line, doc, error in mmc4.checked_documents(path):
                 doc_id = mmc4.document_id(name, line)
                 s = Sample(id=doc_id, source_index=source_index, row=line, doc_id=doc_id,
-                           url=doc.get("url") if isinstance(doc, dict) else None, document=doc)
+                           url=_text(doc.get("url")) if isinstance(doc, dict) else None, document=doc)
                 if error:
                     yield drop(s.replace(document=None), mmc4.reason_token(error), READ, detail=error[:200])
                 else:
@@ -66,7 +72,7 @@ class ReadMmc4Documents(beam.PTransform):
 def text_key(doc: dict) -> str:
     """Exact-duplicate key of a document: its normalised URL and normalised text."""
     text = "\n".join(text_filter.normalize_caption(t) for t in doc["text_list"])
-    url = doc.get("url") or ""
+    url = _text(doc.get("url")) or ""
     try:
         url = url_filter.normalize_url(url)
     except ValueError:
