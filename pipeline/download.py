@@ -1,13 +1,14 @@
 """The download stage: many requests in flight per worker, every failure a recorded reason.
 
-Each worker keeps up to ``threads`` requests in flight on its own thread pool, streaming: new
-URLs are submitted as elements arrive and finished downloads leave as soon as they are done, so a
-slow server holds one thread, not a whole batch.  What is still in flight when a bundle ends is
-waited for in ``finish_bundle``.
+Each worker keeps up to ``threads`` requests running on its own thread pool, streaming: new URLs
+are submitted as elements arrive and finished downloads leave as soon as they are done, in the
+order they finish, so a slow server holds one thread, not a whole batch nor the downloads queued
+behind it.  At most ``2 * threads`` downloads are in flight (running or queued): memory stays
+bounded by that many images of at most ``max_bytes`` each, however many rows the worker sees.
+What is still in flight when a bundle ends is waited for in ``finish_bundle``.
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import logging
 
@@ -51,17 +52,20 @@ class _Download(beam.DoFn):
         self._progress = Progress("download", log)
 
     def start_bundle(self):
-        self._in_flight = collections.deque()
+        self._in_flight: dict[cf.Future, Sample] = {}
 
     def process(self, s: Sample):
-        self._in_flight.append((s, self._pool.submit(self._fetcher.fetch, s.url)))
-        # Keep a queue of about two pools' worth, emit what is done from the front.
-        while self._in_flight and (self._in_flight[0][1].done() or len(self._in_flight) > 2 * self.cfg.threads):
-            yield self._finish(*self._in_flight.popleft())
+        self._in_flight[self._pool.submit(self._fetcher.fetch, s.url)] = s
+        # Keep about two pools' worth in flight: past that, wait for any one to finish (not the
+        # oldest, which may be the slow one), then emit everything that is done.
+        if len(self._in_flight) > 2 * self.cfg.threads:
+            cf.wait(self._in_flight, return_when=cf.FIRST_COMPLETED)
+        for future in [f for f in self._in_flight if f.done()]:
+            yield self._finish(self._in_flight.pop(future), future)
 
     def finish_bundle(self):
-        while self._in_flight:
-            out = self._finish(*self._in_flight.popleft())
+        for future in cf.as_completed(list(self._in_flight)):
+            out = self._finish(self._in_flight.pop(future), future)
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, -1, [GlobalWindow()]))
             else:

@@ -4,8 +4,10 @@
 The rows mix good image-caption pairs with every kind of trouble the pipeline must record:
 wrong captions (CLIP similarity filter), other languages, short captions, unsafe and watermark
 scores, bad schemes, repeated URLs, repeated images, 404s, server errors, timeouts, HTML served
-as an image, truncated and undecodable files, images too small or too elongated, and
-``X-Robots-Tag: noai``.  The URLs point at the embedded loopback web server of the sample recipe.
+as an image, truncated and undecodable files, images too small or too elongated,
+``X-Robots-Tag: noai``, and a few faults of the fault web (connection resets, bodies shorter or
+longer than their Content-Length, 429, a redirect loop, gzip and PNG decompression bombs).  The
+URLs point at the embedded loopback web server of the sample recipe.
 """
 from __future__ import annotations
 
@@ -153,6 +155,26 @@ def _truncated(w: _Writer) -> None:
     w.row(f"{BASE_URL}/{rel}", synthetic.caption(synthetic.random_scene(w.rng), w.rng))
 
 
+# Rows that exercise the fault web's connection, framing and size faults (pipeline/sample_web.py),
+# with the download reason each must get.  They come after the shuffled rows and draw their
+# captions from a random stream of their own, so the rows above keep their order and pictures.
+FAULT_URLS = [
+    ("{base}/reset/1000000/img/00001.jpg", "connection_reset"),  # retried, then given up
+    ("{base}/truncated/1000000/img/00002.jpg", "truncated"),  # shorter than its Content-Length
+    ("{base}/extra/img/00003.jpg", "extra_bytes"),  # longer than its Content-Length
+    ("{base}/status/429/busy.jpg?retry_after=0", "http_429"),
+    ("{base}/redirect-loop/loop.jpg", "redirect_loop"),
+    ("{base}/gzip-bomb/64/bomb.png", "too_large"),  # 64 MiB once decoded
+    ("{base}/png-bomb/10000/bomb.png", "decompression_bomb"),  # 100 megapixels (the image stage)
+]
+
+
+def fault_rows(w: _Writer, seed: int) -> None:
+    rng = random.Random(seed + 1)
+    for url, _ in FAULT_URLS:
+        w.row(url.format(base=BASE_URL), synthetic.caption(synthetic.random_scene(rng), rng))
+
+
 # (how many, what) — about 300 rows in all.
 RECIPE = [
     (190, _good),
@@ -189,6 +211,7 @@ def generate(root: Path = ASSETS, seed: int = SEED) -> Path:
     rng.shuffle(makers)
     for make in makers:
         make(w)
+    fault_rows(w, seed)
     table = pa.Table.from_pylist(w.rows, schema=pa.schema([
         ("URL", pa.string()), ("TEXT", pa.string()), ("WIDTH", pa.int64()), ("HEIGHT", pa.int64()),
         ("similarity", pa.float64()), ("punsafe", pa.float64()), ("pwatermark", pa.float64())]))

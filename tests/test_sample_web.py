@@ -2,20 +2,24 @@
 
 Requests go through http.client so that paths reach the server exactly as written.
 """
+import gzip
 import http.client
+import io
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from PIL import Image
 
-from pipeline.sample_web import HUGE_CONTENT_LENGTH, SampleWeb
+from pipeline.sample_web import EXTRA_BYTES, HTML_PAGE, HUGE_CONTENT_LENGTH, SampleWeb, corrupt
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,7 +105,9 @@ def test_status_can_send_retry_after(web):
 
 
 @pytest.mark.parametrize("path", ["/status/abc/x", "/status/99/x", "/status/600/x", "/status", "/slow/-1/a.jpg",
-                                  "/slow/nan/a.jpg", "/flaky/x/a.jpg", "/redirect/-1/a.jpg", "/redirect-to"])
+                                  "/slow/nan/a.jpg", "/flaky/x/a.jpg", "/redirect/-1/a.jpg", "/redirect-to",
+                                  "/drip/-1/a.jpg", "/reset/x/a.jpg", "/truncated/-1/a.jpg", "/png-bomb/0/x",
+                                  "/png-bomb/20001/x", "/gzip-bomb/0/x", "/gzip-bomb/1025/x", "/type"])
 def test_bad_behaviour_parameters_are_400(web, path):
     assert get(web, path)[0] == 400
 
@@ -185,6 +191,130 @@ def test_no_length_sends_no_content_length(web, site):
     assert (status, headers["Content-Length"], body) == (200, None, (site / "a.jpg").read_bytes())
 
 
+def raw_exchange(web, path, read=1 << 20):
+    """Send a GET for ``path`` on a bare socket; (what came back, how the connection ended)."""
+    with socket.create_connection(("127.0.0.1", web.port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = b""
+        try:
+            while len(received) < read:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return received, "closed"
+                received += chunk
+        except ConnectionResetError:
+            return received, "reset"
+        return received, "open"
+
+
+def split_answer(raw):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body
+
+
+def test_drip_sends_the_file_byte_by_byte(web, site):
+    status, headers, body = get(web, "/drip/0.001/a.jpg", timeout=30)
+    assert (status, body) == (200, (site / "a.jpg").read_bytes())
+    assert int(headers["Content-Length"]) == len(body)
+    assert web.bytes_sent("/drip/0.001/a.jpg") == len(body)
+
+
+@pytest.mark.parametrize("path, content_type", [("/type/image%2Fwebp/a.jpg", "image/webp"),
+                                                ("/type/text%2Fplain%3B%20charset%3Dutf-8/a.jpg",
+                                                 "text/plain; charset=utf-8")])
+def test_type_relabels_the_file(web, site, path, content_type):
+    status, headers, body = get(web, path)
+    assert (status, headers["Content-Type"], body) == (200, content_type, (site / "a.jpg").read_bytes())
+
+
+def test_no_type_sends_no_content_type(web, site):
+    status, headers, body = get(web, "/no-type/a.jpg")
+    assert (status, headers["Content-Type"], body) == (200, None, (site / "a.jpg").read_bytes())
+
+
+def test_html_is_a_page(web):
+    status, headers, body = get(web, "/html/gallery/picture.jpg")
+    assert (status, headers["Content-Type"], body) == (200, "text/html; charset=utf-8", HTML_PAGE)
+
+
+def test_reset_resets_n_times_then_serves(web, site):
+    assert raw_exchange(web, "/reset/2/a.jpg") == (b"", "reset")
+    assert raw_exchange(web, "/reset/2/a.jpg") == (b"", "reset")
+    status, _, body = get(web, "/reset/2/a.jpg")
+    assert (status, body) == (200, (site / "a.jpg").read_bytes())
+
+
+def test_truncated_sends_half_the_body_n_times_then_serves(web, site):
+    data = (site / "a.jpg").read_bytes()
+    raw, ending = raw_exchange(web, "/truncated/1/a.jpg")
+    head, body = split_answer(raw)
+    assert ending == "closed" and f"Content-Length: {len(data)}" in head
+    assert body == data[:len(data) // 2]
+    assert get(web, "/truncated/1/a.jpg")[2] == data
+
+
+def test_extra_sends_more_than_its_content_length(web, site):
+    data = (site / "a.jpg").read_bytes()
+    raw, ending = raw_exchange(web, "/extra/a.jpg")
+    head, body = split_answer(raw)
+    assert ending == "closed" and f"Content-Length: {len(data)}" in head
+    assert body == data + bytes(EXTRA_BYTES)
+
+
+def test_redirect_loop_points_at_itself(web):
+    status, headers, _ = get(web, "/redirect-loop/a/b.jpg")
+    assert (status, headers["Location"]) == (302, "/redirect-loop/a/b.jpg")
+
+
+def test_endless_goes_on_until_the_client_hangs_up(web):
+    raw, ending = raw_exchange(web, "/endless/x", read=3 << 20)
+    head, body = split_answer(raw)
+    assert ending == "open" and "Content-Type: image/jpeg" in head and "Content-Length" not in head
+    assert body.startswith(b"\xff\xd8\xff") and len(body) > 2 << 20
+
+
+def test_corrupt_breaks_the_image_but_keeps_its_header(web, site):
+    jpeg = io.BytesIO()
+    Image.effect_noise((64, 48), 40).convert("RGB").save(jpeg, "JPEG")
+    (site / "noise.jpg").write_bytes(jpeg.getvalue())
+    status, headers, body = get(web, "/corrupt/noise.jpg")
+    assert (status, headers["Content-Type"], len(body)) == (200, "image/jpeg", len(jpeg.getvalue()))
+    assert body == corrupt(jpeg.getvalue()) != jpeg.getvalue()
+    image = Image.open(io.BytesIO(body))
+    assert image.size == (64, 48)  # still a JPEG of the right size ...
+    with pytest.raises(OSError):
+        image.load()  # ... whose data does not decode
+
+
+def test_png_bomb_is_small_and_decodes_huge(web):
+    status, headers, body = get(web, "/png-bomb/3000/x")
+    assert (status, headers["Content-Type"]) == (200, "image/png") and len(body) < 20_000
+    image = Image.open(io.BytesIO(body))
+    assert (image.size, image.mode) == ((3000, 3000), "L")
+    image.load()  # a valid PNG: its 9,000,000 pixels all decode
+    assert image.getextrema() == (0, 0)
+
+
+def test_gzip_sends_the_file_compressed(web, site):
+    status, headers, body = get(web, "/gzip/a.jpg")
+    assert (status, headers["Content-Encoding"], headers["Content-Type"]) == (200, "gzip", "image/jpeg")
+    assert int(headers["Content-Length"]) == len(body)
+    assert gzip.decompress(body) == (site / "a.jpg").read_bytes()
+
+
+def test_gzip_bomb_decodes_to_the_asked_size(web):
+    status, headers, body = get(web, "/gzip-bomb/3/x")
+    assert (status, headers["Content-Encoding"], headers["Content-Type"]) == (200, "gzip", "image/png")
+    assert len(body) < 10_000
+    decoded = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
+    assert decoded == bytes(3 << 20)
+
+
+def test_encoding_labels_the_bytes_without_encoding_them(web, site):
+    status, headers, body = get(web, "/encoding/br/a.jpg")
+    assert (status, headers["Content-Encoding"], body) == (200, "br", (site / "a.jpg").read_bytes())
+
+
 # -- bookkeeping and lifecycle --------------------------------------------------------------------
 
 def test_requests_are_counted_per_path_with_their_headers(web):
@@ -196,6 +326,8 @@ def test_requests_are_counted_per_path_with_their_headers(web):
     assert web.counts() == {"/a.jpg": 3, "/status/404/x": 1}
     assert web.last_headers("/a.jpg")["Host"] == f"127.0.0.1:{web.port}"
     assert web.last_headers("/never") is None
+    assert web.bytes_sent("/a.jpg") == 3 * (web.root / "a.jpg").stat().st_size
+    assert web.bytes_sent("/never") == 0
 
 
 def test_url_port_and_lifecycle(site):
