@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # albumentations (pulled in by img2dataset) checks PyPI for updates on import; keep it quiet.
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: sample test bench setup clean
+.PHONY: sample test bench stats setup clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ sample: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The statistics report of each sample build (after make sample): out/sample/<corpus>-report.html
+stats: $(STAMP)
+	$(BIN)/flamingo-corpus stats out/sample/laion --output out/sample/laion-report.html $(ARGS)
+	$(BIN)/flamingo-corpus stats out/sample/mmc4 --output out/sample/mmc4-report.html $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py $(ARGS)

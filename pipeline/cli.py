@@ -93,6 +93,21 @@ def _cmd_index_eval(args, beam_args: List[str]) -> int:
     return 0
 
 
+def _cmd_stats(args, beam_args: List[str]) -> int:
+    from .report import write_report
+    from .stats import StatsError
+
+    try:
+        head = write_report(args.output_dir, args.output, samples=args.samples, png_dir=args.png_dir)
+    except (StatsError, OSError) as e:
+        print(f"flamingo-corpus: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}" + (f" and the figures under {args.png_dir}" if args.png_dir else ""))
+    for name, value in head.items():
+        print(f"  {name:<20}{value:>14,}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="flamingo-corpus", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
@@ -154,6 +169,20 @@ def parser() -> argparse.ArgumentParser:
                                       "so its builds can match by CLIP cosine")
     how.add_argument("--no-clip", action="store_true", help="perceptual hashes only (the default)")
     e.set_defaults(func=_cmd_index_eval)
+
+    st = sub.add_parser("stats", help="dataset statistics of a build as one self-contained HTML file",
+                        description="Filter funnel, CLIP similarity, image sizes, caption/sentence lengths, "
+                                    "languages, MMC4 document shapes, duplicates, download errors, shards and sample "
+                                    "images, computed from the build's manifest.json and index (the sample images "
+                                    "and MMC4 sentences read a few tar members), in one HTML file with the plots "
+                                    "embedded. The notebooks under notebooks/ show the same.")
+    st.add_argument("output_dir", metavar="DIR", help="a build's output directory (local or gs://, s3://, ...)")
+    st.add_argument("--output", required=True, help="the HTML file to write, e.g. report.html")
+    st.add_argument("--samples", type=int, default=12, metavar="N",
+                    help="sample images in the grid, read from the first members of a few shards; 0 for none "
+                         "(default: %(default)s)")
+    st.add_argument("--png-dir", metavar="FOLDER", help="also write every figure as FOLDER/<name>.png")
+    st.set_defaults(func=_cmd_stats)
     return ap
 
 
