@@ -1,21 +1,29 @@
-"""Time ``near_duplicate_groups`` (banding + vectorised confirm) on random 64-bit pHashes.
+"""Time ``near_duplicate_groups`` (multi-index hashing + vectorised confirm) on random pHashes.
 
-Each size has 1% planted near copies (0..k random bit flips of an existing hash).  A run whose
-banding would compare more than ``--max-pairs`` candidate pairs is skipped and the count printed,
-so the whole benchmark stays within a few minutes on 2 cores.
+Each size is uniform random 64-bit hashes plus 1% planted near copies (0..k random bit flips of
+an existing hash).  For each k it runs the automatic band count (``auto_bands``) and, at the
+sizes up to ``--old-up-to``, the old plain banding (``k + 1`` bands, radius 0) for comparison;
+``--bands`` adds other band counts.  It prints the band plan, band values looked up, candidate
+pairs compared, groups found and seconds (hex parsing and union-find included).
 
-    python benchmarks/near_dup_lsh.py [--sizes 10000 100000 1000000] [--ks 5 10]
+A run whose modeled work (``modeled_cost`` times n, in candidate comparisons) exceeds
+``--max-work`` is skipped and its estimate printed, unless ``--force``: plain banding at k=10 and
+1M hashes (~10^11 candidates) would take about an hour on 2 cores.
+
+    python benchmarks/near_dup_lsh.py [--sizes 10000 100000 1000000] [--ks 5 10] [--bands 3 4]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
+import resource
 import time
 
 import numpy as np
 
-from pipeline.near_dup import banded_candidate_pairs, near_duplicate_groups
+from pipeline.near_dup import auto_bands, band_plan, modeled_cost, near_duplicate_groups
 
 
 def cpu_model() -> str:
@@ -42,26 +50,48 @@ def planted_hashes(n: int, k: int, seed: int = 0) -> dict:
     return {i: f"{int(v):016x}" for i, v in enumerate(np.concatenate([values, planted]))}
 
 
+def plan_text(k: int, m: int) -> str:
+    """Band widths/radii, repeats counted, e.g. '22/1 21/1x2' for 3 bands at k=5."""
+    parts = [f"{b.width}/{b.radius}" for b in band_plan(k, m)]
+    runs = [(part, len(list(group))) for part, group in itertools.groupby(parts)]
+    return " ".join(part if count == 1 else f"{part}x{count}" for part, count in runs)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10])
-    parser.add_argument("--max-pairs", type=float, default=3e9, help="skip runs comparing more candidate pairs")
+    parser.add_argument("--bands", type=int, nargs="*", default=[], help="band counts to run besides auto and old")
+    parser.add_argument("--old-up-to", type=int, default=100_000, help="largest size the old k+1 bands run at")
+    parser.add_argument("--max-work", type=float, default=2e10,
+                        help="skip runs whose modeled work (comparisons + lookups) is larger")
+    parser.add_argument("--force", action="store_true", help="run even the runs over --max-work")
     args = parser.parse_args()
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, numpy {np.__version__}")
-    print(f"{'n':>9} {'k':>3} {'candidate pairs':>16} {'groups':>8} {'seconds':>8}")
+    print(f"{'n':>9} {'k':>3} {'m':>3} {'bands (width/radius)':<18} {'lookups':>13} {'candidates':>15} "
+          f"{'groups':>7} {'seconds':>8}  peak RSS MiB", flush=True)
     for k in args.ks:
         for n in args.sizes:
             hashes = planted_hashes(n, k)
-            pairs = banded_candidate_pairs(np.unique(np.array([int(h, 16) for h in hashes.values()],
-                                                              dtype=np.uint64)), k)
-            if pairs > args.max_pairs:
-                print(f"{n:>9} {k:>3} {pairs:>16,} {'skipped (over --max-pairs)':>17}", flush=True)
-                continue
-            start = time.perf_counter()
-            groups = near_duplicate_groups(hashes, k)
-            seconds = time.perf_counter() - start
-            print(f"{n:>9} {k:>3} {pairs:>16,} {len(groups):>8} {seconds:>8.2f}", flush=True)
+            runs = [auto_bands(k)] + [m for m in args.bands if m != auto_bands(k)]
+            if n <= args.old_up_to and k + 1 not in runs:
+                runs.append(k + 1)
+            for m in runs:
+                head = f"{n:>9} {k:>3} {m:>3} {plan_text(k, m):<18}"
+                work = modeled_cost(k, m, n) * n
+                if work > args.max_work and not args.force:
+                    print(f"{head} skipped (modeled work {work:.2g} > --max-work)", flush=True)
+                    continue
+                stats = {}
+                start = time.perf_counter()
+                groups = near_duplicate_groups(hashes, k, bands=m, stats=stats)
+                seconds = time.perf_counter() - start
+                print(f"{head} {stats['probes']:>13,} {stats['candidates']:>15,} {len(groups):>7} "
+                      f"{seconds:>8.2f}  {peak_rss_mib():.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
     if recipe.dedup.exact:
         rows = stage(rows, "Dedup exact images", DedupExactImages())
     if recipe.dedup.near:
-        rows = stage(rows, "Dedup near images", DedupNearImages(recipe.dedup.near_max_distance))
+        rows = stage(rows, "Dedup near images",
+                     DedupNearImages(recipe.dedup.near_max_distance, bands=recipe.dedup.near_bands))
     if recipe.dedup.semantic:
         rows = stage(rows, "Dedup semantic duplicates", semantic_dedup(recipe.dedup))
     shards, kept_index = rows | "Write shards" >> WriteShards(
