@@ -66,8 +66,12 @@ class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
         return {"min_batch_size": 1, "max_batch_size": self.cfg.batch_size}
 
     def share_model_across_processes(self) -> bool:
-        # One copy of a GPU model per machine, shared by the SDK worker processes.
-        return self.cfg.device.startswith("cuda")
+        # One copy of a GPU model per machine, shared by the SDK worker processes.  Beam asks on
+        # the worker when it loads the model, so "auto" is resolved there, where the GPU is (the
+        # launcher that built the pipeline may have none).
+        from .clip_model import resolve_device
+
+        return resolve_device(self.cfg.device).startswith("cuda")
 
     def get_metrics_namespace(self) -> str:
         return "clip"
