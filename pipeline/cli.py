@@ -12,21 +12,29 @@ from .recipe import RecipeError, load_recipe
 REPO_MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 SAMPLE_RECIPES = [REPO_MANIFESTS / "sample-laion.yaml", REPO_MANIFESTS / "sample-mmc4.yaml"]
 
+RUNNER_OPTIONS_HELP = ("Beam pipeline options from a YAML file, e.g. manifests/runners/dataflow-gpu.yaml, or the "
+                       "name of one there (dataflow-gpu); Beam options on the command line win over the file's")
+
 EPILOG_BUILD = """\
 Any further arguments are Beam pipeline options, for example:
   --direct_running_mode=multi_processing --direct_num_workers=2   (local, one process per core)
   --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
   --runner=SparkRunner / --runner=FlinkRunner (portable runners)
+or keep them in a file: --runner-options dataflow-gpu (manifests/runners/*.yaml; see the README's
+'Running at scale').
 """
 
 
 def _cmd_build(args, beam_args: List[str]) -> int:
     from .build import OutputExists, run_build, summary
+    from .runners import RunnerOptionsError, check_cluster_paths, runner_args
 
     try:
         recipe = load_recipe(args.recipe)
+        beam_args = runner_args(args.runner_options, beam_args)
+        check_cluster_paths(recipe, args.output, beam_args)
         result = run_build(recipe, args.output, beam_args, overwrite=args.overwrite)
-    except (RecipeError, OutputExists, FileNotFoundError) as e:
+    except (RecipeError, RunnerOptionsError, OutputExists, FileNotFoundError) as e:
         print(f"flamingo-corpus: {e}", file=sys.stderr)
         return 2
     print(summary(result))
@@ -35,7 +43,13 @@ def _cmd_build(args, beam_args: List[str]) -> int:
 
 def _cmd_sample(args, beam_args: List[str]) -> int:
     from .build import run_build, summary
+    from .runners import RunnerOptionsError, runner_args
 
+    try:
+        beam_args = runner_args(args.runner_options, beam_args)
+    except RunnerOptionsError as e:
+        print(f"flamingo-corpus: {e}", file=sys.stderr)
+        return 2
     for path in args.recipe or SAMPLE_RECIPES:
         recipe = load_recipe(path)
         out = str(Path(args.output) / recipe.input.corpus)
@@ -93,6 +107,23 @@ def _cmd_index_eval(args, beam_args: List[str]) -> int:
     return 0
 
 
+def _cmd_plan(args, beam_args: List[str]) -> int:
+    import json
+
+    from .plan import Cluster, PlanError, format_plan, load_table, make_plan
+
+    try:
+        table = load_table(args.table)
+        plan = make_plan(load_recipe(args.recipe), args.rows,
+                         Cluster(args.workers, args.cores_per_worker, args.gpus_per_worker, args.gpu), table,
+                         images_per_document=args.images_per_document, mean_image_bytes=args.mean_image_bytes)
+    except (RecipeError, PlanError, OSError, ValueError) as e:
+        print(f"flamingo-corpus: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    return 0
+
+
 def _cmd_stats(args, beam_args: List[str]) -> int:
     from .report import write_report
     from .stats import StatsError
@@ -108,6 +139,15 @@ def _cmd_stats(args, beam_args: List[str]) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    from .plan import parse_count
+
+    try:
+        return parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="flamingo-corpus", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
@@ -121,6 +161,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true",
                    help="replace what DIR holds and build from nothing (without it, the same command "
                         "resumes an interrupted build in DIR, and a complete one is left as it is)")
+    b.add_argument("--runner-options", metavar="FILE", help=RUNNER_OPTIONS_HELP)
     b.set_defaults(func=_cmd_build)
 
     s = sub.add_parser("sample", help="the local sample build (embedded web server, tiny CLIP)",
@@ -129,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", action="append",
                    help="a sample recipe; repeatable (default: manifests/sample-laion.yaml and sample-mmc4.yaml)")
     s.add_argument("--output", default="out/sample", help="output root (default: %(default)s)")
+    s.add_argument("--runner-options", metavar="FILE", help=RUNNER_OPTIONS_HELP)
     s.set_defaults(func=_cmd_sample)
 
     v = sub.add_parser("verify", help="check a build's output against its manifest and the tar contract",
@@ -169,6 +211,28 @@ def parser() -> argparse.ArgumentParser:
                                       "so its builds can match by CLIP cosine")
     how.add_argument("--no-clip", action="store_true", help="perceptual hashes only (the default)")
     e.set_defaults(func=_cmd_index_eval)
+
+    pl = sub.add_parser("plan", help="what a build of N rows would take: worker-hours, GPU-hours, wall-clock, bytes",
+                        description="Scale the measured per-stage throughputs (pipeline/assets/measured.json) to N input rows "
+                                    "(LAION) or documents (MMC4) of RECIPE on a cluster: core-hours and GPU-hours of "
+                                    "each stage, wall-clock, worker-hours, bytes downloaded and written, and the "
+                                    "bottleneck. Prints figures; runs nothing.")
+    pl.add_argument("recipe", help="recipe YAML: which stages run (CLIP model, near dedup, MMC4 documents)")
+    pl.add_argument("--rows", required=True, type=_count, metavar="N",
+                    help="input rows (LAION) or documents (MMC4): 2300000000, 2.3e9 or 2.3B")
+    pl.add_argument("--workers", type=int, default=100, help="worker machines (default: %(default)s)")
+    pl.add_argument("--cores-per-worker", type=int, default=16, help="vCPUs per worker (default: %(default)s)")
+    pl.add_argument("--gpus-per-worker", type=int, default=1,
+                    help="GPUs per worker; 0 runs CLIP on the CPUs (default: %(default)s)")
+    pl.add_argument("--gpu", default="h200", help="GPU kind of the table's 'gpus': h200 (measured), h100, l4 "
+                                                  "(default: %(default)s)")
+    pl.add_argument("--images-per-document", type=float, metavar="X",
+                    help="MMC4 images per document (default: the table's, 5.7 as in full MMC4)")
+    pl.add_argument("--mean-image-bytes", type=float, metavar="B",
+                    help="mean bytes of a downloaded image (default: the table's assumption, 100 kB)")
+    pl.add_argument("--table", metavar="FILE", help="throughput table (default: pipeline/assets/measured.json)")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=_cmd_plan)
 
     st = sub.add_parser("stats", help="dataset statistics of a build as one self-contained HTML file",
                         description="Filter funnel, CLIP similarity, image sizes, caption/sentence lengths, "

@@ -1,0 +1,333 @@
+"""Runner option files (manifests/runners/), the worker Dockerfile, and the pipeline on separate
+worker processes with the dedup and safety stages on.
+
+Dataflow, Spark and Flink cannot run here (no Java, Docker or network), so what is tested is what
+can be: every shipped file becomes the PipelineOptions the runner reads (through Beam's own option
+classes), mistakes in a file are clear errors, the command line wins, the multi-process file runs
+a real build byte-identical to the in-process one, and the Dockerfile installs what setup.cfg pins
+with the boot program of the same Beam release.
+"""
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import hashlib
+import re
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions, PipelineOptions,
+                                                  PortableOptions, StandardOptions, WorkerOptions)
+from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+from apache_beam.runners.runner import create_runner
+from PIL import Image
+
+from pipeline import cli, perceptual, synthetic
+from pipeline.build import run_build
+from pipeline.recipe import recipe_from_dict
+from pipeline.runners import (RUNNERS_DIR, RunnerOptionsError, check_cluster_paths, load_runner_options, local_paths,
+                              merge_args, runner_args)
+from pipeline.sample_web import SampleWeb
+
+from .loopback_build import BASE_RECIPE, jpeg_bytes, smooth_photo
+
+REPO = Path(__file__).resolve().parent.parent
+FILES = sorted(RUNNERS_DIR.glob("*.yaml"))
+# What a user puts in place of the shipped placeholders, on the command line.
+FILLED = {"project": "my-project", "temp_location": "gs://my-bucket/tmp", "staging_location": "gs://my-bucket/staging",
+          "sdk_container_image": "us-central1-docker.pkg.dev/my-project/flamingo-corpus/worker:0.1.0",
+          "environment_config": "registry.example/flamingo-corpus/worker:0.1.0"}
+# Dataflow's accelerator option: worker_accelerator=type:GPU;count:N[;install-nvidia-driver][;...]
+ACCELERATOR = re.compile(r"worker_accelerator=type:(nvidia-[a-z0-9-]+);count:([1-9][0-9]*)((?:;[a-z0-9_:=-]+)*)")
+# Compute Engine: which machine series carries which GPU (A3 High: H100, G2: L4, A2: A100; N1 takes T4/V100/P100).
+GPU_MACHINES = {"nvidia-h100-80gb": "a3-highgpu-", "nvidia-l4": "g2-", "nvidia-tesla-a100": "a2-highgpu-",
+                "nvidia-a100-80gb": "a2-ultragpu-", "nvidia-tesla-t4": "n1-"}
+
+
+def _filled(name: str) -> list:
+    """Command-line options that fill the placeholders ``name`` holds."""
+    held = {a[2:].split("=", 1)[0] for a in load_runner_options(name) if "YOUR-" in a}
+    assert held <= set(FILLED), held
+    return [f"--{k}={v}" for k, v in FILLED.items() if k in held]
+
+
+def _options(name: str) -> PipelineOptions:
+    return PipelineOptions(runner_args(name, _filled(name)))
+
+
+def test_every_shipped_file_loads_and_names_a_runner_beam_has():
+    assert {f.stem for f in FILES} >= {"direct", "direct-multiprocess", "dataflow-gpu", "dataflow-cpu", "spark", "flink"}
+    for path in FILES:
+        args = load_runner_options(str(path))
+        runner = PipelineOptions(args).view_as(StandardOptions).runner
+        assert runner, path
+        create_runner(runner)  # Beam knows it (raises for an unknown runner name)
+
+
+def test_direct_files():
+    one = _options("direct").view_as(DirectOptions)
+    assert one.direct_running_mode == "in_memory"
+    many = _options("direct-multiprocess")
+    assert many.view_as(StandardOptions).runner == "DirectRunner"
+    assert many.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    assert many.view_as(DirectOptions).direct_num_workers == 0  # Beam: one worker per core
+
+
+@pytest.mark.parametrize("name", ["dataflow-gpu", "dataflow-cpu"])
+def test_dataflow_files(name):
+    opts = _options(name)
+    gcp, worker = opts.view_as(GoogleCloudOptions), opts.view_as(WorkerOptions)
+    assert opts.view_as(StandardOptions).runner == "DataflowRunner"
+    assert gcp.project == "my-project" and gcp.region and gcp.temp_location.startswith("gs://")
+    assert worker.sdk_container_image.endswith("worker:0.1.0") and opts.get_all_options()["sdk_location"] == "container"
+    assert worker.machine_type and worker.disk_size_gb >= 50 and worker.max_num_workers >= worker.num_workers >= 1
+    assert worker.autoscaling_algorithm == "THROUGHPUT_BASED" and worker.use_public_ips is True  # workers fetch the web
+    assert "use_runner_v2" in opts.view_as(DebugOptions).experiments
+    assert PipelineOptionsValidator(opts, create_runner("DataflowRunner")).validate() == []
+    accelerators = [m for m in map(ACCELERATOR.fullmatch, gcp.dataflow_service_options or []) if m]
+    if name == "dataflow-cpu":
+        assert not accelerators and not any("accelerator" in o for o in gcp.dataflow_service_options or [])
+        return
+    (acc,) = accelerators
+    gpu, count, flags = acc.group(1), int(acc.group(2)), acc.group(3).split(";")[1:]
+    assert count == 1 and "install-nvidia-driver" in flags
+    assert worker.machine_type.startswith(GPU_MACHINES[gpu]), (gpu, worker.machine_type)
+
+
+@pytest.mark.parametrize("name, environment", [("spark", "DOCKER"), ("flink", "EXTERNAL")])
+def test_portable_files(name, environment):
+    opts = _options(name)
+    portable = opts.view_as(PortableOptions)
+    assert opts.view_as(StandardOptions).runner == "PortableRunner"
+    assert re.fullmatch(r"[\w.-]+:\d+", portable.job_endpoint)
+    assert portable.environment_type == environment and portable.environment_config
+    if environment == "EXTERNAL":  # the worker pool's address
+        assert re.fullmatch(r"[\w.-]+:\d+", portable.environment_config)
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "opts.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("runner: DataflowRunner\nmachine_typ: n2-standard-16\n", "unknown Beam pipeline option 'machine_typ'; did you mean machine_type"),
+    ("direct_running_mode: multiprocessing\n", "invalid choice: 'multiprocessing'"),
+    ("num_workers: many\n", "invalid int value: 'many'"),
+    ("use_public_ips: yes please\n", "use_public_ips is a switch"),
+    ("machine_type: [a, b]\n", "machine_type takes one value, not a list"),
+    ("experiments: {a: 1}\n", "experiments takes a value or a list, not a mapping"),
+    ("- runner\n", "expected a mapping"),
+    ("runner: [DirectRunner\n", "not valid YAML"),
+])
+def test_mistakes_in_a_file_are_clear_errors(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(RunnerOptionsError) as e:
+        load_runner_options(path)
+    assert message in str(e.value) and path in str(e.value)
+
+
+def test_placeholders_left_in_a_file_stop_the_build_unless_the_command_line_fills_them():
+    with pytest.raises(RunnerOptionsError) as e:
+        runner_args("dataflow-gpu", ["--project=my-project"])
+    assert "YOUR-BUCKET" in str(e.value) and "--project=YOUR-PROJECT" not in str(e.value)
+    assert not any("YOUR-" in a for a in runner_args("dataflow-gpu", _filled("dataflow-gpu")))
+
+
+def test_the_command_line_wins(tmp_path):
+    path = _write(tmp_path, "\n".join([
+        "runner: DataflowRunner", "machine_type: n2-standard-16", "num_workers: 10", "use_public_ips: true",
+        "experiments: [use_runner_v2, shuffle_mode=service]",
+        "dataflow_service_options:", "  - worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
+        "  - enable_prime", "hdfs_host: null", ""]))
+    args = runner_args(path, ["--machine_type", "g2-standard-32", "--num_workers=3", "--no_use_public_ips",
+                              "--dataflow_service_options=worker_accelerator=type:nvidia-h100-80gb;count:1",
+                              "--experiments=shuffle_mode=appliance", "--not_a_beam_option=1"])
+    opts = PipelineOptions(args)
+    worker, gcp = opts.view_as(WorkerOptions), opts.view_as(GoogleCloudOptions)
+    assert worker.machine_type == "g2-standard-32" and worker.num_workers == 3
+    assert worker.use_public_ips is False
+    # list options: the command line's entry replaces the file's entry of the same name, the rest stay
+    assert gcp.dataflow_service_options == ["enable_prime", "worker_accelerator=type:nvidia-h100-80gb;count:1"]
+    assert opts.view_as(DebugOptions).experiments == ["use_runner_v2", "shuffle_mode=appliance"]
+    assert "--not_a_beam_option=1" in args  # passed on as before: Beam warns about it
+    assert opts.view_as(StandardOptions).runner == "DataflowRunner"
+    assert runner_args(None, ["--x=1"]) == ["--x=1"]
+
+
+def test_a_false_switch_gives_the_other_sense_and_merging_keeps_token_pairs(tmp_path):
+    assert load_runner_options(_write(tmp_path, "use_public_ips: false\n")) == ["--no_use_public_ips"]
+    assert load_runner_options(_write(tmp_path, "no_use_public_ips: false\n")) == ["--use_public_ips"]
+    assert load_runner_options(_write(tmp_path, "spark_submit_uber_jar: false\n")) == []  # Beam's default
+    assert load_runner_options(_write(tmp_path, "spark_submit_uber_jar: true\n")) == ["--spark_submit_uber_jar"]
+    assert merge_args(["--runner=DirectRunner", "--direct_num_workers", "4"], ["--direct_num_workers=2"]) == \
+        ["--runner=DirectRunner", "--direct_num_workers=2"]
+
+
+def test_build_and_sample_take_runner_options(monkeypatch, tmp_path, capsys):
+    seen = []
+
+    def fake_run_build(recipe, output, beam_args, overwrite=False):
+        seen.append(list(beam_args))
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr("pipeline.build.run_build", fake_run_build)
+    recipe = str(REPO / "manifests" / "sample-laion.yaml")
+    assert cli.main(["build", recipe, "--output", str(tmp_path / "o"), "--runner-options", "direct-multiprocess",
+                     "--direct_num_workers=2"]) == 2
+    assert seen[-1] == ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    with pytest.raises(FileNotFoundError):
+        cli.main(["sample", "--recipe", recipe, "--output", str(tmp_path / "s"), "--runner-options",
+                  str(RUNNERS_DIR / "direct.yaml")])
+    assert seen[-1] == ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
+    assert cli.main(["build", recipe, "--output", str(tmp_path / "o"), "--runner-options", "dataflow-gpu"]) == 2
+    assert "YOUR-PROJECT" in capsys.readouterr().err and len(seen) == 2
+
+
+# --- the worker image ----------------------------------------------------------------------
+
+def _setup_cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    return cfg
+
+
+def _requirements(cfg) -> dict:
+    reqs = [r.strip() for r in cfg["options"]["install_requires"].splitlines()]
+    reqs = [r for r in reqs if r and not r.startswith("#")]
+    return {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower(): r for r in reqs}
+
+
+def _dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+def _arg(text: str, name: str) -> str:
+    return re.search(rf"^ARG {name}=(\S+)", text, re.M).group(1)
+
+
+def test_dockerfile_boot_program_is_from_the_pinned_beam_release():
+    text = _dockerfile()
+    pin = re.fullmatch(r"apache-beam==([0-9.]+)", _requirements(_setup_cfg())["apache-beam"]).group(1)
+    assert _arg(text, "BEAM_VERSION") == pin
+    stage = re.search(r"^FROM apache/beam_python\$\{PYTHON_VERSION\}_sdk:\$\{BEAM_VERSION\} AS (\w+)$", text, re.M)
+    assert stage, "the SDK image must be the official one of BEAM_VERSION"
+    assert re.search(rf"^COPY --from={stage.group(1)} /opt/apache/beam /opt/apache/beam$", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["/opt/apache/beam/boot"\]$', text, re.M)
+    assert text.rstrip().splitlines()[-1].startswith("ENTRYPOINT")
+    # the Python of the CUDA base is the one the SDK image is chosen for
+    ubuntu_python = {"ubuntu24.04": "3.12", "ubuntu22.04": "3.10"}
+    base = _arg(text, "CUDA_IMAGE")
+    assert base.startswith("nvidia/cuda:") and "-runtime-" in base
+    assert ubuntu_python[base.rsplit("-", 1)[1]] == _arg(text, "PYTHON_VERSION")
+
+
+def test_dockerfile_installs_the_project_from_setup_cfg_and_repeats_no_version():
+    text, cfg = _dockerfile(), _setup_cfg()
+    assert re.search(r'pip install "\.\[\$\{EXTRAS\}\]"', text)
+    extras = set(_arg(text, "EXTRAS").split(","))
+    assert extras <= set(cfg["options.extras_require"]) and {"gcp", "aws", "hadoop"} <= extras
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    for name in _requirements(cfg):
+        assert not re.search(rf"\b{re.escape(name)}\s*(==|>=|<=|~=|<|>)", code, re.I), f"{name} pinned in the Dockerfile"
+    assert not re.search(r"pip install[^\n]*\b(torch|torchvision)\b", code)
+    # everything `pip install .` reads is copied in and not ignored by .dockerignore
+    ignore = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    packages = [p.strip() for p in cfg["options.packages.find"]["include"].split() if "." not in p.strip()]
+    readme = cfg["metadata"]["long_description"].split("file:")[1].strip()
+    for needed in ["setup.cfg", "pyproject.toml", readme, *packages]:
+        assert re.search(rf"^COPY [^\n]*\b{re.escape(needed)}\b", text, re.M), needed
+        assert f"!{needed}" in ignore or f"!{needed}/" in ignore, needed
+    assert ignore[0] == "*"
+
+
+# --- separate worker processes, with the dedup and safety stages on ------------------------------
+
+TINY_CLIP = {"enabled": True, "model": "flamingo-tiny-clip", "pretrained": "synthetic-world", "device": "cpu",
+             "min_similarity": None, "batch_size": 8}
+
+
+def _pictures() -> dict:
+    """Pictures each of the stages has work on: exact copies, recompressed copies (near),
+    re-rendered scenes that CLIP finds alike (semantic), and pictures the removal list names."""
+    files = {f"photo{i}.jpg": jpeg_bytes(smooth_photo(200 + i)) for i in range(8)}
+    files["exact.jpg"] = files["photo0.jpg"]
+    files["recompressed.jpg"] = jpeg_bytes(smooth_photo(201), quality=40)
+    for i, scene in enumerate(synthetic.scenes(11, 12)):  # the shape moved a little: pHash-far, CLIP-close
+        moved = dataclasses.replace(scene, jitter_x=scene.jitter_x + 0.08, jitter_y=scene.jitter_y - 0.06)
+        files[f"scene{i}.jpg"] = jpeg_bytes(synthetic.render(scene))
+        files[f"moved{i}.jpg"] = jpeg_bytes(synthetic.render(moved))
+    files["listed.jpg"] = jpeg_bytes(smooth_photo(300))
+    files["listed-copy.jpg"] = jpeg_bytes(smooth_photo(300), quality=50)
+    return files
+
+
+def _build(tmp_path: Path, recipe: dict, out: str, beam_args) -> tuple:
+    result = run_build(recipe_from_dict(recipe, base_dir=tmp_path), str(tmp_path / out), beam_args)
+    index = pq.read_table(sorted((tmp_path / out / "index").glob("*.parquet"))).to_pylist()
+    tars = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / out).glob("*.tar"))}
+    return result, sorted(index, key=lambda r: r["id"]), tars
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_multiprocess_file_builds_byte_identical_shards_with_dedup_and_safety_on(tmp_path, tiny_clip_checkpoint):
+    """The direct-multiprocess option file runs the LAION pipeline with near and semantic dedup
+    and a removal list on two worker processes: nothing may rely on sharing a process (models
+    load in setup, the removal list and centroids come as side inputs, groups through shuffles),
+    so the tars, index and counts equal the in-process build's byte for byte.  Both builds use
+    one server, so that the URLs (and the provenance written into the tars) are the same; that is
+    why this test does not go through build_over_loopback, which starts a server per build."""
+    files = _pictures()
+    web = tmp_path / "web"
+    web.mkdir()
+    for name, data in files.items():
+        (web / name).write_bytes(data)
+    with SampleWeb(web) as server:
+        pq.write_table(pa.table({
+            "URL": [f"{server.url}/{n}" for n in files],
+            "TEXT": [f"picture number {i} of the test" for i in range(len(files))]}), tmp_path / "rows.parquet")
+        (tmp_path / "removal.txt").write_text(f"url:{server.url}/photo7.jpg\n"
+                                              f"phash:{perceptual.phash(Image.open(web / 'listed.jpg'))}\n")
+        recipe = {**BASE_RECIPE, "input": {"path": str(tmp_path / "rows.parquet")}, "clip": TINY_CLIP,
+                  "image": {"resize_mode": "center_crop", "image_size": 224},
+                  "dedup": {"exact": True, "near": True, "near_max_distance": 5, "semantic": True,
+                            "semantic_clusters": 2, "semantic_max_similarity": 0.9, "semantic_fit_rows": 100},
+                  "safety": {"blocklist": "removal.txt", "blocklist_phash_distance": 8},
+                  "shard": {"samples_per_shard": 4, "chunk_rows": 5}}
+        one, one_index, one_tars = _build(tmp_path, recipe, "one", [])
+        multi_args = runner_args("direct-multiprocess", ["--direct_num_workers=2"])
+        assert "--direct_running_mode=multi_processing" in multi_args
+        two, two_index, two_tars = _build(tmp_path, recipe, "two", multi_args)
+
+    # every stage had work, so equality below means something
+    for drop in ("dedup/duplicate_image", "near_dup/near_duplicate", "sem_dedup/semantic_duplicate",
+                 "safety/blocklisted"):
+        assert one.drops.get(drop, 0) > 0, (drop, one.drops)
+    assert len(one_tars) >= 2 and one.kept + sum(one.drops.values()) == len(files)
+    assert two_tars == one_tars  # byte-identical shards
+    assert sorted(two.shards, key=lambda s: s["name"]) == sorted(one.shards, key=lambda s: s["name"])
+    assert two.drops == one.drops
+    assert two_index == one_index
+    for name in one_tars:  # and they are tars the loader can open
+        with tarfile.open(tmp_path / "two" / name) as tar:
+            assert tar.getnames()
+
+
+def test_dataflow_refuses_local_paths_before_the_job_starts(tmp_path, capsys):
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text("name: r\ninput:\n  path: gs://b/in/*.parquet\nclip:\n  enabled: false\n"
+                           "safety:\n  blocklist: removal.txt\n")
+    args = ["build", str(recipe_path), "--runner-options", "dataflow-cpu", *_filled("dataflow-cpu")]
+    assert cli.main(args + ["--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--output: " in err and "safety.blocklist: " + str(tmp_path / "removal.txt") in err
+    assert "input.path" not in err  # gs:// is fine
+    recipe = recipe_from_dict({"input": {"path": "gs://b/x"}, "clip": {"pretrained": "/ckpt/model.pt"}})
+    assert local_paths(recipe, "s3://b/out") == ["clip.pretrained: /ckpt/model.pt"]
+    check_cluster_paths(recipe, "/local/out", ["--runner=DirectRunner"])  # local runs read local files
