@@ -23,13 +23,9 @@ STAGE = "clip"
 # runner decides); scores are rounded so the stored value and the threshold decision are the
 # same on every run and every runner.
 SIMILARITY_DECIMALS = 4
-# The same holds for the embeddings the later stages compare (semantic dedup, NSFW head, eval
-# index): rounded after the similarity is taken, so their decisions do not depend on batching.
-EMBEDDING_DECIMALS = 5
-
-
-def _rounded(embedding):
-    return None if embedding is None else embedding.round(EMBEDDING_DECIMALS)
+# Embeddings are passed on as computed: rounding them to a fixed decimal would flip some element
+# across a rounding boundary in most embeddings (a 1e-7 wobble near one of d boundaries), moving
+# every similarity taken from them by ~1e-6, far more often than the raw wobble moves a decision.
 
 
 class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
@@ -59,7 +55,7 @@ class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
         for i, s in enumerate(batch):
             img, txt = image_emb.get(i), text_emb.get(i)
             sim = round(float(img @ txt), SIMILARITY_DECIMALS) if img is not None and txt is not None else None
-            out.append(s.replace(image_embedding=_rounded(img), text_embedding=_rounded(txt), similarity=sim))
+            out.append(s.replace(image_embedding=img, text_embedding=txt, similarity=sim))
         return out
 
     def batch_elements_kwargs(self):

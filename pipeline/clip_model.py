@@ -132,7 +132,7 @@ class ClipModel:
 
         if self.gpu_decode:
             return self._embed_decoding_on_gpu(encoded, chunk)
-        chunk = chunk or max(16, len(encoded) // 4)
+        chunk = CPU_FORWARD if not self.on_cuda else chunk or max(16, len(encoded) // 4)
         outputs, ready = [], []
         with torch.inference_mode(), self._autocast():
             for tensor in self._pool.map(self._prepare, encoded):
@@ -151,7 +151,7 @@ class ClipModel:
         # No pin_memory(): page-locking a fresh batch cost more than the copy (measured on an H100).
         pixels = torch.stack(tensors).to(self.device, non_blocking=True)
         pixels = self.split.normalize(pixels) if self.split else pixels
-        return self.image_forward(pixels.to(self.input_dtype))
+        return _fixed_size(self.image_forward, pixels.to(self.input_dtype), None if self.on_cuda else CPU_FORWARD)
 
     # --- the GPU path ---------------------------------------------------------------------------
 
@@ -286,11 +286,36 @@ class ClipModel:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
-        tokens = self.tokenizer(list(texts))
+        tokens = self.tokenizer(list(texts)).to(self.device, non_blocking=True)
+        size = None if self.on_cuda else CPU_FORWARD
         with torch.inference_mode(), self._autocast():
-            emb = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+            emb = _fixed_size(self.model.encode_text, tokens, size)
             emb = torch.nn.functional.normalize(emb.float(), dim=-1)
         return emb.cpu().numpy().astype(np.float32)
+
+
+# On the CPU every forward pass has this many rows (the last one padded by repeating its last
+# row): oneDNN/MKL pick kernels by shape, and a row's float bits changed with the batch size the
+# runner happened to form (measured: sizes 1-3 and odd text batches differ in the last bits from
+# larger ones), which moved rounded similarities and broke byte-identical shards between runners.
+# At a fixed size and memory layout a row's result does not depend on its batch-mates or position.
+CPU_FORWARD = 16
+
+
+def _fixed_size(forward, batch, size: Optional[int]):
+    """``forward(batch)``, run on exactly ``size`` rows at a time when a size is given."""
+    import torch
+
+    if size is None:
+        return forward(batch)
+    if len(batch) > size:
+        return torch.cat([_fixed_size(forward, batch[i:i + size], size) for i in range(0, len(batch), size)])
+    n = len(batch)
+    if n < size:
+        batch = torch.cat([batch, batch[-1:].expand(size - n, *batch.shape[1:])])
+    # one memory layout too: the normalised pixels are a channels-last view, a padded batch is
+    # not, and oneDNN's convolutions give other bits for the two
+    return forward(batch.contiguous())[:n]
 
 
 def load_clip(cfg: ClipConfig, *, lowp: str = CUDA_LOWP, gpu_decode: Optional[bool] = None) -> ClipModel:

@@ -218,3 +218,24 @@ def test_cpu_model_keeps_fp32_and_the_pil_path(tiny_cpu):
     with torch.inference_mode():
         ref = torch.nn.functional.normalize(tiny_cpu.model.encode_image(tiny_cpu.pixels_from_bytes(data)), dim=-1)
     assert emb.dtype == np.float32 and np.allclose(emb, ref.numpy(), atol=1e-5)
+
+
+def test_cpu_embeddings_do_not_depend_on_batch_size_or_batch_mates(tiny_cpu):
+    """The runner forms batches as it likes; a row's float bits must not follow them, or rounded
+    similarities (and with them byte-identical shards) would change between runners."""
+    scenes = synthetic.scenes(13, 13)
+    images = [_sample(n) for n in SAMPLE_FILES] + [_encode(synthetic.render(s, 160, 120)) for s in scenes]
+    texts = [f"a {c} {s} {w}" for c in ("red", "blue") for s in ("circle", "star", "cross")
+             for w in ("on the left", "at the top of a striped grey background")]
+    whole_images, whole_texts = tiny_cpu.embed_encoded(images), tiny_cpu.embed_texts(texts)
+    rng = random.Random(3)
+    for size in (1, 2, 3, 5, 17):
+        for items, whole, embed in ((images, whole_images, tiny_cpu.embed_encoded),
+                                    (texts, whole_texts, tiny_cpu.embed_texts)):
+            order = list(range(len(items)))
+            rng.shuffle(order)
+            got = np.zeros_like(whole)
+            for start in range(0, len(order), size):
+                chosen = order[start:start + size]
+                got[chosen] = embed([items[i] for i in chosen])
+            assert np.array_equal(got, whole), (size, embed.__name__)
