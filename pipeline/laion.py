@@ -12,7 +12,6 @@ from typing import List
 
 import apache_beam as beam
 
-from .clip import ScoreWithClip
 from .decontaminate import decontaminate
 from .dedup import DedupExactImages
 from .download import DownloadImages
@@ -23,7 +22,6 @@ from .near_dup import DedupNearImages
 from .nsfw import score_nsfw
 from .recipe import Recipe
 from .records import Sample
-from .sem_dedup import semantic_dedup
 from .shard import WriteShards, canonical_json
 from .stage import Stages, screen
 from .sources import ReadLaionRows
@@ -58,6 +56,11 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
     rows = stage(rows, "Process images", ProcessImages(recipe.image))
     rows = screen(rows, recipe, stage, "image")
     if recipe.clip.enabled:
+        # Imported here: pipeline.clip pulls in torch (through Beam's RunInference), and every
+        # worker imports this module (laion_members is pickled by reference), so a build with CLIP
+        # off would pay torch's import (~1.5 CPU-s and ~500 MiB per worker) for nothing.
+        from .clip import ScoreWithClip
+
         rows = stage(rows, "Score with CLIP", ScoreWithClip(recipe.clip))
     rows = decontaminate(rows, recipe, stage)  # eval-set images and captions (decontamination.index)
     if recipe.safety.nsfw_head:
@@ -68,6 +71,8 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
         rows = stage(rows, "Dedup near images",
                      DedupNearImages(recipe.dedup.near_max_distance, bands=recipe.dedup.near_bands))
     if recipe.dedup.semantic:
+        from .sem_dedup import semantic_dedup  # here for the same reason: it imports scipy.cluster
+
         rows = stage(rows, "Dedup semantic duplicates", semantic_dedup(recipe.dedup))
     shards, kept_index = rows | "Write shards" >> WriteShards(
         output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, laion_members)

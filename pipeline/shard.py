@@ -7,11 +7,12 @@ input (one entry per chunk), and each chunk ranks its samples' ids by input posi
 same shards, member for member and byte for byte (fixed tar mtime, sorted members, canonical
 JSON), which is what makes re-running or resuming a build safe.
 
-Tars are written by webdataset's TarWriter to a temporary name and renamed when complete, on
-any Beam filesystem (local, gs://, s3://, hdfs://).  Right after the rename a small record of the
-shard (name, sample count, bytes, sha256) is written under ``_build/complete/``: a build that is
-killed and started again reuses a shard only when its record is there, the tar on disk matches it,
-and the tar this run would write is that same tar (see ``_WriteShard``).
+Tars are written in webdataset's layout (the bytes webdataset's ``TarWriter`` writes, see
+``_write_members``) to a temporary name and renamed when complete, on any Beam filesystem
+(local, gs://, s3://, hdfs://).  Right after the rename a small record of the shard (name,
+sample count, bytes, sha256) is written under ``_build/complete/``: a build that is killed and
+started again reuses a shard only when its record is there, the tar on disk matches it, and the
+tar this run would write is that same tar (see ``_WriteShard``).
 """
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ import dataclasses
 import hashlib
 import json
 import logging
+import io
 import posixpath
+import tarfile
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
-import webdataset as wds
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -128,13 +130,33 @@ def canonical_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 
+TAR_USER = TAR_GROUP = "bigdata"  # webdataset's TarWriter defaults
+TAR_MODE = 0o444
+
+
 def _write_members(out: _HashingWriter, samples: Iterable[dict]) -> int:
+    """Stream webdataset samples into a tar: per sample, its members ``<key>.<ext>`` sorted by
+    extension, fixed mtime, mode, user and group.
+
+    These are exactly the tarfile calls of ``webdataset.TarWriter(out, mtime=TAR_MTIME,
+    encoder=False)`` (0.2.x; its ``format`` argument never reaches tarfile, so the format is
+    tarfile's default), so the bytes are the same.  They are made here because importing
+    webdataset imports torch when it is installed: ~1.5 CPU-s and ~500 MiB in every worker
+    process, which a build with CLIP off has no other use for.
+    """
     count = 0
-    writer = wds.TarWriter(out, mtime=TAR_MTIME, encoder=False)
-    for sample in samples:
-        writer.write(sample)
-        count += 1
-    writer.close()
+    with tarfile.open(fileobj=out, mode="w|") as tar:
+        for sample in samples:
+            key = sample["__key__"]
+            for ext in sorted(k for k in sample if not k.startswith("_")):
+                data = sample[ext]
+                if not isinstance(data, (bytes, bytearray, memoryview)):
+                    raise ValueError(f"{key}.{ext} is {type(data).__name__}, not bytes")
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), TAR_MTIME, TAR_MODE
+                info.uname, info.gname = TAR_USER, TAR_GROUP
+                tar.addfile(info, io.BytesIO(data))
+            count += 1
     return count
 
 

@@ -122,6 +122,30 @@ def test_write_tar_is_atomic_deterministic_and_sorted(tmp_path):
         assert len(tf.getnames()) == 6
 
 
+def test_tars_are_byte_identical_to_webdataset_tarwriter(tmp_path):
+    """The shard writer makes webdataset's tarfile calls itself (importing webdataset imports
+    torch); a tar must stay byte for byte what TarWriter writes, or resumed builds and completion
+    records of earlier builds would no longer match."""
+    import webdataset as wds
+
+    from pipeline.shard import TAR_MTIME
+
+    rng = random.Random(3)
+    samples = [{"__key__": sample_key(i), "jpg": rng.randbytes(rng.choice([0, 1, 511, 512, 513, 3000])),
+                "txt": f"caption é {i}".encode(), "json": b"{}", "_meta": "not written"} for i in range(40)]
+    path = tmp_path / shard_name(0)
+    count, size, sha = write_tar(str(path), iter(samples))
+    with open(tmp_path / "wds.tar", "wb") as f:
+        writer = wds.TarWriter(f, mtime=TAR_MTIME, encoder=False)
+        for s in samples:
+            writer.write(s)
+        writer.close()
+    assert (count, size) == (40, path.stat().st_size)
+    assert path.read_bytes() == (tmp_path / "wds.tar").read_bytes()
+    with pytest.raises(ValueError):
+        write_tar(str(tmp_path / shard_name(1)), iter([{"__key__": "k", "txt": "a str, not bytes"}]))
+
+
 def test_source_names_are_unique_even_when_file_names_repeat():
     from pipeline.sources import source_names
 
