@@ -13,7 +13,6 @@ from typing import List
 
 import apache_beam as beam
 
-from .clip import EmbedWithClip
 from .decontaminate import decontaminate
 from .documents import AssembleDocuments, FilterDocuments, ReadMmc4Documents, SplitDocuments
 from .download import DownloadImages
@@ -51,6 +50,8 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
     if recipe.dedup.max_image_documents is not None:
         images = stage(images, "Drop frequent images", DropFrequentImages(recipe.dedup.max_image_documents))
     if recipe.clip.enabled:
+        from .clip import EmbedWithClip  # here: it pulls in torch, which a build without CLIP never needs
+
         embedded = ((images, sentences) | "Images and sentences" >> beam.Flatten()
                     | "Embed with CLIP" >> EmbedWithClip(recipe.clip))
         images, sentences = embedded | "Split embeddings" >> beam.Partition(_is_image, 2)
