@@ -113,20 +113,38 @@ def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
 def resize(img: Image.Image, original: Tuple[int, int], cfg: ImageConfig) -> Image.Image:
     """img2dataset's resize modes with Pillow (area filter to shrink, Lanczos to enlarge)."""
     size = target_size(*original, cfg)
+    if cfg.resize_mode == "center_crop" and not (cfg.resize_only_if_bigger and size == tuple(original)):
+        return _center_crop(img, size, cfg.image_size)
     if cfg.resize_only_if_bigger and size == tuple(original):
         return img  # img2dataset neither crops nor pads an image it does not resize
-    if size != img.size:
-        shrink = size[0] * size[1] < img.width * img.height
-        img = img.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
+    img = _scale(img, size)
     n = cfg.image_size
-    if cfg.resize_mode == "center_crop" and (img.width > n or img.height > n):
-        left, top = max(0, (img.width - n) // 2), max(0, (img.height - n) // 2)
-        img = img.crop((left, top, left + min(n, img.width), top + min(n, img.height)))
-    elif cfg.resize_mode == "border" and (img.width < n or img.height < n):
+    if cfg.resize_mode == "border" and (img.width < n or img.height < n):
         canvas = Image.new("RGB", (max(n, img.width), max(n, img.height)), WHITE)
         canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
         img = canvas
     return img
+
+
+def _filter(size: Tuple[int, int], source: Tuple[int, int]) -> Image.Resampling:
+    return Image.Resampling.BOX if size[0] * size[1] < source[0] * source[1] else Image.Resampling.LANCZOS
+
+
+def _scale(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
+    return img if size == img.size else img.resize(size, _filter(size, img.size))
+
+
+def _center_crop(img: Image.Image, size: Tuple[int, int], n: int) -> Image.Image:
+    """Scale to ``size``, then keep the centred ``n`` x ``n`` (or less) window: done as one resize
+    of the matching source box (Pillow's ``box`` argument), which gives the same pixels as the
+    scale-then-crop (checked by a test) without resampling the columns or rows that are cut."""
+    w, h = min(n, size[0]), min(n, size[1])
+    if (w, h) == size:
+        return _scale(img, size)
+    left, top = (size[0] - w) // 2, (size[1] - h) // 2
+    sx, sy = img.width / size[0], img.height / size[1]
+    box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+    return img.resize((w, h), _filter(size, img.size), box=box)
 
 
 def encode(img: Image.Image, cfg: ImageConfig) -> bytes:

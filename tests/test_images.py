@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
-from pipeline.images import ImageRejected, decode, process_image, target_size  # noqa: E402
+from pipeline.images import ImageRejected, decode, process_image, resize, target_size  # noqa: E402
 from pipeline.recipe import ImageConfig  # noqa: E402
 
 # img2dataset 1.47 with albumentations 1.4 warns about its own calls; not this project's concern.
@@ -176,6 +176,23 @@ def test_resize_only_if_bigger_leaves_small_images_alone():
         p = process_image(data, cfg(resize_mode=mode, image_size=256, resize_only_if_bigger=True,
                                     encode_format="png"))
         assert (p.width, p.height) == (100, 60), mode
+
+
+@pytest.mark.parametrize("width,height,image_size", [
+    (640, 480, 224), (480, 640, 224), (300, 299, 224), (1000, 333, 256), (100, 60, 224), (150, 400, 96)])
+def test_center_crop_in_one_resize_equals_scale_then_crop(width, height, image_size):
+    """The centre crop resizes only the source box it keeps; pixel for pixel that is the full
+    scale followed by the crop, shrinking (box filter) and enlarging (Lanczos) alike."""
+    c = cfg(resize_mode="center_crop", image_size=image_size)
+    img = scene(width, height, seed=3)
+    size = target_size(width, height, c)
+    method = Image.Resampling.BOX if size[0] * size[1] < width * height else Image.Resampling.LANCZOS
+    full = img.resize(size, method)
+    left, top = max(0, (size[0] - image_size) // 2), max(0, (size[1] - image_size) // 2)
+    expected = full.crop((left, top, left + min(image_size, size[0]), top + min(image_size, size[1])))
+    ours = resize(img, (width, height), c)
+    assert ours.size == expected.size
+    assert np.array_equal(np.asarray(ours), np.asarray(expected))
 
 
 # ---------------------------------------------------------------- JPEG draft mode
