@@ -8,7 +8,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from .records import Sample
-from .stage import KeepOnePerKey, input_order
+from .stage import DedupRule, KeepOnePerKey, input_order
 
 STAGE = "dedup"
 
@@ -19,9 +19,19 @@ def representative_order(s: Sample):
     return (-sim, *input_order(s))
 
 
+def image_sha256(s: Sample) -> str:
+    return s.sha256
+
+
+EXACT_IMAGES = DedupRule(image_sha256, representative_order, "duplicate_image", STAGE)
+
+
 class DedupExactImages(beam.PTransform):
-    """One sample per encoded-image sha256."""
+    """One sample per encoded-image sha256, as a stage of its own: the samples, images included,
+    are grouped by sha256.  When no other dedup follows, the LAION path instead hands
+    ``EXACT_IMAGES`` to the shard numbering (``WriteShards(dedup=...)``), which decides it on
+    small (sha256, id) records and applies it in the join it makes anyway: the same drops, and
+    the images cross one shuffle fewer."""
 
     def expand(self, samples):
-        return samples | "One sample per image sha256" >> KeepOnePerKey(
-            lambda s: s.sha256, representative_order, "duplicate_image", STAGE)
+        return samples | "One sample per image sha256" >> KeepOnePerKey(*EXACT_IMAGES)

@@ -5,6 +5,9 @@
       -> Score with CLIP -> (Score NSFW head) -> Dedup exact images -> (Dedup near images)
       -> (Dedup semantic duplicates)
       -> Write shards (+ index of every row)
+
+Exact image dedup is a stage of its own when near or semantic dedup follow it; otherwise it is
+decided inside "Write shards" (see ``DedupExactImages``).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import List
 import apache_beam as beam
 
 from .decontaminate import decontaminate
-from .dedup import DedupExactImages
+from .dedup import EXACT_IMAGES, DedupExactImages
 from .download import DownloadImages
 from .images import ProcessImages
 from .index import WriteIndex, WriteShardList
@@ -65,7 +68,8 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
     rows = decontaminate(rows, recipe, stage)  # eval-set images and captions (decontamination.index)
     if recipe.safety.nsfw_head:
         rows = stage(rows, "Score NSFW head", score_nsfw(recipe.safety))
-    if recipe.dedup.exact:
+    exact_in_numbering = recipe.dedup.exact and not (recipe.dedup.near or recipe.dedup.semantic)
+    if recipe.dedup.exact and not exact_in_numbering:  # near and semantic dedup see unique images
         rows = stage(rows, "Dedup exact images", DedupExactImages())
     if recipe.dedup.near:
         rows = stage(rows, "Dedup near images",
@@ -74,8 +78,11 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
         from .sem_dedup import semantic_dedup  # here for the same reason: it imports scipy.cluster
 
         rows = stage(rows, "Dedup semantic duplicates", semantic_dedup(recipe.dedup))
+    # When exact dedup is the last dedup, the shard numbering decides it on (sha256, id) records
+    # and applies it in the join it makes anyway: one shuffle of the images fewer (DedupExactImages).
     shards, kept_index = rows | "Write shards" >> WriteShards(
-        output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, laion_members)
+        output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, laion_members,
+        dedup=EXACT_IMAGES if exact_in_numbering else None)
     shards | "Record shards" >> WriteShardList(output_dir)
     ((kept_index, *stage.drops) | "Every row" >> beam.Flatten()
      | "Write index" >> WriteIndex(output_dir, recipe.shard.index_shards))

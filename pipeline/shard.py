@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 
 from .index import WORK_DIR
 from .records import KEPT, IndexRow, Sample
-from .stage import input_order
+from .stage import DROPPED_TAG, DedupRule, drop, input_order
 
 log = logging.getLogger(__name__)
 
@@ -71,41 +71,86 @@ class _RankChunk(beam.DoFn):
             yield sample_id, base + i
 
 
-def _with_rank(item):
-    _, joined = item
-    (rank,), (sample,) = joined["rank"], joined["sample"]
-    return rank, sample
+class _KeepFirstPosition(beam.DoFn):
+    """One dedup key's small records -> the kept sample's (chunk, position), and (id, kept id)
+    for each duplicate."""
+
+    DUPLICATE_TAG = "duplicate"
+
+    def process(self, item):
+        _, group = item
+        group = sorted(group, key=lambda rec: rec[0])  # (order, id): total, whatever the delivery order
+        (_, kept_id, chunk, position), *duplicates = group
+        yield chunk, position
+        for _, dup_id, _, _ in duplicates:
+            yield beam.pvalue.TaggedOutput(self.DUPLICATE_TAG, (dup_id, kept_id))
+
+
+class _RankOrDrop(beam.DoFn):
+    """A sample met by its rank, or by the id of the duplicate that was kept in its place."""
+
+    def __init__(self, dedup: Optional[DedupRule]):
+        self.dedup = dedup
+
+    def process(self, item):
+        sample_id, joined = item
+        (sample,) = joined["sample"]
+        ranks, kept_as = joined["rank"], joined.get("duplicate_of", ())
+        if ranks:
+            yield ranks[0], sample
+        elif kept_as:
+            yield drop(sample, self.dedup.reason, self.dedup.stage, duplicate_of=kept_as[0])
+        else:  # every sample is either ranked or a duplicate: anything else is a bug here
+            raise RuntimeError(f"sample {sample_id!r} got neither a rank nor a duplicate verdict")
 
 
 class NumberSamples(beam.PTransform):
-    """Samples -> (rank, sample), ranks 0..n-1 in input order.
+    """Samples -> (rank, sample), ranks 0..n-1 in input order; with ``dedup``, also the drops of
+    the duplicates it removes (a second output, IndexRows): ``(ranked, dropped)``.
 
     Only the small (position, id) tuples are grouped per chunk to be ranked; the ranks then meet
-    their samples in a join by id, so no worker ever holds a chunk's images at once.
+    their samples in a join by id, so no worker ever holds a chunk's images at once.  An exact
+    dedup handed in as ``dedup`` is decided on small (key, order, id, position) records before the
+    ranking (only the kept are ranked) and applied in that same join: the samples, images
+    included, are shuffled once for both, where a dedup stage of its own would group them by its
+    key first.
     """
 
-    def __init__(self, chunk_rows: int):
+    def __init__(self, chunk_rows: int, dedup: Optional[DedupRule] = None):
         super().__init__()
         self.chunk_rows = chunk_rows
+        self.dedup = dedup
 
     def expand(self, samples):
-        rows = self.chunk_rows
-        positions = samples | "Position in chunk" >> beam.Map(
-            lambda s: (chunk_of(s, rows), (*input_order(s), s.id)))
+        rows, rule = self.chunk_rows, self.dedup
+        joined = {"sample": samples | "Key by id" >> beam.Map(lambda s: (s.id, s))}
+        if rule is None:
+            positions = samples | "Position in chunk" >> beam.Map(
+                lambda s: (chunk_of(s, rows), (*input_order(s), s.id)))
+        else:
+            decided = (
+                samples
+                | "Dedup key and position" >> beam.Map(
+                    lambda s: (rule.key(s), ((rule.order(s), s.id), s.id, chunk_of(s, rows), (*input_order(s), s.id))))
+                | "Group dedup key" >> beam.GroupByKey()
+                | "Keep first per key" >> beam.ParDo(_KeepFirstPosition()).with_outputs(
+                    _KeepFirstPosition.DUPLICATE_TAG, main="kept")
+            )
+            positions, joined["duplicate_of"] = decided.kept, decided[_KeepFirstPosition.DUPLICATE_TAG]
         offsets = (
             positions
             | "Count per chunk" >> beam.combiners.Count.PerKey()
             | "All chunk counts" >> beam.combiners.ToList()
             | "Chunk offsets" >> beam.Map(chunk_offsets)
         )
-        ranks = (
+        joined["rank"] = (
             positions
             | "Group chunk" >> beam.GroupByKey()
             | "Rank within chunk" >> beam.ParDo(_RankChunk(), offsets=beam.pvalue.AsSingleton(offsets))
         )
-        by_id = samples | "Key by id" >> beam.Map(lambda s: (s.id, s))
-        return ({"rank": ranks, "sample": by_id} | "Join ranks" >> beam.CoGroupByKey()
-                | "Rank and sample" >> beam.Map(_with_rank))
+        out = (joined | "Join ranks" >> beam.CoGroupByKey()
+               | "Rank and sample" >> beam.ParDo(_RankOrDrop(rule)).with_outputs(DROPPED_TAG, main="ranked"))
+        return out.ranked, out[DROPPED_TAG]
 
 
 class _HashingWriter:
@@ -281,31 +326,37 @@ class _WriteShard(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """Kept samples -> webdataset tars in ``output_dir``; returns (shard infos, kept index rows).
+    """Kept samples -> webdataset tars in ``output_dir``; returns (shard infos, index rows).
     A shard info is {name, count, bytes, sha256, skipped}: ``skipped`` when a resumed build found
-    the shard already complete and left it as it was.
+    the shard already complete and left it as it was.  The index rows are those of the samples
+    written, and, with ``dedup`` (an exact dedup applied in the numbering, see
+    ``NumberSamples``), those of the duplicates it dropped.
 
     ``to_members(key, sample)`` gives the tar members of one sample: the LAION and MMC4 paths
     share everything here but that function.
     """
 
     def __init__(self, output_dir: str, samples_per_shard: int, chunk_rows: int,
-                 to_members: Callable[[str, Sample], dict], stage: str = "shard"):
+                 to_members: Callable[[str, Sample], dict], stage: str = "shard",
+                 dedup: Optional[DedupRule] = None):
         super().__init__()
         self.output_dir = output_dir
         self.samples_per_shard = samples_per_shard
         self.chunk_rows = chunk_rows
         self.to_members = to_members
         self.stage = stage
+        self.dedup = dedup
 
     def expand(self, samples):
         per = self.samples_per_shard
+        ranked, duplicates = samples | "Number samples" >> NumberSamples(self.chunk_rows, self.dedup)
         out = (
-            samples
-            | "Number samples" >> NumberSamples(self.chunk_rows)
+            ranked
             | "Key by shard" >> beam.Map(lambda rs: (rs[0] // per, rs))
             | "Group shard" >> beam.GroupByKey()
             | "Write tar" >> beam.ParDo(_WriteShard(self.output_dir, self.to_members, self.stage)).with_outputs(
                 _WriteShard.INDEX_TAG, main="shards")
         )
-        return out.shards, out[_WriteShard.INDEX_TAG]
+        if self.dedup is None:
+            return out.shards, out[_WriteShard.INDEX_TAG]
+        return out.shards, (out[_WriteShard.INDEX_TAG], duplicates) | "Index rows" >> beam.Flatten()

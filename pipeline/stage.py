@@ -6,7 +6,7 @@ counts both in Beam metrics (visible in the runner's UI and in the build summary
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -38,6 +38,15 @@ class _KeepFirst(beam.DoFn):
         yield group[0]
         for dup in group[1:]:
             yield drop(dup, self.reason, self.stage, duplicate_of=group[0].id)
+
+
+class DedupRule(NamedTuple):
+    """An exact dedup: samples with equal ``key`` are duplicates; the first by ``order`` (a total
+    order) is kept, the others are dropped with ``reason`` at ``stage``."""
+    key: Callable[[Sample], str]
+    order: Callable[[Sample], tuple]
+    reason: str
+    stage: str
 
 
 class KeepOnePerKey(beam.PTransform):

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.dedup import EXACT_IMAGES, DedupExactImages
 from pipeline.recipe import InputConfig, LaionColumns
 from pipeline.records import Sample
 from pipeline.shard import NumberSamples, chunk_offsets, sample_key, shard_name, write_tar
@@ -94,10 +95,46 @@ def test_numbering_follows_input_order_whatever_the_arrival_order():
     shuffled = positions[:]
     rng.shuffle(shuffled)
     samples = [Sample(id=f"{f}:{r}", source_index=f, row=r, url=None) for f, r in shuffled]
-    out = run_collect(lambda p: {"r": p | beam.Create(samples) | NumberSamples(chunk_rows=37)})
+    out = run_collect(lambda p: {"r": (p | beam.Create(samples) | NumberSamples(chunk_rows=37))[0]})
     got = sorted((rank, (s.source_index, s.row)) for rank, s in out["r"])
     assert [rank for rank, _ in got] == list(range(len(positions)))
     assert [pos for _, pos in got] == positions
+
+
+def _numbered(samples, transform_before=None, dedup=None):
+    def build(p):
+        rows = p | beam.Create(samples)
+        drops = []
+        if transform_before is not None:
+            rows, dropped = rows | transform_before
+            drops.append(dropped)
+        ranked, dropped = rows | NumberSamples(chunk_rows=7, dedup=dedup)
+        drops.append(dropped)
+        return {"ranked": ranked, "dropped": drops | beam.Flatten()}
+
+    out = run_collect(build)
+    return (sorted((rank, s.id) for rank, s in out["ranked"]),
+            sorted((d.id, d.reason, d.stage, d.duplicate_of) for d in out["dropped"]))
+
+
+def test_exact_dedup_inside_the_numbering_equals_the_dedup_stage_before_it():
+    """Handed to NumberSamples, the exact image dedup keeps, drops and ranks exactly what the
+    stage of its own (a shuffle of the whole samples) followed by the numbering does."""
+    rng = random.Random(11)
+    images = [hashlib.sha256(bytes([i])).hexdigest() for i in range(25)]
+    samples = []
+    for f in range(2):
+        for r in rng.sample(range(60), 45):
+            samples.append(Sample(id=f"{f}:{r}", source_index=f, row=r, url=None, sha256=rng.choice(images),
+                                  similarity=rng.choice([None, 0.2, 0.3, 0.3])))
+    rng.shuffle(samples)
+    inside = _numbered(samples, dedup=EXACT_IMAGES)
+    before = _numbered(samples, transform_before=DedupExactImages())
+    assert inside == before
+    ranked, dropped = inside
+    assert [rank for rank, _ in ranked] == list(range(len(ranked))) and len(ranked) == len(set(images) & {s.sha256 for s in samples})
+    assert len(ranked) + len(dropped) == len(samples)
+    assert {reason for _, reason, _, _ in dropped} == {"duplicate_image"}
 
 
 def _members(i):
