@@ -88,6 +88,11 @@ def rows(base: str, count: int, images: int, seed: int = 11):
         yield Sample(id=f"load:{i}", source_index=0, row=i, url=url, caption=f"row {i}")
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -121,7 +126,7 @@ def worker(args) -> None:
     dofn = _Download(cfg)
     dofn.setup()
     baseline = peak_rss_mib()
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), cpu_seconds()
     fed, stopped_early = 0, False
     samples = rows(args.url, args.count, args.images)
     while not stopped_early and fed < args.count:
@@ -137,9 +142,9 @@ def worker(args) -> None:
                 break
         for out in dofn.finish_bundle():
             consume(out)
-    seconds = time.monotonic() - started
+    seconds, cpu = time.monotonic() - started, cpu_seconds() - cpu_started
     dofn.teardown()
-    print(json.dumps({"rows": fed, "seconds": seconds, "outcomes": dict(outcomes), "body_bytes": body_bytes,
+    print(json.dumps({"rows": fed, "seconds": seconds, "cpu_seconds": cpu, "outcomes": dict(outcomes), "body_bytes": body_bytes,
                       "rss_before_mib": baseline, "rss_peak_mib": peak_rss_mib(), "stopped_early": stopped_early}))
 
 
@@ -166,6 +171,8 @@ def report(count: int, f: dict) -> None:
     print(f"{count:>7} rows requested, {f['rows']} fed{early}: "
           f"{f['seconds']:.1f} s, {f['rows'] / f['seconds']:.0f} rows/s, {f['requests'] / f['seconds']:.0f} requests/s "
           f"({f['requests']} requests), {f['outcomes'].get('ok', 0)} images ({f['body_bytes'] / 2**20:.0f} MiB)")
+    print(f"        worker CPU: {f['cpu_seconds']:.1f} CPU-s, {f['rows'] / f['cpu_seconds']:.0f} rows per CPU-second "
+          f"({f['cpu_seconds'] / f['rows'] * 1e3:.2f} ms a row; the server's CPU is not counted)")
     by_count = sorted(failures.items(), key=lambda item: -item[1])
     print(f"        failures by reason: {', '.join(f'{reason} {n}' for reason, n in by_count)}")
     print(f"        worker peak RSS: {f['rss_before_mib']:.0f} MiB after setup, {f['rss_peak_mib']:.0f} MiB at the end "
