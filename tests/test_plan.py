@@ -175,11 +175,11 @@ def test_shipped_table_says_where_and_how_each_figure_was_got():
     assert table["clip"]["ViT-L-14"]["gpu"]["images_per_s"] == 2388
     assert table["clip"]["ViT-B-32"]["gpu"]["images_per_s"] == 11270
     assert table["gpus"]["h200"]["relative"] == 1.0
-    # the derived CPU stages add up to the measured end-to-end rate per core (68.3 rows/s on 2 cores)
-    per_row = 1 / table["stages"]["download"]["per_s"] + 1 / table["stages"]["process_laion"]["per_s"]
-    assert 1 / per_row == pytest.approx(68.3 / 2, rel=1e-3)
-    per_image = 1 / table["stages"]["download"]["per_s"] + 1 / table["stages"]["process_mmc4"]["per_s"]
-    assert 1 / per_image == pytest.approx(70.2 / 2, rel=1e-3)
+    # the derived CPU stages are the measured rates per CPU-second of the whole path (docs/benchmarks.md:
+    # LAION 253.3 rows, MMC4 95.2 images, CLIP off) less the download's CPU (benchmarks/load_test.py: 1,212 rows)
+    fetch = 1 / 1212
+    assert table["stages"]["process_laion"]["per_s"] == pytest.approx(1 / (1 / 253.3 - fetch), abs=0.1)
+    assert table["stages"]["process_mmc4"]["per_s"] == pytest.approx(1 / (1 / (149.9 * 26.7 / 42.0) - fetch), abs=0.1)
     assert Path(MEASURED).is_file()
 
 
