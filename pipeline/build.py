@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from .clip_model import resolve_pretrained
 from .index import INDEX_DIR, WORK_DIR
+from .local_runner import local_runner
 from .manifest import MANIFEST, SIZES, BuildResult, collect, read_manifest, summary, write_manifest
 from .recipe import Recipe
 from .shard import COMPLETE_DIR, TMP_SUFFIX
@@ -227,7 +228,8 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
              recipe.name, len(inputs), output_dir)
     start = time.monotonic()
     with sample_web_for(recipe):
-        with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+        options = pipeline_options(beam_args)
+        with beam.Pipeline(runner=local_runner(options), options=options) as p:
             build(p, recipe, inputs, output_dir)
     result = collect(output_dir, recipe, rows_in, time.monotonic() - start, kind=kind,
                      inputs=state["inputs"], resumed=mode == "resume")

@@ -7,6 +7,8 @@ from collections import defaultdict
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from pipeline.local_runner import local_runner
+
 # The in-process DirectRunner runs DoFns in this interpreter; a module-level sink is shared by
 # reference (functions defined at module level are pickled by name), a closure would be copied.
 _SINKS: dict = defaultdict(list)
@@ -16,10 +18,17 @@ def _collect(run_id: str, name: str, values) -> None:
     _SINKS[(run_id, name)].extend(values)
 
 
+def local_pipeline(options=None) -> TestPipeline:
+    """A TestPipeline on the runner local builds use (the FnApiRunner, see pipeline.local_runner),
+    not the DirectRunner, which would first try to download its Prism runner from GitHub."""
+    p = TestPipeline(options=options)
+    return TestPipeline(runner=local_runner(p.options), options=p.options)
+
+
 def run_collect(build) -> dict:
     """``build(p)`` returns {name: PCollection}; returns {name: list of its elements}."""
     run_id = uuid.uuid4().hex
-    with TestPipeline() as p:
+    with local_pipeline() as p:
         outputs = build(p)
         for name, pcoll in outputs.items():
             (pcoll | f"All {name}" >> beam.combiners.ToList()

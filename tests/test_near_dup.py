@@ -9,7 +9,6 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing import test_pipeline
 from PIL import Image, ImageOps
 
 from pipeline import perceptual, synthetic
@@ -19,7 +18,7 @@ from pipeline.near_dup import (DedupNearImages, DropFrequentImages, _bucket_edge
                                multi_index_edges, near_duplicate_groups, to_uint64)
 from pipeline.records import Sample
 
-from .beam_util import run_collect
+from .beam_util import local_pipeline, run_collect
 
 K = 10
 
@@ -288,7 +287,7 @@ def test_dedup_near_images_on_two_worker_processes(tmp_path):
     samples = small + clustered
     assert not {s.phash for s in small} & {s.phash for s in clustered}
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    with test_pipeline.TestPipeline(options=options) as p:
+    with local_pipeline(options=options) as p:
         kept, dropped = p | beam.Create(samples) | DedupNearImages(K)
         ((kept, dropped) | beam.Flatten() | beam.Map(_as_line)
          | beam.io.WriteToText(str(tmp_path / "out"), file_name_suffix=".jsonl"))

@@ -27,6 +27,7 @@ from PIL import Image
 
 from pipeline import cli, perceptual, synthetic
 from pipeline.build import run_build
+from pipeline.local_runner import is_direct, local_runner
 from pipeline.recipe import recipe_from_dict
 from pipeline.runners import (RUNNERS_DIR, RunnerOptionsError, check_cluster_paths, load_runner_options, local_paths,
                               merge_args, runner_args)
@@ -331,3 +332,54 @@ def test_dataflow_refuses_local_paths_before_the_job_starts(tmp_path, capsys):
     recipe = recipe_from_dict({"input": {"path": "gs://b/x"}, "clip": {"pretrained": "/ckpt/model.pt"}})
     assert local_paths(recipe, "s3://b/out") == ["clip.pretrained: /ckpt/model.pt"]
     check_cluster_paths(recipe, "/local/out", ["--runner=DirectRunner"])  # local runs read local files
+
+
+# --- the runner of local builds ------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,direct", [
+    ([], True), (["--runner=DirectRunner"], True), (["--runner=direct"], True),
+    (["--runner=apache_beam.runners.direct.direct_runner.SwitchingDirectRunner"], True),
+    (["--runner=DataflowRunner"], False), (["--runner=PortableRunner"], False), (["--runner=PrismRunner"], False)])
+def test_only_direct_runs_get_the_local_runner(args, direct):
+    options = PipelineOptions(args)
+    assert is_direct(options) is direct
+    runner = local_runner(options)
+    assert (type(runner).__name__ == "FnApiRunner") if direct else runner is None
+
+
+def test_local_builds_never_start_the_prism_runner_and_the_numbering_dedup_runs_on_two_processes(
+        tmp_path, monkeypatch):
+    """Beam's DirectRunner would first try its Prism runner, which downloads a binary from GitHub:
+    a local build must not (any start of it is recorded here).  The same build, exact image dedup
+    applied inside the shard numbering (no near or semantic dedup), gives byte-identical shards
+    and the same index on one process and on two worker processes."""
+    from apache_beam.runners.portability import prism_runner
+
+    started = []
+    original = prism_runner.PrismRunner.run_pipeline
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline",
+                        lambda self, *a, **kw: started.append(self) or original(self, *a, **kw))
+    files = {f"photo{i}.jpg": jpeg_bytes(smooth_photo(400 + i)) for i in range(10)}
+    files["copy-of-3.jpg"] = files["photo3.jpg"]
+    files["copy-of-5.jpg"] = files["photo5.jpg"]
+    web = tmp_path / "web"
+    web.mkdir()
+    for name, data in files.items():
+        (web / name).write_bytes(data)
+    with SampleWeb(web) as server:
+        pq.write_table(pa.table({"URL": [f"{server.url}/{n}" for n in files],
+                                 "TEXT": [f"picture number {i} of the test" for i in range(len(files))]}),
+                       tmp_path / "rows.parquet")
+        recipe = {**BASE_RECIPE, "input": {"path": str(tmp_path / "rows.parquet")},
+                  "dedup": {"exact": True, "near": False, "semantic": False},
+                  "shard": {"samples_per_shard": 4, "chunk_rows": 5}}
+        one, one_index, one_tars = _build(tmp_path, recipe, "one", [])
+        two, two_index, two_tars = _build(tmp_path, recipe, "two", runner_args("direct-multiprocess",
+                                                                              ["--direct_num_workers=2"]))
+    assert started == []
+    assert one.drops == {"dedup/duplicate_image": 2} and one.kept == 10
+    duplicates = {r["url"].rsplit("/", 1)[1]: r["duplicate_of"] for r in one_index if r["reason"] == "duplicate_image"}
+    ids = {r["url"].rsplit("/", 1)[1]: r["id"] for r in one_index}
+    assert duplicates == {"copy-of-3.jpg": ids["photo3.jpg"], "copy-of-5.jpg": ids["photo5.jpg"]}
+    assert two_tars == one_tars and len(one_tars) == 3
+    assert two_index == one_index and two.drops == one.drops

@@ -9,7 +9,6 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing import test_pipeline
 
 from pipeline import synthetic
 from pipeline.clip_model import load_clip
@@ -20,7 +19,7 @@ from pipeline.records import Sample
 from pipeline.sem_dedup import (DedupSemantic, cluster_duplicates, fit_centroids, semantic_duplicates,
                                 stable_hash)
 
-from .beam_util import run_collect
+from .beam_util import local_pipeline, run_collect
 from .loopback_build import build_over_loopback, jpeg_bytes
 
 TINY_CLIP = {"enabled": True, "model": "flamingo-tiny-clip", "pretrained": "synthetic-world", "device": "cpu",
@@ -111,7 +110,7 @@ def _line(record) -> str:
 
 
 def _run(tmp_path, options) -> list:
-    with test_pipeline.TestPipeline(options=PipelineOptions(options)) as p:
+    with local_pipeline(options=PipelineOptions(options)) as p:
         kept, dropped = p | beam.Create(_samples()) | DedupSemantic(n_clusters=4, max_similarity=0.97, fit_rows=60)
         ((kept, dropped) | beam.Flatten() | beam.Map(_line)
          | beam.io.WriteToText(str(tmp_path / "out"), file_name_suffix=".jsonl"))

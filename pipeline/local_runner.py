@@ -1,0 +1,47 @@
+"""The runner of a local build: Beam's FnApiRunner, never the Prism runner.
+
+Beam's ``DirectRunner`` (``SwitchingDirectRunner``) first tries its Prism runner, a Go program
+that it downloads from GitHub's release pages at run time when no copy is cached (or
+``--prism_location`` names none): every local build, and every test pipeline, would send a request
+to the web and, where the web answers, run on another engine than the one the tests exercise.  Where
+it does not answer (as on machines without network), the attempt fails and costs about half a
+second before the DirectRunner falls back to the FnApiRunner, the engine it uses for batch
+pipelines.  A build asking for the DirectRunner therefore gets that FnApiRunner directly, with the
+same options (``direct_running_mode``, ``direct_num_workers``) and the pipeline options passed
+to its workers as the DirectRunner passes them.  Any other runner is left to Beam.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineRunner
+
+DIRECT_NAMES = {"", "direct", "directrunner", "switchingdirectrunner"}
+
+
+def is_direct(options: PipelineOptions) -> bool:
+    """Whether ``options`` ask for the DirectRunner (the default when no runner is named)."""
+    runner = options.view_as(StandardOptions).runner
+    if runner is None:
+        return True
+    if not isinstance(runner, str):
+        return False
+    return runner.rsplit(".", 1)[-1].lower() in DIRECT_NAMES
+
+
+def local_runner(options: PipelineOptions) -> Optional[PipelineRunner]:
+    """The FnApiRunner for a DirectRunner run, or None to let Beam pick the runner it was asked for."""
+    if not is_direct(options) or options.view_as(StandardOptions).streaming:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    # What SwitchingDirectRunner.run_pipeline hands the FnApiRunner (Beam 2.77).
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=provision)
+
+
+__all__ = ["is_direct", "local_runner"]
