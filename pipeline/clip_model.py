@@ -331,6 +331,12 @@ def load_clip(cfg: ClipConfig, *, lowp: str = CUDA_LOWP, gpu_decode: Optional[bo
     precision = resolve_precision(cfg.precision, device)
     pretrained = resolve_pretrained(cfg)
     weights = _OPEN_CLIP_PRECISION.get(precision, "fp32") if device.startswith("cuda") and lowp == "pure" else "fp32"
+    if device == "cpu" and cfg.cpu_threads:
+        import torch
+
+        # torch runs as many threads as there are cores in every process: with several worker
+        # processes (or worker threads) on one machine that oversubscribes the cores several times.
+        torch.set_num_threads(cfg.cpu_threads)
     log.info("loading CLIP %s (%s) on %s, %s (weights %s)", cfg.model, pretrained, device, precision, weights)
     model, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained, device=device,
                                                                  precision=weights)

@@ -12,9 +12,10 @@ to its workers as the DirectRunner passes them.  Any other runner is left to Bea
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineRunner
 
 DIRECT_NAMES = {"", "direct", "directrunner", "switchingdirectrunner"}
@@ -44,4 +45,22 @@ def local_runner(options: PipelineOptions) -> Optional[PipelineRunner]:
     return fn_runner.FnApiRunner(provision_info=provision)
 
 
-__all__ = ["is_direct", "local_runner"]
+def local_workers(options: PipelineOptions) -> Optional[int]:
+    """How many workers a local run executes bundles on at once (processes for
+    ``multi_processing``, threads for ``multi_threading``, 1 ``in_memory``); None for other runners."""
+    if not is_direct(options):
+        return None
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode in ("multi_processing", "multi_threading"):
+        return direct.direct_num_workers or os.cpu_count() or 1
+    return 1
+
+
+def cpu_threads_per_worker(options: PipelineOptions) -> Optional[int]:
+    """The torch threads each local worker should run on the CPU: the cores shared out among the
+    workers (at least one).  None for other runners: their machines are not this one."""
+    workers = local_workers(options)
+    return None if workers is None else max(1, (os.cpu_count() or 1) // workers)
+
+
+__all__ = ["cpu_threads_per_worker", "is_direct", "local_runner", "local_workers"]

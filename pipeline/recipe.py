@@ -106,6 +106,7 @@ class ClipConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
     batch_size: int = 64
     compile: bool = False  # torch.compile the image tower on CUDA (compile time on first batches)
+    cpu_threads: Optional[int] = None  # torch threads per worker process on the CPU; null: cores / local workers
     min_similarity: Optional[float] = 0.28  # LAION-2B-en kept >= 0.28 with ViT-B/32
 
 

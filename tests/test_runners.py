@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import hashlib
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -26,8 +27,8 @@ from apache_beam.runners.runner import create_runner
 from PIL import Image
 
 from pipeline import cli, perceptual, synthetic
-from pipeline.build import run_build
-from pipeline.local_runner import is_direct, local_runner
+from pipeline.build import run_build, with_cpu_threads
+from pipeline.local_runner import cpu_threads_per_worker, is_direct, local_runner, local_workers
 from pipeline.recipe import recipe_from_dict
 from pipeline.runners import (RUNNERS_DIR, RunnerOptionsError, check_cluster_paths, load_runner_options, local_paths,
                               merge_args, runner_args)
@@ -383,3 +384,44 @@ def test_local_builds_never_start_the_prism_runner_and_the_numbering_dedup_runs_
     assert duplicates == {"copy-of-3.jpg": ids["photo3.jpg"], "copy-of-5.jpg": ids["photo5.jpg"]}
     assert two_tars == one_tars and len(one_tars) == 3
     assert two_index == one_index and two.drops == one.drops
+
+
+@pytest.mark.parametrize("args,workers", [
+    ([], 1), (["--direct_running_mode=in_memory"], 1),
+    (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 2),
+    (["--direct_running_mode=multi_threading", "--direct_num_workers=3"], 3),
+    (["--direct_running_mode=multi_processing", "--direct_num_workers=0"], os.cpu_count()),
+    (["--runner=DataflowRunner"], None)])
+def test_local_workers_share_out_the_cores_for_torch(args, workers):
+    options = PipelineOptions(args)
+    assert local_workers(options) == workers
+    expected = None if workers is None else max(1, os.cpu_count() // workers)
+    assert cpu_threads_per_worker(options) == expected
+    recipe = recipe_from_dict({**BASE_RECIPE, "clip": TINY_CLIP})
+    filled = with_cpu_threads(recipe, options)
+    assert filled.clip.cpu_threads == expected
+    assert dataclasses.replace(filled, clip=recipe.clip) == recipe  # nothing else changes
+    # a recipe's own value wins, and a build without CLIP is left alone
+    own = recipe_from_dict({**BASE_RECIPE, "clip": {**TINY_CLIP, "cpu_threads": 5}})
+    assert with_cpu_threads(own, options).clip.cpu_threads == 5
+    off = recipe_from_dict({**BASE_RECIPE, "clip": {"enabled": False}})
+    assert with_cpu_threads(off, options) == off
+
+
+def test_clip_on_the_cpu_runs_the_threads_it_is_given(tiny_clip_checkpoint):
+    import torch
+
+    from pipeline.clip_model import load_clip
+    from pipeline.recipe import ClipConfig
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        load_clip(ClipConfig(model="flamingo-tiny-clip", pretrained=str(tiny_clip_checkpoint), device="cpu",
+                             cpu_threads=1))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        load_clip(ClipConfig(model="flamingo-tiny-clip", pretrained=str(tiny_clip_checkpoint), device="cpu"))
+        assert torch.get_num_threads() == 2  # not set: torch's own setting stays
+    finally:
+        torch.set_num_threads(before)
