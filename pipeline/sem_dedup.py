@@ -19,7 +19,7 @@ removed half of LAION-440M), are joined back with a CoGroupByKey rather than a s
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np

@@ -1,9 +1,10 @@
 """A small LAION build over pictures the test makes, served from a loopback web server."""
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -35,12 +36,10 @@ def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def build_over_loopback(tmp_path: Path, files: Dict[str, bytes], recipe: dict,
-                        prepare: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, dict], BuildResult]:
-    """Serve ``files``, build one row per file with ``recipe`` over BASE_RECIPE (sections merged),
-    and return the index rows by file name with the build result.  ``prepare(server_url)`` runs
-    before the build (to write a file that names the server's URLs); relative recipe paths
-    resolve against ``tmp_path``."""
+@contextlib.contextmanager
+def serve_rows(tmp_path: Path, files: Dict[str, bytes]) -> Iterator[SampleWeb]:
+    """Serve ``files`` from ``tmp_path/web`` and write ``tmp_path/rows.parquet``, one LAION row
+    (URL, TEXT) per file; yields the running server."""
     web = tmp_path / "web"
     web.mkdir()
     for name, data in files.items():
@@ -49,6 +48,16 @@ def build_over_loopback(tmp_path: Path, files: Dict[str, bytes], recipe: dict,
         pq.write_table(pa.table({"URL": [f"{server.url}/{n}" for n in files],
                                  "TEXT": [f"picture number {i} of the test" for i in range(len(files))]}),
                        tmp_path / "rows.parquet")
+        yield server
+
+
+def build_over_loopback(tmp_path: Path, files: Dict[str, bytes], recipe: dict,
+                        prepare: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, dict], BuildResult]:
+    """Serve ``files``, build one row per file with ``recipe`` over BASE_RECIPE (sections merged),
+    and return the index rows by file name with the build result.  ``prepare(server_url)`` runs
+    before the build (to write a file that names the server's URLs); relative recipe paths
+    resolve against ``tmp_path``."""
+    with serve_rows(tmp_path, files) as server:
         if prepare:
             prepare(server.url)
         merged = {**BASE_RECIPE, **recipe, "input": {"path": str(tmp_path / "rows.parquet")}}

@@ -17,7 +17,6 @@ import re
 import tarfile
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions, PipelineOptions,
@@ -32,9 +31,8 @@ from pipeline.local_runner import cpu_threads_per_worker, is_direct, local_runne
 from pipeline.recipe import recipe_from_dict
 from pipeline.runners import (RUNNERS_DIR, RunnerOptionsError, check_cluster_paths, load_runner_options, local_paths,
                               merge_args, runner_args)
-from pipeline.sample_web import SampleWeb
 
-from .loopback_build import BASE_RECIPE, jpeg_bytes, smooth_photo
+from .loopback_build import BASE_RECIPE, jpeg_bytes, serve_rows, smooth_photo
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = sorted(RUNNERS_DIR.glob("*.yaml"))
@@ -287,13 +285,7 @@ def test_multiprocess_file_builds_byte_identical_shards_with_dedup_and_safety_on
     why this test does not go through build_over_loopback, which starts a server per build."""
     files = _pictures()
     web = tmp_path / "web"
-    web.mkdir()
-    for name, data in files.items():
-        (web / name).write_bytes(data)
-    with SampleWeb(web) as server:
-        pq.write_table(pa.table({
-            "URL": [f"{server.url}/{n}" for n in files],
-            "TEXT": [f"picture number {i} of the test" for i in range(len(files))]}), tmp_path / "rows.parquet")
+    with serve_rows(tmp_path, files) as server:
         (tmp_path / "removal.txt").write_text(f"url:{server.url}/photo7.jpg\n"
                                               f"phash:{perceptual.phash(Image.open(web / 'listed.jpg'))}\n")
         recipe = {**BASE_RECIPE, "input": {"path": str(tmp_path / "rows.parquet")}, "clip": TINY_CLIP,
@@ -363,14 +355,7 @@ def test_local_builds_never_start_the_prism_runner_and_the_numbering_dedup_runs_
     files = {f"photo{i}.jpg": jpeg_bytes(smooth_photo(400 + i)) for i in range(10)}
     files["copy-of-3.jpg"] = files["photo3.jpg"]
     files["copy-of-5.jpg"] = files["photo5.jpg"]
-    web = tmp_path / "web"
-    web.mkdir()
-    for name, data in files.items():
-        (web / name).write_bytes(data)
-    with SampleWeb(web) as server:
-        pq.write_table(pa.table({"URL": [f"{server.url}/{n}" for n in files],
-                                 "TEXT": [f"picture number {i} of the test" for i in range(len(files))]}),
-                       tmp_path / "rows.parquet")
+    with serve_rows(tmp_path, files):
         recipe = {**BASE_RECIPE, "input": {"path": str(tmp_path / "rows.parquet")},
                   "dedup": {"exact": True, "near": False, "semantic": False},
                   "shard": {"samples_per_shard": 4, "chunk_rows": 5}}
