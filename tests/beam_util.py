@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from typing import Optional
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipeline.local_runner import local_runner
@@ -18,11 +20,11 @@ def _collect(run_id: str, name: str, values) -> None:
     _SINKS[(run_id, name)].extend(values)
 
 
-def local_pipeline(options=None) -> TestPipeline:
+def local_pipeline(options: Optional[PipelineOptions] = None) -> TestPipeline:
     """A TestPipeline on the runner local builds use (the FnApiRunner, see pipeline.local_runner),
     not the DirectRunner, which would first try to download its Prism runner from GitHub."""
-    p = TestPipeline(options=options)
-    return TestPipeline(runner=local_runner(p.options), options=p.options)
+    options = options if options is not None else PipelineOptions([])
+    return TestPipeline(runner=local_runner(options), options=options)
 
 
 def run_collect(build) -> dict:
