@@ -14,7 +14,7 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import apache_beam as beam
 from PIL import Image, ImageOps
@@ -32,10 +32,14 @@ _ORIENTATION = 0x0112  # EXIF tag
 
 
 class ImageRejected(Exception):
-    def __init__(self, reason: str, detail: str = ""):
+    """An image the stage will not keep: ``reason`` is the index's token; ``size`` the original
+    (width, height) when the header told it, recorded in the index like a kept image's."""
+
+    def __init__(self, reason: str, detail: str = "", size: Optional[Tuple[int, int]] = None):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.size = size
 
 
 @dataclass
@@ -70,7 +74,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Exception as e:  # UnidentifiedImageError and friends: the bytes are not an image
         raise ImageRejected("not_an_image", str(e)[:200])
     if img.width * img.height > max_pixels:
-        raise ImageRejected("decompression_bomb", f"{img.width}x{img.height} pixels")
+        raise ImageRejected("decompression_bomb", f"{img.width}x{img.height} pixels", size=img.size)
     return img
 
 
@@ -90,7 +94,7 @@ def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
     for reason in (image_filter.min_side(width, height, cfg.min_side),
                    image_filter.aspect_ratio(width, height, cfg.max_aspect_ratio)):
         if reason:
-            raise ImageRejected(reason, f"{width}x{height}")
+            raise ImageRejected(reason, f"{width}x{height}", size=(width, height))
     rotated = "exif" in img.info and img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
     if rotated:  # the image is shown (and measured) transposed
         width, height = height, width
@@ -166,7 +170,7 @@ def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
     encoded = encode(out, cfg)
     reason = image_filter.encoded_size(len(encoded), cfg.min_encoded_bytes)
     if reason:
-        raise ImageRejected(reason, f"{len(encoded)} bytes")
+        raise ImageRejected(reason, f"{len(encoded)} bytes", size=(width, height))
     return ProcessedImage(encoded, cfg.encode_format, out.width, out.height, width, height,
                           hashlib.sha256(encoded).hexdigest(), phash)
 
@@ -179,6 +183,8 @@ class _ProcessImage(beam.DoFn):
         try:
             p = process_image(s.image_bytes, self.cfg)
         except ImageRejected as e:
+            if e.size is not None:
+                s = s.replace(original_width=e.size[0], original_height=e.size[1])
             yield drop(s, e.reason, STAGE, detail=e.detail)
             return
         except Exception as e:  # an image that breaks the decoder must not break the build

@@ -344,8 +344,8 @@ def similarity_threshold(build) -> Optional[float]:
 
 
 def image_sides(build, kind: Optional[str] = None, bins: int = 30) -> Histogram:
-    """Original width and height of the images that decoded (log-spaced bins).  Images dropped by
-    the image checks themselves (too_small, bad_aspect_ratio) carry no dimensions in the index."""
+    """Original width and height of the images whose header was read (log-spaced bins), those
+    the image checks dropped (too_small, bad_aspect_ratio, ...) included."""
     b = open_build(build)
     _, where = _of_kind(b, kind)
     cols = ["kind", "original_width", "original_height"]
@@ -355,7 +355,7 @@ def image_sides(build, kind: Optional[str] = None, bins: int = 30) -> Histogram:
 
 
 def aspect_ratios(build, kind: Optional[str] = None, bins: int = 30) -> Histogram:
-    """Original width / height of the images that decoded, kept vs dropped (log-spaced bins:
+    """Original width / height of the images whose header was read, kept vs dropped (log-spaced bins:
     1 is square, 2 is twice as wide as high, 0.5 twice as high as wide)."""
     b = open_build(build)
     _, where = _of_kind(b, kind)

@@ -236,6 +236,28 @@ def test_too_small_at_the_boundary():
     assert rejected(encode(scene(100, 63), "PNG"), c).reason == "too_small"
 
 
+@pytest.mark.parametrize("image,c,reason", [
+    (lambda: encode(scene(63, 100), "PNG"), cfg(min_side=64), "too_small"),
+    (lambda: encode(scene(300, 90), "JPEG"), cfg(max_aspect_ratio=3.0), "bad_aspect_ratio"),
+    (lambda: encode(scene(120, 80), "PNG"), cfg(image_size=64, encode_format="png", min_encoded_bytes=10**6),
+     "too_few_bytes")])
+def test_images_the_checks_drop_keep_their_original_size_in_the_index(image, c, reason):
+    """The index row of an image the checks drop has its original width and height, as a kept
+    image's has: the statistics' size and aspect-ratio plots then show what the checks removed."""
+    from apache_beam import pvalue
+
+    from pipeline.images import _ProcessImage
+    from pipeline.records import Sample
+
+    data = image()
+    (out,) = list(_ProcessImage(c).process(Sample(id="in:0", source_index=0, row=0, url="u", image_bytes=data)))
+    assert isinstance(out, pvalue.TaggedOutput)
+    row = out.value
+    assert row.reason == reason and row.stage == "image"
+    assert (row.original_width, row.original_height) == Image.open(io.BytesIO(data)).size
+    assert row.bytes == len(data)
+
+
 def test_bad_aspect_ratio_at_the_boundary():
     c = cfg(max_aspect_ratio=2.0)
     assert process_image(encode(scene(200, 100), "PNG"), c).original_height == 100
