@@ -78,8 +78,11 @@ def _complete_records(out: Path) -> dict:
 def _kill_part_way(recipe: Path, out: Path) -> bool:
     """Run the build and SIGKILL it once a shard is complete; True when it was killed before its
     manifest was written (False: it finished first, the input was too small to catch it)."""
-    proc = subprocess.Popen(_command(recipe, out), cwd=REPO, env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A killed build cannot clean up its temporary files: they go under the test's own directory.
+    scratch = out.parent / "killed-build-tmp"
+    scratch.mkdir(exist_ok=True)
+    proc = subprocess.Popen(_command(recipe, out), cwd=REPO, env={**_env(), "TMPDIR": str(scratch)},
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while proc.poll() is None:
             if (out / "manifest.json").exists():
