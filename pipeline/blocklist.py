@@ -1,8 +1,9 @@
 """Screening against removal lists: URLs before anything is downloaded, the downloaded bytes
 before they are decoded, the encoded image and its perceptual hash after.
 
-The list (``filters.blocklist``) is read once per worker in ``setup`` from any Beam filesystem,
-so a gs:// list serves a whole Dataflow job; it is small lookup data, not pipeline data.
+The list (``filters.blocklist``) is read from any Beam filesystem (a gs:// list serves a whole
+Dataflow job) by one step of the pipeline and reaches the screening DoFns as a side input: small
+lookup data, broadcast to the workers by the runner, never shared through a process.
 """
 from __future__ import annotations
 
@@ -26,19 +27,16 @@ def load_blocklist(path: str, phash_distance: int) -> Blocklist:
 
 
 class _Screen(beam.DoFn):
-    def __init__(self, path: str, phash_distance: int, what: str):
-        self.path, self.phash_distance, self.what = path, phash_distance, what
+    def __init__(self, what: str):
+        self.what = what
 
-    def setup(self):
-        self._list = load_blocklist(self.path, self.phash_distance)
-
-    def process(self, s: Sample):
+    def process(self, s: Sample, blocklist: Blocklist):
         if self.what == "url":
-            rule = self._list.check_url(s.url)
+            rule = blocklist.check_url(s.url)
         elif self.what == "download":  # removal lists hash the bytes as published
-            rule = self._list.check_image(hashlib.sha256(s.image_bytes).hexdigest(), None)
+            rule = blocklist.check_image(hashlib.sha256(s.image_bytes).hexdigest(), None)
         else:
-            rule = self._list.check_image(s.sha256, s.phash)
+            rule = blocklist.check_image(s.sha256, s.phash)
         if rule:
             yield drop(s, "blocklisted", STAGE, detail=rule)
         else:
@@ -57,4 +55,8 @@ class ApplyBlocklist(beam.PTransform):
         self.path, self.phash_distance, self.what = path, phash_distance, what
 
     def expand(self, samples):
-        return apply_with_drops(samples, f"Screen {self.what}s", _Screen(self.path, self.phash_distance, self.what))
+        blocklist = (samples.pipeline
+                     | "Removal list path" >> beam.Create([self.path])
+                     | "Read removal list" >> beam.Map(load_blocklist, self.phash_distance))
+        return apply_with_drops(samples, f"Screen {self.what}s", _Screen(self.what),
+                                blocklist=beam.pvalue.AsSingleton(blocklist))

@@ -235,8 +235,8 @@ def _local(path: Optional[str]) -> bool:
 def local_paths(recipe, output_dir: str) -> List[str]:
     """The files a build reads or writes that are local paths (``what: path``).  Workers of a
     cluster read the recipe's files (input, removal list, eval index, NSFW head, language model,
-    CLIP checkpoint) themselves, in their DoFn setup, so such a path names a file on the launching
-    machine that no worker has."""
+    CLIP checkpoint) themselves, in pipeline steps or DoFn setup, so such a path names a file on
+    the launching machine that no worker has."""
     clip = recipe.clip
     checkpoint = clip.pretrained if clip.pretrained and ("/" in clip.pretrained or clip.pretrained.startswith(".")) else None
     named = [("--output", output_dir), ("input.path", recipe.input.path),
