@@ -8,14 +8,16 @@ lookup data, broadcast to the workers by the runner, never shared through a proc
 from __future__ import annotations
 
 import hashlib
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from filters.blocklist import Blocklist
 
+from .recipe import SafetyConfig
 from .records import Sample
-from .stage import apply_with_drops, drop
+from .stage import Stages, apply_with_drops, drop
 
 STAGE = "safety"
 WHAT = ("url", "download", "image")
@@ -45,18 +47,33 @@ class _Screen(beam.DoFn):
 
 class ApplyBlocklist(beam.PTransform):
     """Drop samples whose URL (``what="url"``), downloaded bytes (``"download"``) or encoded image
-    and phash (``"image"``) are on the list."""
+    and phash (``"image"``) are on the list; ``removal`` is the list as ``read_removal_list``
+    gives it, shared by the screens of one pipeline."""
 
-    def __init__(self, path: str, phash_distance: int, what: str):
+    def __init__(self, removal, what: str):
         super().__init__()
         if what not in WHAT:
             raise ValueError(f"what must be one of {WHAT}, not {what!r}")
-        load_blocklist(path, phash_distance)  # a bad list is an error when the pipeline is built
-        self.path, self.phash_distance, self.what = path, phash_distance, what
+        self.removal, self.what = removal, what
 
     def expand(self, samples):
-        blocklist = (samples.pipeline
-                     | "Removal list path" >> beam.Create([self.path])
-                     | "Read removal list" >> beam.Map(load_blocklist, self.phash_distance))
         return apply_with_drops(samples, f"Screen {self.what}s", _Screen(self.what),
-                                blocklist=beam.pvalue.AsSingleton(blocklist))
+                                blocklist=beam.pvalue.AsSingleton(self.removal))
+
+
+def read_removal_list(p: beam.Pipeline, safety: SafetyConfig) -> Optional[beam.PCollection]:
+    """The recipe's removal list as a one-element PCollection (read and parsed once, by one step
+    of the pipeline), or None when the recipe names none.  The list is also parsed here, where
+    the pipeline is built, so that a bad list is an error before anything runs."""
+    if not safety.blocklist:
+        return None
+    load_blocklist(safety.blocklist, safety.blocklist_phash_distance)
+    return (p | "Removal list path" >> beam.Create([safety.blocklist])
+            | "Read removal list" >> beam.Map(load_blocklist, safety.blocklist_phash_distance))
+
+
+def screen(samples, removal: Optional[beam.PCollection], stage: Stages, what: str):
+    """The removal-list stage for URLs, downloads or images, when there is a list."""
+    if removal is None:
+        return samples
+    return stage(samples, f"Blocklist {what}s", ApplyBlocklist(removal, what))

@@ -15,6 +15,7 @@ from typing import List
 
 import apache_beam as beam
 
+from .blocklist import read_removal_list, screen
 from .decontaminate import decontaminate
 from .dedup import EXACT_IMAGES, DedupExactImages
 from .download import DownloadImages
@@ -26,7 +27,7 @@ from .nsfw import score_nsfw
 from .recipe import Recipe
 from .records import Sample
 from .shard import WriteShards, canonical_json
-from .stage import Stages, screen
+from .stage import Stages
 from .sources import ReadLaionRows
 
 EXTENSIONS = {"jpg": "jpg", "png": "png"}
@@ -51,13 +52,14 @@ def laion_members(key: str, s: Sample) -> dict:
 
 def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
     stage = Stages()
+    removal = read_removal_list(p, recipe.safety)  # the recipe's removal list, read once for every screen
     rows = stage(p, "Read LAION rows", ReadLaionRows(recipe.input, inputs))
     rows = stage(rows, "Filter metadata", FilterMetadata(recipe.filters))
-    rows = screen(rows, recipe, stage, "url")
+    rows = screen(rows, removal, stage, "url")
     rows = stage(rows, "Download images", DownloadImages(recipe.download))
-    rows = screen(rows, recipe, stage, "download")
+    rows = screen(rows, removal, stage, "download")
     rows = stage(rows, "Process images", ProcessImages(recipe.image))
-    rows = screen(rows, recipe, stage, "image")
+    rows = screen(rows, removal, stage, "image")
     if recipe.clip.enabled:
         # Imported here: pipeline.clip pulls in torch (through Beam's RunInference), and every
         # worker imports this module (laion_members is pickled by reference), so a build with CLIP

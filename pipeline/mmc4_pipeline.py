@@ -13,6 +13,7 @@ from typing import List
 
 import apache_beam as beam
 
+from .blocklist import read_removal_list, screen
 from .decontaminate import decontaminate
 from .documents import AssembleDocuments, FilterDocuments, ReadMmc4Documents, SplitDocuments
 from .download import DownloadImages
@@ -24,7 +25,7 @@ from .recipe import Recipe
 from .records import Sample
 from .sem_dedup import semantic_dedup
 from .shard import WriteShards, canonical_json
-from .stage import Stages, screen
+from .stage import Stages
 
 
 def mmc4_members(key: str, s: Sample) -> dict:
@@ -38,15 +39,16 @@ def _is_image(s: Sample, n: int) -> int:
 
 def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
     stage = Stages()
+    removal = read_removal_list(p, recipe.safety)  # the recipe's removal list, read once for every screen
     docs = stage(p, "Read MMC4 documents", ReadMmc4Documents(inputs))
     docs = stage(docs, "Filter documents", FilterDocuments(recipe.mmc4))
     images, sentences, url_drops = docs | "Split into images and sentences" >> SplitDocuments(recipe.mmc4)
     stage.drops.append(url_drops)
-    images = screen(images, recipe, stage, "url")
+    images = screen(images, removal, stage, "url")
     images = stage(images, "Download images", DownloadImages(recipe.download))
-    images = screen(images, recipe, stage, "download")
+    images = screen(images, removal, stage, "download")
     images = stage(images, "Process images", ProcessImages(recipe.image))
-    images = screen(images, recipe, stage, "image")
+    images = screen(images, removal, stage, "image")
     if recipe.dedup.max_image_documents is not None:
         images = stage(images, "Drop frequent images", DropFrequentImages(recipe.dedup.max_image_documents))
     if recipe.clip.enabled:

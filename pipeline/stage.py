@@ -80,13 +80,3 @@ class Stages:
         kept, dropped = pcoll | label >> transform
         self.drops.append(dropped)
         return kept
-
-
-def screen(samples, recipe, stage: Stages, what: str):
-    """The removal-list stage for URLs or images, when the recipe names a list."""
-    if not recipe.safety.blocklist:
-        return samples
-    from .blocklist import ApplyBlocklist
-
-    return stage(samples, f"Blocklist {what}s", ApplyBlocklist(
-        recipe.safety.blocklist, recipe.safety.blocklist_phash_distance, what))
