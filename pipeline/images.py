@@ -117,10 +117,10 @@ def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
 def resize(img: Image.Image, original: Tuple[int, int], cfg: ImageConfig) -> Image.Image:
     """img2dataset's resize modes with Pillow (area filter to shrink, Lanczos to enlarge)."""
     size = target_size(*original, cfg)
-    if cfg.resize_mode == "center_crop" and not (cfg.resize_only_if_bigger and size == tuple(original)):
-        return _center_crop(img, size, cfg.image_size)
     if cfg.resize_only_if_bigger and size == tuple(original):
         return img  # img2dataset neither crops nor pads an image it does not resize
+    if cfg.resize_mode == "center_crop":
+        return _center_crop(img, size, cfg.image_size)
     img = _scale(img, size)
     n = cfg.image_size
     if cfg.resize_mode == "border" and (img.width < n or img.height < n):

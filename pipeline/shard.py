@@ -79,7 +79,7 @@ class _KeepFirstPosition(beam.DoFn):
 
     def process(self, item):
         _, group = item
-        group = sorted(group, key=lambda rec: rec[0])  # (order, id): total, whatever the delivery order
+        group = sorted(group, key=lambda rec: rec[:2])  # (order, id): total, whatever the delivery order
         (_, kept_id, chunk, position), *duplicates = group
         yield chunk, position
         for _, dup_id, _, _ in duplicates:
@@ -131,7 +131,7 @@ class NumberSamples(beam.PTransform):
             decided = (
                 samples
                 | "Dedup key and position" >> beam.Map(
-                    lambda s: (rule.key(s), ((rule.order(s), s.id), s.id, chunk_of(s, rows), (*input_order(s), s.id))))
+                    lambda s: (rule.key(s), (rule.order(s), s.id, chunk_of(s, rows), (*input_order(s), s.id))))
                 | "Group dedup key" >> beam.GroupByKey()
                 | "Keep first per key" >> beam.ParDo(_KeepFirstPosition()).with_outputs(
                     _KeepFirstPosition.DUPLICATE_TAG, main="kept")
