@@ -151,6 +151,7 @@ def plot_languages(table: pa.Table, title: str = "Language mix") -> Figure:
     ax = fig.axes[0]
     if not rows:
         _no_data(ax, "no rows")
+        ax.set_title(title)
         return fig
     _stacked_barh(ax, [r["language"] for r in rows], {"kept": [r["kept"] for r in rows],
                                                      "dropped": [r["dropped"] for r in rows]}, SERIES_COLORS)
@@ -240,6 +241,7 @@ def plot_images_per_document(table: pa.Table, title: str = "Images per document"
     ax = fig.axes[0]
     if not rows:
         _no_data(ax, "no images")
+        ax.set_title(title)
         return fig
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["documents_in"] for r in rows], width=0.4, color=IN_COLOR,
