@@ -574,6 +574,56 @@ def test_an_exact_body_on_a_kept_alive_connection_is_accepted(fetcher, answer_on
     assert result.ok and result.data == body
 
 
+def test_a_kept_alive_connection_is_reused_for_the_next_image_of_the_host(fetcher, site):
+    """A body read to its end leaves its connection open for the thread's next request to the
+    same host; a redirect (whose body is never read) costs its connection."""
+    body = (site / "a.jpg").read_bytes()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    connections = []
+
+    def answer(connection):
+        with connection:
+            connection.settimeout(10)
+            pending = b""
+            try:
+                while True:
+                    while b"\r\n\r\n" not in pending:
+                        got = connection.recv(65536)
+                        if not got:
+                            return
+                        pending += got
+                    request, pending = pending.split(b"\r\n\r\n", 1)
+                    if request.startswith(b"GET /moved"):
+                        connection.sendall(f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/b.jpg\r\n"
+                                           f"Content-Length: 5\r\n\r\nmoved".encode())
+                    else:
+                        connection.sendall(_http11(body, len(body)))
+            except OSError:
+                pass
+
+    def run():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(connection)
+            threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        for name in ("a.jpg", "b.jpg", "c.jpg"):
+            result = fetcher.fetch(f"http://127.0.0.1:{port}/{name}")
+            assert result.ok and result.data == body
+        assert len(connections) == 1
+        result = fetcher.fetch(f"http://127.0.0.1:{port}/moved")
+        assert result.ok and result.final_url.endswith("/b.jpg")
+        assert len(connections) == 2  # the redirect's connection was closed, not reused
+    finally:
+        listener.close()
+
+
 # -- address pinning and the resolver -----------------------------------------------------------
 
 def _numeric_only(real):
