@@ -173,7 +173,7 @@ def recipe_for(spec: dict):
     r = dataclasses.replace
     recipe = r(recipe, input=r(recipe.input, path=spec["input"]),
                sample_web=r(recipe.sample_web, enabled=False),
-               shard=r(recipe.shard, samples_per_shard=spec["per_shard"], chunk_rows=spec["per_shard"]),
+               shard=r(recipe.shard, samples_per_shard=spec["per_shard"]),
                clip=r(recipe.clip, enabled=spec.get("clip", False)))
     if spec.get("lean"):  # the optional work img2dataset does not do: language ID, URL and image dedup
         recipe = r(recipe, filters=r(recipe.filters, dedup_urls=False,

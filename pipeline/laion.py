@@ -83,7 +83,7 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
     # When exact dedup is the last dedup, the shard numbering decides it on (sha256, id) records
     # and applies it in the join it makes anyway: one shuffle of the images fewer (DedupExactImages).
     shards, kept_index = rows | "Write shards" >> WriteShards(
-        output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, laion_members,
+        output_dir, recipe.shard.samples_per_shard, laion_members,
         dedup=EXACT_IMAGES if exact_in_numbering else None)
     shards | "Record shards" >> WriteShardList(output_dir)
     ((kept_index, *stage.drops) | "Every row" >> beam.Flatten()

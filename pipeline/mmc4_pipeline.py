@@ -65,7 +65,7 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
     images = decontaminate(images, recipe, stage)  # eval-set images; sentences are left in place
     aligned = stage((docs, images, sentences), "Align documents", AssembleDocuments(recipe.mmc4))
     shards, kept_index = aligned | "Write shards" >> WriteShards(
-        output_dir, recipe.shard.samples_per_shard, recipe.shard.chunk_rows, mmc4_members)
+        output_dir, recipe.shard.samples_per_shard, mmc4_members)
     shards | "Record shards" >> WriteShardList(output_dir)
     ((kept_index, *stage.drops) | "Every document and image" >> beam.Flatten()
      | "Write index" >> WriteIndex(output_dir, recipe.shard.index_shards))

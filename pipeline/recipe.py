@@ -168,8 +168,10 @@ class DecontaminationConfig:
 
 @dataclass(frozen=True)
 class ShardConfig:
+    # A shard holds the kept samples of this many consecutive input rows (LAION rows, MMC4
+    # documents) of one file: at most this many, fewer when rows were dropped (img2dataset's
+    # number_sample_per_shard).
     samples_per_shard: int = 10_000
-    chunk_rows: int = 10_000  # input rows ranked together when numbering samples
     index_shards: int = 0  # parquet files of the per-row index; 0 lets the runner decide
 
 
@@ -257,6 +259,13 @@ def _check_scalar(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# Keys earlier versions accepted, with what replaced them: named in the error, not just "unknown".
+_REMOVED = {
+    "shard.chunk_rows": "shards now follow the input, one shard per samples_per_shard input rows; "
+                        "delete the key (and size shards with samples_per_shard)",
+}
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if data is None:
         data = {}
@@ -265,6 +274,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
+    for name in unknown:
+        why = _REMOVED.get(f"{where}.{name}" if where else name)
+        if why:
+            raise RecipeError(f"{where}.{name} is no longer a recipe key: {why}")
     if unknown:
         raise RecipeError(
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} "
@@ -287,8 +300,6 @@ def _build(cls: type, data: Any, where: str) -> Any:
 def _validate(recipe: Recipe) -> None:
     if recipe.shard.samples_per_shard < 1:
         raise RecipeError("shard.samples_per_shard must be at least 1")
-    if recipe.shard.chunk_rows < 1:
-        raise RecipeError("shard.chunk_rows must be at least 1")
     if recipe.download.threads < 1:
         raise RecipeError("download.threads must be at least 1")
     if recipe.image.image_size < 1:

@@ -1,11 +1,17 @@
 """Numbering the kept samples and writing them into webdataset tars.
 
-Numbering is deterministic and needs no global sort: kept samples are counted per input chunk
-(``chunk_rows`` consecutive input rows of one file), the counts become offsets in one small side
-input (one entry per chunk), and each chunk ranks its samples' ids by input position.  Rank r goes to shard
-``r // samples_per_shard`` under the key ``%010d`` % r: the same input and recipe always give the
-same shards, member for member and byte for byte (fixed tar mtime, sorted members, canonical
-JSON), which is what makes re-running or resuming a build safe.
+Shards follow the input, as img2dataset's do: the input is cut into blocks of
+``samples_per_shard`` consecutive rows of one file, and the samples kept from a block make one
+shard (no shard for a block that keeps none), so a shard holds at most ``samples_per_shard``
+samples.  Keys are still global: rank r (``%010d`` % r) counts the kept samples before it in
+input order.  Numbering needs no global sort: the kept samples of each block are counted on small
+records, the counts become one small side input (first rank and shard number of each block), and
+the samples, grouped by block, are ranked inside their group.  The images are therefore shuffled
+once, by that grouping, and nothing else moves them before the tars are written.
+
+The same input and recipe always give the same shards, member for member and byte for byte
+(fixed tar mtime, sorted members, canonical JSON), which is what makes re-running or resuming a
+build safe.
 
 Tars are written in webdataset's layout (the bytes webdataset's ``TarWriter`` writes, see
 ``_write_members``) to a temporary name and renamed when complete, on any Beam filesystem
@@ -50,107 +56,116 @@ def shard_name(shard: int) -> str:
     return f"{shard:0{SHARD_DIGITS}d}.tar"
 
 
-def chunk_of(s: Sample, chunk_rows: int) -> str:
-    return f"{s.source_index:06d}-{s.row // chunk_rows:012d}"
+def block_of(s: Sample, rows_per_block: int) -> str:
+    """The input block of a sample: ``rows_per_block`` consecutive rows of one input file."""
+    return f"{s.source_index:06d}-{s.row // rows_per_block:012d}"
 
 
-def chunk_offsets(counts: List[Tuple[str, int]]) -> Dict[str, int]:
-    """{chunk: number of kept samples in all earlier chunks}."""
-    offsets, total = {}, 0
-    for chunk, n in sorted(counts):
-        offsets[chunk] = total
-        total += n
-    return offsets
+def shard_layout(counts: List[Tuple[str, int]]) -> Dict[str, Tuple[int, int, int]]:
+    """{block: (rank of its first sample, its shard number, its sample count)} for the blocks
+    that keep a sample, in block order: ranks and shard numbers are dense."""
+    layout, rank, shard = {}, 0, 0
+    for block, n in sorted(counts):
+        if n:
+            layout[block] = (rank, shard, n)
+            rank += n
+            shard += 1
+    return layout
 
 
-class _RankChunk(beam.DoFn):
-    def process(self, item, offsets):
-        chunk, positions = item
-        base = offsets[chunk]
-        for i, (*_, sample_id) in enumerate(sorted(positions)):
-            yield sample_id, base + i
+def _sort_key(s: Sample) -> tuple:
+    return (*input_order(s), s.id)  # total: ids are unique
 
 
 class _KeepFirstPosition(beam.DoFn):
-    """One dedup key's small records -> the kept sample's (chunk, position), and (id, kept id)
-    for each duplicate."""
+    """One dedup key's small records -> the kept sample's block, and (block, (id, kept id)) for
+    each duplicate."""
 
     DUPLICATE_TAG = "duplicate"
 
     def process(self, item):
         _, group = item
         group = sorted(group, key=lambda rec: rec[:2])  # (order, id): total, whatever the delivery order
-        (_, kept_id, chunk, position), *duplicates = group
-        yield chunk, position
-        for _, dup_id, _, _ in duplicates:
-            yield beam.pvalue.TaggedOutput(self.DUPLICATE_TAG, (dup_id, kept_id))
+        (_, kept_id, block), *duplicates = group
+        yield block
+        for _, dup_id, dup_block in duplicates:
+            yield beam.pvalue.TaggedOutput(self.DUPLICATE_TAG, (dup_block, (dup_id, kept_id)))
 
 
-class _RankOrDrop(beam.DoFn):
-    """A sample met by its rank, or by the id of the duplicate that was kept in its place."""
+class _RankBlock(beam.DoFn):
+    """(block, samples) -> (shard number, [(rank, sample)] in input order); with a dedup, the
+    block's duplicates (named by the ``duplicates`` side input) leave as drops instead."""
 
     def __init__(self, dedup: Optional[DedupRule]):
         self.dedup = dedup
 
-    def process(self, item):
-        sample_id, joined = item
-        (sample,) = joined["sample"]
-        ranks, kept_as = joined["rank"], joined.get("duplicate_of", ())
-        if ranks:
-            yield ranks[0], sample
-        elif kept_as:
-            yield drop(sample, self.dedup.reason, self.dedup.stage, duplicate_of=kept_as[0])
-        else:  # every sample is either ranked or a duplicate: anything else is a bug here
-            raise RuntimeError(f"sample {sample_id!r} got neither a rank nor a duplicate verdict")
+    def process(self, item, layout, duplicates=None):
+        block, samples = item
+        kept_as = dict(duplicates[block]) if duplicates is not None else {}
+        kept = []
+        for s in samples:
+            if s.id in kept_as:
+                yield drop(s, self.dedup.reason, self.dedup.stage, duplicate_of=kept_as[s.id])
+            else:
+                kept.append(s)
+        if not kept:
+            return
+        first, shard, count = layout[block]
+        if len(kept) != count:  # the counts and the groups come from the same samples: a bug here
+            raise RuntimeError(f"block {block}: {len(kept)} samples to rank, {count} counted")
+        kept.sort(key=_sort_key)
+        yield shard, [(first + i, s) for i, s in enumerate(kept)]
 
 
 class NumberSamples(beam.PTransform):
-    """Samples -> (rank, sample), ranks 0..n-1 in input order; with ``dedup``, also the drops of
-    the duplicates it removes (a second output, IndexRows): ``(ranked, dropped)``.
+    """Samples -> shards to write, ``(shard number, [(rank, sample)])`` with ranks 0..n-1 in
+    input order; with ``dedup``, also the drops of the duplicates it removes (a second output,
+    IndexRows): ``(shards, dropped)``.
 
-    Only the small (position, id) tuples are grouped per chunk to be ranked; the ranks then meet
-    their samples in a join by id, so no worker ever holds a chunk's images at once.  An exact
-    dedup handed in as ``dedup`` is decided on small (key, order, id, position) records before the
-    ranking (only the kept are ranked) and applied in that same join: the samples, images
-    included, are shuffled once for both, where a dedup stage of its own would group them by its
-    key first.
+    A shard is the kept samples of one input block (``rows_per_block`` rows, see the module
+    docstring).  Blocks are counted on small (block) records; the samples are grouped by block
+    once and ranked in the group.  An exact dedup handed in as ``dedup`` is decided on small
+    (key, order, id, block) records before the counting (only the kept are counted), and its
+    verdicts reach the groups as a side input keyed by block: the images are shuffled once for
+    the dedup, the numbering and the sharding, where a dedup stage of its own would group them by
+    its key first.
     """
 
-    def __init__(self, chunk_rows: int, dedup: Optional[DedupRule] = None):
+    def __init__(self, rows_per_block: int, dedup: Optional[DedupRule] = None):
         super().__init__()
-        self.chunk_rows = chunk_rows
+        self.rows_per_block = rows_per_block
         self.dedup = dedup
 
     def expand(self, samples):
-        rows, rule = self.chunk_rows, self.dedup
-        joined = {"sample": samples | "Key by id" >> beam.Map(lambda s: (s.id, s))}
+        rows, rule = self.rows_per_block, self.dedup
+        side = {}
         if rule is None:
-            positions = samples | "Position in chunk" >> beam.Map(
-                lambda s: (chunk_of(s, rows), (*input_order(s), s.id)))
+            blocks = samples | "Block of each sample" >> beam.Map(lambda s: block_of(s, rows))
         else:
             decided = (
                 samples
-                | "Dedup key and position" >> beam.Map(
-                    lambda s: (rule.key(s), (rule.order(s), s.id, chunk_of(s, rows), (*input_order(s), s.id))))
+                | "Dedup key and block" >> beam.Map(
+                    lambda s: (rule.key(s), (rule.order(s), s.id, block_of(s, rows))))
                 | "Group dedup key" >> beam.GroupByKey()
                 | "Keep first per key" >> beam.ParDo(_KeepFirstPosition()).with_outputs(
                     _KeepFirstPosition.DUPLICATE_TAG, main="kept")
             )
-            positions, joined["duplicate_of"] = decided.kept, decided[_KeepFirstPosition.DUPLICATE_TAG]
-        offsets = (
-            positions
-            | "Count per chunk" >> beam.combiners.Count.PerKey()
-            | "All chunk counts" >> beam.combiners.ToList()
-            | "Chunk offsets" >> beam.Map(chunk_offsets)
+            blocks = decided.kept
+            side["duplicates"] = beam.pvalue.AsMultiMap(decided[_KeepFirstPosition.DUPLICATE_TAG])
+        layout = (
+            blocks
+            | "Count per block" >> beam.combiners.Count.PerElement()
+            | "All block counts" >> beam.combiners.ToList()
+            | "Shard layout" >> beam.Map(shard_layout)
         )
-        joined["rank"] = (
-            positions
-            | "Group chunk" >> beam.GroupByKey()
-            | "Rank within chunk" >> beam.ParDo(_RankChunk(), offsets=beam.pvalue.AsSingleton(offsets))
+        out = (
+            samples
+            | "Key by block" >> beam.Map(lambda s: (block_of(s, rows), s))
+            | "Group block" >> beam.GroupByKey()
+            | "Rank block" >> beam.ParDo(_RankBlock(rule), layout=beam.pvalue.AsSingleton(layout), **side)
+            .with_outputs(DROPPED_TAG, main="shards")
         )
-        out = (joined | "Join ranks" >> beam.CoGroupByKey()
-               | "Rank and sample" >> beam.ParDo(_RankOrDrop(rule)).with_outputs(DROPPED_TAG, main="ranked"))
-        return out.ranked, out[DROPPED_TAG]
+        return out.shards, out[DROPPED_TAG]
 
 
 class _HashingWriter:
@@ -299,8 +314,7 @@ class _WriteShard(beam.DoFn):
         return record
 
     def process(self, item):
-        shard, ranked = item
-        ranked = sorted(ranked, key=lambda rs: rs[0])
+        shard, ranked = item  # in rank order (NumberSamples)
         name = shard_name(shard)
         path = posixpath.join(self.output_dir, name)
         record = self._complete(name, path, ranked)
@@ -332,31 +346,25 @@ class WriteShards(beam.PTransform):
     written, and, with ``dedup`` (an exact dedup applied in the numbering, see
     ``NumberSamples``), those of the duplicates it dropped.
 
-    ``to_members(key, sample)`` gives the tar members of one sample: the LAION and MMC4 paths
-    share everything here but that function.
+    A shard holds the kept samples of ``samples_per_shard`` consecutive input rows (fewer when
+    rows were dropped), as img2dataset's shards do.  ``to_members(key, sample)`` gives the tar
+    members of one sample: the LAION and MMC4 paths share everything here but that function.
     """
 
-    def __init__(self, output_dir: str, samples_per_shard: int, chunk_rows: int,
+    def __init__(self, output_dir: str, samples_per_shard: int,
                  to_members: Callable[[str, Sample], dict], stage: str = "shard",
                  dedup: Optional[DedupRule] = None):
         super().__init__()
         self.output_dir = output_dir
         self.samples_per_shard = samples_per_shard
-        self.chunk_rows = chunk_rows
         self.to_members = to_members
         self.stage = stage
         self.dedup = dedup
 
     def expand(self, samples):
-        per = self.samples_per_shard
-        ranked, duplicates = samples | "Number samples" >> NumberSamples(self.chunk_rows, self.dedup)
-        out = (
-            ranked
-            | "Key by shard" >> beam.Map(lambda rs: (rs[0] // per, rs))
-            | "Group shard" >> beam.GroupByKey()
-            | "Write tar" >> beam.ParDo(_WriteShard(self.output_dir, self.to_members, self.stage)).with_outputs(
-                _WriteShard.INDEX_TAG, main="shards")
-        )
+        shards, duplicates = samples | "Number samples" >> NumberSamples(self.samples_per_shard, self.dedup)
+        out = shards | "Write tar" >> beam.ParDo(_WriteShard(self.output_dir, self.to_members, self.stage)).with_outputs(
+            _WriteShard.INDEX_TAG, main="shards")
         if self.dedup is None:
             return out.shards, out[_WriteShard.INDEX_TAG]
         return out.shards, (out[_WriteShard.INDEX_TAG], duplicates) | "Index rows" >> beam.Flatten()

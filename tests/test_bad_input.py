@@ -113,7 +113,7 @@ def _laion_inputs(folder: Path, web: str) -> dict:
 
 def _recipe(tmp_path: Path, corpus: str, path: str, **sections) -> object:
     data = {**BASE_RECIPE, "name": f"bad-{corpus}", "input": {"corpus": corpus, "path": path},
-            "shard": {"samples_per_shard": 2, "chunk_rows": 4}, **sections}
+            "shard": {"samples_per_shard": 2}, **sections}
     return recipe_from_dict(data, base_dir=tmp_path)
 
 

@@ -183,7 +183,7 @@ def test_every_resize_mode_is_accepted(mode):
 
 
 @pytest.mark.parametrize("section,key", [
-    ("shard", "samples_per_shard"), ("shard", "chunk_rows"), ("download", "threads"), ("image", "image_size"),
+    ("shard", "samples_per_shard"), ("download", "threads"), ("image", "image_size"),
 ])
 def test_values_below_one_are_rejected(section, key):
     with pytest.raises(RecipeError, match=f"{section}\\.{key}"):
@@ -284,3 +284,8 @@ def test_yaml_that_is_not_a_mapping_is_rejected(tmp_path):
 def test_empty_file_gives_defaults(tmp_path):
     path = _write(tmp_path, "", name="empty.yaml")
     assert load_recipe(path) == Recipe()
+
+
+def test_a_removed_key_says_what_replaced_it():
+    with pytest.raises(RecipeError, match=r"shard\.chunk_rows is no longer a recipe key: shards now follow the input"):
+        recipe_from_dict({"shard": {"samples_per_shard": 10, "chunk_rows": 100}})

@@ -51,7 +51,7 @@ def _write_inputs(root: Path, web: SampleWeb, n: int, samples_per_shard: int = P
         "filters: {language: {enabled: false}}\n"
         "download: {allow_private: true, timeout_s: 30, deadline_s: 60}\n"
         "clip: {enabled: false}\n"
-        f"shard: {{samples_per_shard: {samples_per_shard}, chunk_rows: 8}}\n")
+        f"shard: {{samples_per_shard: {samples_per_shard}}}\n")
     return recipe
 
 

@@ -293,7 +293,7 @@ def test_multiprocess_file_builds_byte_identical_shards_with_dedup_and_safety_on
                   "dedup": {"exact": True, "near": True, "near_max_distance": 5, "semantic": True,
                             "semantic_clusters": 2, "semantic_max_similarity": 0.9, "semantic_fit_rows": 100},
                   "safety": {"blocklist": "removal.txt", "blocklist_phash_distance": 8},
-                  "shard": {"samples_per_shard": 4, "chunk_rows": 5}}
+                  "shard": {"samples_per_shard": 4}}
         one, one_index, one_tars = _build(tmp_path, recipe, "one", [])
         multi_args = runner_args("direct-multiprocess", ["--direct_num_workers=2"])
         assert "--direct_running_mode=multi_processing" in multi_args
@@ -358,7 +358,7 @@ def test_local_builds_never_start_the_prism_runner_and_the_numbering_dedup_runs_
     with serve_rows(tmp_path, files):
         recipe = {**BASE_RECIPE, "input": {"path": str(tmp_path / "rows.parquet")},
                   "dedup": {"exact": True, "near": False, "semantic": False},
-                  "shard": {"samples_per_shard": 4, "chunk_rows": 5}}
+                  "shard": {"samples_per_shard": 4}}
         one, one_index, one_tars = _build(tmp_path, recipe, "one", [])
         two, two_index, two_tars = _build(tmp_path, recipe, "two", runner_args("direct-multiprocess",
                                                                               ["--direct_num_workers=2"]))

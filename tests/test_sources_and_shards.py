@@ -13,7 +13,7 @@ import pytest
 from pipeline.dedup import EXACT_IMAGES, DedupExactImages
 from pipeline.recipe import InputConfig, LaionColumns
 from pipeline.records import Sample
-from pipeline.shard import NumberSamples, chunk_offsets, sample_key, shard_name, write_tar
+from pipeline.shard import NumberSamples, block_of, sample_key, shard_layout, shard_name, write_tar
 from pipeline.sources import ReadLaionRows, match_inputs
 
 from .beam_util import run_collect
@@ -83,10 +83,16 @@ def test_match_inputs_sorts_and_complains(tmp_path):
         match_inputs(str(tmp_path / "*.nothing"))
 
 
-def test_chunk_offsets_are_prefix_sums_in_chunk_order():
-    assert chunk_offsets([("000001-000000000000", 3), ("000000-000000000001", 5), ("000000-000000000000", 2)]) == {
-        "000000-000000000000": 0, "000000-000000000001": 2, "000001-000000000000": 7}
-    assert chunk_offsets([]) == {}
+def test_shard_layout_numbers_blocks_that_keep_samples_densely_in_block_order():
+    layout = shard_layout([("000001-000000000000", 3), ("000000-000000000002", 0),
+                           ("000000-000000000001", 5), ("000000-000000000000", 2)])
+    assert layout == {"000000-000000000000": (0, 0, 2), "000000-000000000001": (2, 1, 5),
+                      "000001-000000000000": (7, 2, 3)}  # the empty block gets no shard
+    assert shard_layout([]) == {}
+
+
+def _flat(shards):
+    return [rs for _, ranked in shards for rs in ranked]
 
 
 def test_numbering_follows_input_order_whatever_the_arrival_order():
@@ -95,10 +101,19 @@ def test_numbering_follows_input_order_whatever_the_arrival_order():
     shuffled = positions[:]
     rng.shuffle(shuffled)
     samples = [Sample(id=f"{f}:{r}", source_index=f, row=r, url=None) for f, r in shuffled]
-    out = run_collect(lambda p: {"r": (p | beam.Create(samples) | NumberSamples(chunk_rows=37))[0]})
-    got = sorted((rank, (s.source_index, s.row)) for rank, s in out["r"])
+    out = run_collect(lambda p: {"r": (p | beam.Create(samples) | NumberSamples(rows_per_block=37))[0]})
+    got = sorted((rank, (s.source_index, s.row)) for rank, s in _flat(out["r"]))
     assert [rank for rank, _ in got] == list(range(len(positions)))
     assert [pos for _, pos in got] == positions
+    # one shard per input block that kept a sample, numbered densely in input order, its samples
+    # in rank order
+    blocks = sorted({(f, r // 37) for f, r in positions})
+    shards = sorted(out["r"], key=lambda item: item[0])
+    assert [shard for shard, _ in shards] == list(range(len(blocks)))
+    for (shard, ranked), block in zip(shards, blocks):
+        assert {(s.source_index, s.row // 37) for _, s in ranked} == {block}
+        assert [rank for rank, _ in ranked] == sorted(rank for rank, _ in ranked)
+        assert len(ranked) <= 37
 
 
 def _numbered(samples, transform_before=None, dedup=None):
@@ -108,12 +123,12 @@ def _numbered(samples, transform_before=None, dedup=None):
         if transform_before is not None:
             rows, dropped = rows | transform_before
             drops.append(dropped)
-        ranked, dropped = rows | NumberSamples(chunk_rows=7, dedup=dedup)
+        shards, dropped = rows | NumberSamples(rows_per_block=7, dedup=dedup)
         drops.append(dropped)
-        return {"ranked": ranked, "dropped": drops | beam.Flatten()}
+        return {"shards": shards, "dropped": drops | beam.Flatten()}
 
     out = run_collect(build)
-    return (sorted((rank, s.id) for rank, s in out["ranked"]),
+    return (sorted((rank, s.id) for rank, s in _flat(out["shards"])),
             sorted((d.id, d.reason, d.stage, d.duplicate_of) for d in out["dropped"]))
 
 
