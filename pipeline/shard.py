@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 KEY_DIGITS = 10
 SHARD_DIGITS = 6
-TAR_MTIME = 0.0  # fixed member mtime: reproducible bytes
+# Fixed member mtime, for reproducible bytes.  An int: tarfile's (default) PAX format stores a
+# float mtime in an extended header of its own, 1 KiB more for every member (3 KiB a LAION sample).
+TAR_MTIME = 0
 TMP_SUFFIX = ".tmp"  # a tar being written; what an interrupted write leaves behind
 COMPLETE_DIR = "complete"  # under the output's _build/: one record per shard written whole
 

@@ -194,6 +194,9 @@ def test_tars_are_byte_identical_to_webdataset_tarwriter(tmp_path):
         writer.close()
     assert (count, size) == (40, path.stat().st_size)
     assert path.read_bytes() == (tmp_path / "wds.tar").read_bytes()
+    with tarfile.open(path) as tf:  # plain ustar members: no extended header before each
+        assert all(not m.pax_headers for m in tf.getmembers())
+        assert len(tf.getmembers()) == 120
     with pytest.raises(ValueError):
         write_tar(str(tmp_path / shard_name(1)), iter([{"__key__": "k", "txt": "a str, not bytes"}]))
 
