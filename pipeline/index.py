@@ -12,6 +12,7 @@ import posixpath
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 
 from .records import IndexRow
 
@@ -60,9 +61,30 @@ class WriteIndex(beam.PTransform):
             | "Count per reason" >> beam.CombinePerKey(sum)
             | "Counts as JSON" >> beam.MapTuple(lambda k, n: _json_line(
                 {"kind": k[0], "stage": k[1], "status": k[2], "reason": k[3] or None, "count": n}))
-            | "Write counts" >> beam.io.WriteToText(
-                posixpath.join(self.output_dir, WORK_DIR, "counts"), file_name_suffix=".jsonl", num_shards=1)
+            | "Write counts" >> WriteJsonLines(posixpath.join(self.output_dir, WORK_DIR, "counts.jsonl"))
         )
+
+
+def _write_lines(lines, path: str) -> str:
+    with FileSystems.create(path) as f:
+        f.write("".join(line + "\n" for line in sorted(lines)).encode("utf-8"))
+    return path
+
+
+class WriteJsonLines(beam.PTransform):
+    """A few JSON lines (counts, the shard list) -> one file at ``path``, sorted, written by one
+    step.  Not ``WriteToText``: for a handful of lines its initialise, write and finalise stages
+    (and the GroupByKey behind ``num_shards=1``) cost more than the lines, about 0.3 s a build on
+    the local runner.  A retried step writes the same file again whole."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def expand(self, lines):
+        return (lines
+                | "Gather lines" >> beam.combiners.ToList()
+                | "Write file" >> beam.Map(_write_lines, self.path))
 
 
 class WriteShardList(beam.PTransform):
@@ -74,6 +96,5 @@ class WriteShardList(beam.PTransform):
         return (
             shards
             | "Shards as JSON" >> beam.Map(_json_line)
-            | "Write shard list" >> beam.io.WriteToText(
-                posixpath.join(self.output_dir, WORK_DIR, "shards"), file_name_suffix=".jsonl", num_shards=1)
+            | "Write shard list" >> WriteJsonLines(posixpath.join(self.output_dir, WORK_DIR, "shards.jsonl"))
         )
