@@ -138,7 +138,10 @@ def _check_index(output_dir: str, kept_keys: Set[str], unit: str, report: Report
     indexed = set()
     for path in files:
         with FileSystems.open(path) as f:
-            table = pq.read_table(f, columns=["key", "status", "kind"])
+            # pre_buffer off: pyarrow's pre-buffering reads a Python file on its IO threads, and
+            # one still holding it when the interpreter exits aborted the process ("terminate
+            # called without an active exception") after a successful verify.
+            table = pq.read_table(f, columns=["key", "status", "kind"], pre_buffer=False)
         for key, status, k in zip(*(table.column(c).to_pylist() for c in ("key", "status", "kind"))):
             if status == "kept" and k == kind:
                 indexed.add(key)

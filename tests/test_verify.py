@@ -5,6 +5,8 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -13,6 +15,16 @@ from pipeline import cli
 from pipeline.verify import verify
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_the_command_exits_cleanly(sample_build):
+    """The command as users run it, in a process of its own: it says OK and ends with status 0,
+    nothing on stderr about threads aborting at exit."""
+    out, _ = sample_build
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("OK:"), done
+    assert "terminate called" not in done.stderr
 
 
 @pytest.fixture()
