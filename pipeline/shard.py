@@ -79,7 +79,7 @@ def _sort_key(s: Sample) -> tuple:
     return (*input_order(s), s.id)  # total: ids are unique
 
 
-class _KeepFirstPosition(beam.DoFn):
+class _KeepFirstRecord(beam.DoFn):
     """One dedup key's small records -> the kept sample's block, and (block, (id, kept id)) for
     each duplicate."""
 
@@ -149,11 +149,11 @@ class NumberSamples(beam.PTransform):
                 | "Dedup key and block" >> beam.Map(
                     lambda s: (rule.key(s), (rule.order(s), s.id, block_of(s, rows))))
                 | "Group dedup key" >> beam.GroupByKey()
-                | "Keep first per key" >> beam.ParDo(_KeepFirstPosition()).with_outputs(
-                    _KeepFirstPosition.DUPLICATE_TAG, main="kept")
+                | "Keep first per key" >> beam.ParDo(_KeepFirstRecord()).with_outputs(
+                    _KeepFirstRecord.DUPLICATE_TAG, main="kept")
             )
             blocks = decided.kept
-            side["duplicates"] = beam.pvalue.AsMultiMap(decided[_KeepFirstPosition.DUPLICATE_TAG])
+            side["duplicates"] = beam.pvalue.AsMultiMap(decided[_KeepFirstRecord.DUPLICATE_TAG])
         layout = (
             blocks
             | "Count per block" >> beam.combiners.Count.PerElement()
