@@ -270,7 +270,9 @@ def load_index(path: str) -> EvalIndex:
     try:
         with FileSystems.open(path) as f:
             data = f.read()
-        table = pq.read_table(pa.BufferReader(data))
+        # ParquetFile.read, not read_table: read_table's dataset scanner can leave background
+        # threads running past its return, which abort the process at exit (see verify.py).
+        table = pq.ParquetFile(pa.BufferReader(data)).read()
     except Exception as e:
         raise EvalIndexError(f"cannot read eval index {path}: {e}") from e
     header = _header_from_schema(path, table.schema, table.num_rows)

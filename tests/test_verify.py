@@ -19,12 +19,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 def test_the_command_exits_cleanly(sample_build):
     """The command as users run it, in a process of its own: it says OK and ends with status 0,
-    nothing on stderr about threads aborting at exit."""
+    nothing on stderr about threads aborting at exit.  The abort this guards against (pyarrow
+    threads alive at interpreter exit) came in 1 to 4 runs of 16 on a loaded machine, so the
+    command runs a few times."""
     out, _ = sample_build
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.startswith("OK:"), done
-    assert "terminate called" not in done.stderr
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stdout.startswith("OK:"), done
+        assert "terminate called" not in done.stderr
 
 
 @pytest.fixture()
