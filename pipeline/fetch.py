@@ -396,8 +396,10 @@ class _BodyResponse(http.client.HTTPResponse):
         self.extra_bytes = False
 
     def set_timeout(self, seconds: float) -> None:
-        """The timeout of the socket operations to come (none come once the body is closed)."""
-        if self.fp is not None:
+        """The timeout of the socket operations to come (none come once the body is closed).
+        Only set when it changes: ``settimeout`` is a system call that also gives up the
+        interpreter lock, which 16 download threads then queue for again."""
+        if self.fp is not None and self.socket.gettimeout() != seconds:
             self.socket.settimeout(seconds)
 
     def _close_conn(self) -> None:
@@ -415,10 +417,11 @@ class _BodyResponse(http.client.HTTPResponse):
         except (OSError, ValueError):  # reset, closed, or (TLS) cannot tell without blocking
             return False
         finally:
-            try:
-                self.socket.settimeout(timeout)
-            except OSError:
-                pass
+            if not self.will_close:
+                try:
+                    self.socket.settimeout(timeout)
+                except OSError:
+                    pass
 
 
 class _Pinned:
