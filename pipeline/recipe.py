@@ -275,9 +275,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     for name in unknown:
-        why = _REMOVED.get(f"{where}.{name}" if where else name)
-        if why:
-            raise RecipeError(f"{where}.{name} is no longer a recipe key: {why}")
+        key = f"{where}.{name}" if where else name
+        if key in _REMOVED:
+            raise RecipeError(f"{key} is no longer a recipe key: {_REMOVED[key]}")
     if unknown:
         raise RecipeError(
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} "
