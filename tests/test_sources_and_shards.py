@@ -13,7 +13,7 @@ import pytest
 from pipeline.dedup import EXACT_IMAGES, DedupExactImages
 from pipeline.recipe import InputConfig, LaionColumns
 from pipeline.records import Sample
-from pipeline.shard import NumberSamples, block_of, sample_key, shard_layout, shard_name, write_tar
+from pipeline.shard import NumberSamples, sample_key, shard_layout, shard_name, write_tar
 from pipeline.sources import ReadLaionRows, match_inputs
 
 from .beam_util import run_collect
