@@ -9,14 +9,22 @@ second before the DirectRunner falls back to the FnApiRunner, the engine it uses
 pipelines.  A build asking for the DirectRunner therefore gets that FnApiRunner directly, with the
 same options (``direct_running_mode``, ``direct_num_workers``) and the pipeline options passed
 to its workers as the DirectRunner passes them.  Any other runner is left to Beam.
+
+Its worker processes (``multi_processing``) run ``pipeline.local_worker``, Beam's worker main
+that skips the interpreter's teardown once the harness is done: the FnApiRunner waits for each
+worker to end, one after another, at the end of every run.
 """
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.runner import PipelineRunner
+
+from . import local_worker
 
 DIRECT_NAMES = {"", "direct", "directrunner", "switchingdirectrunner"}
 
@@ -36,13 +44,43 @@ def local_runner(options: PipelineOptions) -> Optional[PipelineRunner]:
     if not is_direct(options) or options.view_as(StandardOptions).streaming:
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     # What SwitchingDirectRunner.run_pipeline hands the FnApiRunner (Beam 2.77).
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=provision)
+    return LocalFnApiRunner(provision_info=provision)
+
+
+def worker_command(module: str) -> str:
+    """The shell command the FnApiRunner starts a ``multi_processing`` worker with (Beam 2.77)."""
+    return f"{sys.executable} -m {module}"
+
+
+class LocalFnApiRunner(fn_runner.FnApiRunner):
+    """The FnApiRunner, its subprocess workers started as ``pipeline.local_worker``.
+
+    ``FnApiRunner.run_pipeline`` sets the command of a ``multi_processing`` worker itself, so the
+    command is swapped in the pipeline proto it hands on; an environment with any other command
+    (set by the user) is left as it is."""
+
+    def run_via_runner_api(self, pipeline_proto, options):
+        self.use_local_worker(pipeline_proto)
+        return super().run_via_runner_api(pipeline_proto, options)
+
+    @staticmethod
+    def use_local_worker(pipeline_proto) -> int:
+        """Start ``pipeline_proto``'s Beam subprocess workers as ``pipeline.local_worker``, in place;
+        returns how many environments changed."""
+        from apache_beam.portability import python_urns
+
+        beam_command = worker_command(local_worker.BEAM_MODULE).encode()
+        swapped = 0
+        for environment in pipeline_proto.components.environments.values():
+            if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload == beam_command:
+                environment.payload = worker_command(local_worker.__name__).encode()
+                swapped += 1
+        return swapped
 
 
 def local_workers(options: PipelineOptions) -> Optional[int]:
@@ -63,4 +101,4 @@ def cpu_threads_per_worker(options: PipelineOptions) -> Optional[int]:
     return None if workers is None else max(1, (os.cpu_count() or 1) // workers)
 
 
-__all__ = ["cpu_threads_per_worker", "is_direct", "local_runner", "local_workers"]
+__all__ = ["LocalFnApiRunner", "cpu_threads_per_worker", "is_direct", "local_runner", "local_workers"]

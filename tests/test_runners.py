@@ -14,9 +14,11 @@ import dataclasses
 import hashlib
 import os
 import re
+import sys
 import tarfile
 from pathlib import Path
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions, PipelineOptions,
@@ -27,7 +29,8 @@ from PIL import Image
 
 from pipeline import cli, perceptual, synthetic
 from pipeline.build import run_build, with_cpu_threads
-from pipeline.local_runner import cpu_threads_per_worker, is_direct, local_runner, local_workers
+from pipeline.local_runner import (LocalFnApiRunner, cpu_threads_per_worker, is_direct, local_runner, local_workers,
+                                   worker_command)
 from pipeline.recipe import recipe_from_dict
 from pipeline.runners import (RUNNERS_DIR, RunnerOptionsError, check_cluster_paths, load_runner_options, local_paths,
                               merge_args, runner_args)
@@ -337,7 +340,51 @@ def test_only_direct_runs_get_the_local_runner(args, direct):
     options = PipelineOptions(args)
     assert is_direct(options) is direct
     runner = local_runner(options)
-    assert (type(runner).__name__ == "FnApiRunner") if direct else runner is None
+    assert isinstance(runner, LocalFnApiRunner) if direct else runner is None
+
+
+class _WorkerMain(beam.DoFn):
+    """The module the worker process that runs it was started as."""
+
+    def process(self, x):
+        main = sys.modules["__main__"]
+        yield x, getattr(main.__spec__, "name", None), os.getpid()
+
+
+def test_local_worker_processes_run_our_worker_main_and_give_the_same_results():
+    """multi_processing workers are started as pipeline.local_worker (Beam's harness, without the
+    interpreter teardown at its end), and their results come back whole."""
+    from apache_beam.testing.util import assert_that
+
+    from .beam_util import local_pipeline
+
+    def check(rows, main_pid=os.getpid()):  # runs in a worker: a failure fails the pipeline
+        assert sorted(x for x, _, _ in rows) == list(range(40))
+        assert {name for _, name, _ in rows} == {"pipeline.local_worker"}
+        assert main_pid not in {pid for _, _, pid in rows}
+
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    with local_pipeline(options) as p:
+        rows = p | beam.Create(list(range(40))) | beam.Reshuffle() | beam.ParDo(_WorkerMain())
+        assert_that(rows, check)
+
+
+def test_a_subprocess_environment_the_user_set_keeps_its_command():
+    from apache_beam.transforms import environments
+
+    def proto(command):
+        p = beam.Pipeline()
+        _ = p | beam.Create([1]) | beam.Map(lambda x: x)
+        return p.to_runner_api(default_environment=environments.SubprocessSDKEnvironment.from_command_string(command))
+
+    beams = proto(worker_command("apache_beam.runners.worker.sdk_worker_main"))
+    assert LocalFnApiRunner.use_local_worker(beams) == 1
+    commands = {e.payload.decode() for e in beams.components.environments.values() if e.payload}
+    assert worker_command("pipeline.local_worker") in commands
+    users = proto("/opt/my-python -m my_worker")
+    before = users.SerializeToString()
+    assert LocalFnApiRunner.use_local_worker(users) == 0
+    assert users.SerializeToString() == before
 
 
 def test_local_builds_never_start_the_prism_runner_and_the_numbering_dedup_runs_on_two_processes(
