@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import random
+import threading
 
 import apache_beam as beam
 import pytest
@@ -11,6 +12,7 @@ from pipeline import synthetic
 from pipeline.clip import ScoreWithClip
 from pipeline.dedup import DedupExactImages
 from pipeline.download import DownloadImages
+from pipeline.fetch import FetchResult
 from pipeline.metadata import FilterMetadata
 from pipeline.recipe import ClipConfig, DownloadConfig, MetadataFilterConfig
 from pipeline.records import Sample
@@ -68,6 +70,54 @@ def test_download_keeps_every_sample_accounted_for(tmp_path):
         by_url.setdefault(d.url, set()).add(d.reason)
     assert by_url == {urls[1]: {"http_404"}, urls[2]: {"robots_disallowed"}, urls[3]: {"timeout"},
                       urls[4]: {"not_image"}}
+
+
+class _GatedFetcher:
+    """A Fetcher whose ``slow`` URLs wait until ``gate`` opens; the others answer at once."""
+
+    gate = threading.Event()
+
+    def __init__(self, policy):
+        pass
+
+    def fetch(self, url):
+        if "slow" in url:
+            self.gate.wait(30)
+        return FetchResult(True, url.encode(), "image/jpeg", 200, None, None, 1, url, 0.0)
+
+    def close(self):
+        pass
+
+
+def test_download_streams_past_a_slow_url_and_bounds_what_is_in_flight(monkeypatch):
+    """Finished downloads leave in the order they finish (a slow URL holds one thread, not the
+    URLs behind it), at most about two pools' worth is in flight, and the bundle's end waits for
+    the rest."""
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    from pipeline import download
+
+    monkeypatch.setattr(download, "Fetcher", _GatedFetcher)
+    _GatedFetcher.gate.clear()
+    fn = download._Download(DownloadConfig(threads=2))
+    fn.setup()
+    try:
+        fn.start_bundle()
+        urls = ["http://example.com/slow.jpg"] + [f"http://example.com/{i}.jpg" for i in range(30)]
+        emitted, most = [], 0
+        for i, url in enumerate(urls):
+            emitted += [s.url for s in fn.process(_sample(i, url))]
+            most = max(most, fn._in_flight)
+        assert most <= 2 * 2 + 1
+        assert len(emitted) >= 30 - most and "http://example.com/slow.jpg" not in emitted
+        _GatedFetcher.gate.set()
+        rest = list(fn.finish_bundle())
+        assert all(isinstance(w, WindowedValue) for w in rest)
+        emitted += [w.value.url for w in rest]
+        assert sorted(emitted) == sorted(urls) and fn._in_flight == 0
+    finally:
+        _GatedFetcher.gate.set()
+        fn.teardown()
 
 
 def _jpeg(scene, size=(160, 120)) -> bytes:
