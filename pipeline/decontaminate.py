@@ -73,6 +73,7 @@ class Decontaminate(beam.PTransform):
         # Read the footer now: a missing index or one of another CLIP model fails the build before
         # it starts, not in every worker.
         header = read_header(cfg.index)
+        header.check_phash()
         self.use_embeddings = bool(clip_cfg is not None and clip_cfg.enabled and cfg.min_cosine is not None
                                    and header.has_embeddings)
         if self.use_embeddings:

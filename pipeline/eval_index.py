@@ -13,9 +13,12 @@ The file holds two kinds of rows:
     kind="caption"  eval_set, item (the image the caption describes, or "line N"), caption
                     (normalised with ``filters.text.match_key``)
 
-Its schema metadata records the format version and, when there are embeddings, the CLIP model
-and weights they were made with and their dimension: embeddings of different models do not
-compare, and the build refuses such an index instead of silently matching nothing.
+Its schema metadata records the format version, the version of the perceptual hash
+(``perceptual.VERSION``; an index without one holds version 1 hashes) and, when there are
+embeddings, the CLIP model and weights they were made with and their dimension: embeddings of
+different models do not compare, and the build refuses such an index instead of silently matching
+nothing.  Hashes of another version still compare, a bit or two apart, so an index of another hash
+version is used with a warning that says to rebuild it.
 
 Eval images are hashed and embedded the way the build treats a training image (the image stage's
 decode and ``perceptual.phash``; with a recipe, its resize and encode before CLIP), so the same
@@ -39,6 +42,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from filters.text import match_key
 
+from . import perceptual
 from .recipe import ClipConfig, ImageConfig, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
@@ -91,6 +95,7 @@ class IndexHeader:
     clip_pretrained: Optional[str] = None
     clip_weights: Optional[str] = None
     embedding_dim: Optional[int] = None
+    phash_version: int = 1  # indexes written before the version was recorded hold version 1 hashes
     num_rows: int = 0
 
     @property
@@ -108,6 +113,14 @@ class IndexHeader:
                 f"the recipe embeds with {cfg.model} ({cfg.pretrained}): they do not compare. Rebuild the index "
                 f"with `flamingo-corpus index-eval ... --recipe` and this recipe, or set "
                 f"decontamination.min_cosine to null to match by perceptual hash and caption only")
+
+    def check_phash(self) -> None:
+        """Warn when the index's perceptual hashes are of another version than the build's."""
+        if self.phash_version != perceptual.VERSION:
+            log.warning("eval index %s holds perceptual hashes of version %d, this build makes version %d: "
+                        "they differ by a bit or two, so images near decontamination.phash_distance may "
+                        "match one way or the other. Rebuild the index with `flamingo-corpus index-eval` "
+                        "for hashes that agree", self.path, self.phash_version, perceptual.VERSION)
 
 
 def _header_from_schema(path: str, schema: pa.Schema, num_rows: int) -> IndexHeader:
@@ -149,7 +162,8 @@ def write_index(path: str, images: Sequence[dict], captions: Sequence[dict],
     keyed = {(c["eval_set"], c["item"], match_key(c["caption"])) for c in captions}
     rows += [{"kind": CAPTION, "eval_set": s, "item": i, "phash": None, "embedding": None, "caption": k}
              for s, i, k in sorted(keyed) if k]
-    meta = {"format_version": FORMAT_VERSION, "embedding_dim": dims.pop() if dims else None}
+    meta = {"format_version": FORMAT_VERSION, "phash_version": perceptual.VERSION,
+            "embedding_dim": dims.pop() if dims else None}
     if meta["embedding_dim"]:
         if not clip:
             raise EvalIndexError("embeddings without the CLIP model that made them (see clip_identity)")

@@ -7,7 +7,13 @@ cut to the box of pixels that differ from the frame colour.  A picture is framed
 corners agree within ``TOLERANCE`` (per channel); otherwise it is hashed whole.  Training images,
 removal lists and the evaluation index all go through ``phash`` so their hashes compare.
 
-Trimming works on a thumbnail (pHash itself sees only 32x32), so it costs little on large images.
+Trimming works on a thumbnail (pHash itself sees only 32x32), so it costs little on large images,
+and the trimmed picture is box-reduced again to at most ``HASH_INPUT`` pixels a side before
+imagehash's pHash, which resamples its input to 32x32 with a Lanczos filter whose cost grows with
+the input: 170 us from the 256-pixel thumbnail, a third of the hashing of a typical web image,
+against about 45 us from 128 pixels.  ``VERSION`` numbers this definition of the hash; version 1
+hashed the thumbnail itself, and its hashes are within a bit or two of these (mean 0.98 bits over
+867 images; docs/benchmarks.md).
 Pillow and imagehash have no auto-crop; ``ImageOps.crop`` removes a fixed width, which is why the
 box is computed here.  The masks are Pillow's C difference and channel maximum compared in
 numpy: ``Image.point`` with a threshold function rebuilds and rounds its lookup table in Python
@@ -25,6 +31,8 @@ TOLERANCE = 40  # JPEG ringing next to a sharp frame edge stays below this per c
 FRAME_NOISE = 16  # a frame pixel is within this of the frame colour (JPEG noise on a flat area)
 FRAME_UNIFORM = 0.95  # fraction of the outermost ring that must be frame-coloured
 THUMBNAIL = 256  # side of the picture the frame is searched on
+HASH_INPUT = 128  # side the trimmed picture is reduced to for imagehash's pHash (which sees 32x32)
+VERSION = 2  # of the hash's definition: stored with hashes that outlive a build (the eval index)
 MAX_FRAMES = 4  # nested frames removed at most
 DETECT = 64  # side of the reduced copy the frame is found on: averaging evens out noise and texture
 MIN_CONTENT = 0.5  # a frame leaves at least this fraction of each side; less is a subject on a plain
@@ -112,7 +120,7 @@ def trim_frame(img: Image.Image) -> Image.Image:
 
 def phash(img: Image.Image) -> str:
     """64-bit pHash of the picture without its frame, as 16 hex digits."""
-    return str(imagehash.phash(trim_frame(img)))
+    return str(imagehash.phash(_reduced(trim_frame(img), HASH_INPUT)))
 
 
 def phash_bytes(data: bytes) -> str:

@@ -15,8 +15,8 @@ from PIL import Image, ImageOps
 from filters.text import match_key
 from pipeline import cli, perceptual, synthetic
 from pipeline.decontaminate import Decontaminate
-from pipeline.eval_index import (EvalIndexError, clip_identity, load_index, parse_named, read_captions,
-                                 read_header, write_index)
+from pipeline.eval_index import (METADATA_KEY, EvalIndexError, clip_identity, load_index, parse_named,
+                                 read_captions, read_header, write_index)
 from pipeline.manifest import summary
 from pipeline.recipe import ClipConfig, DecontaminationConfig
 from pipeline.records import Sample
@@ -119,6 +119,7 @@ def test_index_round_trip(tmp_path):
     assert write_index(path, images, captions, FAKE_CLIP) == 3
     header = read_header(path)
     assert (header.format_version, header.embedding_dim) == (1, 4)
+    assert header.phash_version == perceptual.VERSION
     assert (header.clip_model, header.clip_weights) == ("ViT-B-32", "openai")
     table = pq.read_table(path)
     assert table.column("kind").to_pylist() == ["image", "image", "caption"]
@@ -246,6 +247,26 @@ def test_an_index_of_another_clip_model_is_refused_when_the_pipeline_is_built(in
     # Two spellings of one checkpoint are one model.
     by_tag = clip_identity(ClipConfig(model="flamingo-tiny-clip", pretrained="synthetic-world"))
     assert clip_identity(tiny) == {**by_tag, "clip_pretrained": str(tiny_clip_checkpoint)}
+
+
+def test_an_index_of_another_phash_version_is_used_with_a_warning(tmp_path, monkeypatch, caplog):
+    images = [{"eval_set": "coco", "item": "a.jpg", "phash": "0123456789abcdef", "embedding": None}]
+    current, old = str(tmp_path / "current.index"), str(tmp_path / "old.index")
+    write_index(current, images, [])
+    # An index written before the hash version was recorded: its footer has no phash_version.
+    table = pq.read_table(current)
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    del meta["phash_version"]
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), old)
+    assert read_header(old).phash_version == 1 and read_header(current).phash_version == perceptual.VERSION == 2
+    with caplog.at_level("WARNING", logger="pipeline.eval_index"):
+        Decontaminate(DecontaminationConfig(index=current, min_cosine=None))
+        assert not caplog.records
+        Decontaminate(DecontaminationConfig(index=old, min_cosine=None))
+    [record] = caplog.records
+    assert "version 1" in record.getMessage() and "version 2" in record.getMessage()
+    assert "flamingo-corpus index-eval" in record.getMessage()
+    assert load_index(old).phashes.tolist() == [0x0123456789ABCDEF]  # still used
 
 
 # ---------------------------------------------------------------------------------------------
