@@ -241,7 +241,8 @@ def _role(proc, main_pid: int) -> str:
         cmd = " ".join(proc.cmdline())
     except Exception:  # noqa: BLE001 - gone or not ours to read
         return "other"
-    if "sdk_worker_main" in cmd:
+    # a local build's workers run pipeline.local_worker; other Beam workers, Beam's own module
+    if "pipeline.local_worker" in cmd or "sdk_worker_main" in cmd:
         return "beam worker"
     if "resource_tracker" in cmd:
         return "other"
