@@ -19,7 +19,7 @@ import sys
 
 from apache_beam.runners.worker import sdk_worker_main
 
-BEAM_MODULE = "apache_beam.runners.worker.sdk_worker_main"
+BEAM_MODULE = sdk_worker_main.__name__  # the module the FnApiRunner starts its workers with
 
 
 def main(argv: list) -> None:
