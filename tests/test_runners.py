@@ -369,8 +369,13 @@ def test_local_worker_processes_run_our_worker_main_and_give_the_same_results():
         assert_that(rows, check)
 
 
-def test_a_subprocess_environment_the_user_set_keeps_its_command():
+def test_a_subprocess_environment_the_user_set_keeps_its_command(tmp_path, monkeypatch):
+    import tempfile
+
     from apache_beam.transforms import environments
+
+    # A Pipeline that is never run keeps the temporary folder it made: make it under tmp_path.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     def proto(command):
         p = beam.Pipeline()
