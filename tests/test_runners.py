@@ -343,17 +343,31 @@ def test_only_direct_runs_get_the_local_runner(args, direct):
     assert isinstance(runner, LocalFnApiRunner) if direct else runner is None
 
 
+_HELD_UNTIL_EXIT: list = []  # in a worker: what lives until the process ends
+
+
 class _WorkerMain(beam.DoFn):
-    """The module the worker process that runs it was started as."""
+    """The module the worker process that runs it was started as.  Like a library that makes a
+    temporary folder at import (wandb, which open_clip's timm imports, makes two), it keeps one
+    until its process ends, for the exit to remove."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def setup(self):
+        import tempfile
+
+        _HELD_UNTIL_EXIT.append(tempfile.TemporaryDirectory(dir=self.folder))
 
     def process(self, x):
         main = sys.modules["__main__"]
         yield x, getattr(main.__spec__, "name", None), os.getpid()
 
 
-def test_local_worker_processes_run_our_worker_main_and_give_the_same_results():
+def test_local_worker_processes_run_our_worker_main_and_give_the_same_results(tmp_path):
     """multi_processing workers are started as pipeline.local_worker (Beam's harness, without the
-    interpreter teardown at its end), and their results come back whole."""
+    interpreter teardown at its end), their results come back whole, and their exit handlers
+    still run: a temporary folder held until exit is gone when the pipeline is."""
     from apache_beam.testing.util import assert_that
 
     from .beam_util import local_pipeline
@@ -365,8 +379,9 @@ def test_local_worker_processes_run_our_worker_main_and_give_the_same_results():
 
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     with local_pipeline(options) as p:
-        rows = p | beam.Create(list(range(40))) | beam.Reshuffle() | beam.ParDo(_WorkerMain())
+        rows = p | beam.Create(list(range(40))) | beam.Reshuffle() | beam.ParDo(_WorkerMain(str(tmp_path)))
         assert_that(rows, check)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_subprocess_environment_the_user_set_keeps_its_command(tmp_path, monkeypatch):
