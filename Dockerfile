@@ -59,7 +59,7 @@ COPY filters ./filters
 # is repeated here.
 RUN pip install --upgrade pip \
     && pip install ".[${EXTRAS}]" \
-    && python -c "import apache_beam, torch, torchvision, open_clip, pipeline.laion; print('beam', apache_beam.__version__, 'torch', torch.__version__)"
+    && python -c "import apache_beam, torch, torchvision, open_clip, flamingo_corpus.laion.pipeline; print('beam', apache_beam.__version__, 'torch', torch.__version__)"
 RUN for spec in ${PREFETCH_CLIP}; do \
         python -c "import sys, open_clip; m, p = sys.argv[1].split(':', 1); open_clip.create_model(m, pretrained=p)" "$spec" \
         || exit 1; \

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # albumentations (pulled in by img2dataset) checks PyPI for updates on import; keep it quiet.
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: sample test bench stats setup clean
+.PHONY: sample test lint format bench stats setup clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,23 @@ sample: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Lint, format check and type check (CI runs it after the tests). mypy cannot see the editable
+# install's import hook, so it checks a tree of links that lays pipeline/ and filters/ out as the
+# installed package flamingo_corpus (setup.cfg package_dir).
+TYPECHECK := build/typecheck
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/flamingo_corpus
+	ln -s $(CURDIR)/pipeline/* $(TYPECHECK)/flamingo_corpus/
+	ln -s $(CURDIR)/filters $(TYPECHECK)/flamingo_corpus/filters
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/setup.cfg -p flamingo_corpus
+
+# Rewrite the code in the project's format and apply ruff's safe fixes.
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 # The statistics report of each sample build (after make sample): out/sample/<corpus>-report.html
 stats: $(STAMP)
 	$(BIN)/flamingo-corpus stats out/sample/laion --output out/sample/laion-report.html $(ARGS)
@@ -32,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py $(ARGS)
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out .pytest_cache build

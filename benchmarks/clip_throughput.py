@@ -27,6 +27,7 @@ variants (compile, chunk sweep) are skipped once ``--budget-s`` seconds have pas
     python benchmarks/clip_throughput.py --models ViT-L-14 --batch 256 --images 2048 --compile on
     python benchmarks/clip_throughput.py --device cpu          # smoke check: small sizes
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from pipeline import synthetic  # noqa: E402
-from pipeline.clip_model import CUDA_LOWP, GPU_CHUNKS, MIN_GPU_CHUNK, load_clip, resolve_device  # noqa: E402
-from pipeline.recipe import ClipConfig  # noqa: E402
+from flamingo_corpus.clip.model import CUDA_LOWP, GPU_CHUNKS, MIN_GPU_CHUNK, load_clip, resolve_device  # noqa: E402
+from flamingo_corpus.recipe import ClipConfig  # noqa: E402
+from flamingo_corpus.sample import synthetic  # noqa: E402
 
 START = time.perf_counter()
 
@@ -136,13 +137,15 @@ def bench_model(name: str, args, data, runner: Runner, keep: bool):
     device = resolve_device(args.device)
     on_cuda = device.startswith("cuda")
     cfg = ClipConfig(model=name, pretrained=None, device=args.device, precision=args.precision)
-    batches = [data[i:i + args.batch] for i in range(0, len(data) - args.batch + 1, args.batch)]
+    batches = [data[i : i + args.batch] for i in range(0, len(data) - args.batch + 1, args.batch)]
     n = len(batches) * args.batch
     t0 = time.perf_counter()
     stage = load_clip(cfg)  # the stage's own loading: CUDA_LOWP weights, GPU decode where possible
-    say(f"\n{name}: device {device}, precision {stage.precision}, weights {stage.input_dtype}, "
+    say(
+        f"\n{name}: device {device}, precision {stage.precision}, weights {stage.input_dtype}, "
         f"autocast {stage.autocast_dtype}, GPU decode {stage.gpu_decode}, batch {args.batch}, "
-        f"{len(batches)} batches of distinct images (loaded in {time.perf_counter() - t0:.1f} s)")
+        f"{len(batches)} batches of distinct images (loaded in {time.perf_counter() - t0:.1f} s)"
+    )
     amp = None
     if on_cuda and stage.precision in ("bf16", "fp16") and CUDA_LOWP != "autocast":
         try:
@@ -156,12 +159,14 @@ def bench_model(name: str, args, data, runner: Runner, keep: bool):
         def call():
             with torch.inference_mode(), m._autocast():
                 m.image_forward(pixels)
+
         return rate(call, args.batch, device, calls=args.bare_calls, warmup=2)
 
     def stage_pass(m, chunk=None):
         def call():
             for b in batches:
                 m.embed_encoded(b, chunk)
+
         m.embed_encoded(batches[0], chunk)  # warm-up (kernels, allocator, nvJPEG state)
         return rate(call, n, device, calls=1, warmup=0)
 
@@ -170,17 +175,24 @@ def bench_model(name: str, args, data, runner: Runner, keep: bool):
     if amp is not None:
         runner.run(name, "bare fp32 weights + autocast", lambda: bare(amp))
     runner.run(name, f"bare {stage.input_dtype} weights".replace("torch.", ""), lambda: bare(stage))
-    runner.run(name, "decode+preprocess only, GPU" if on_cuda else "decode+preprocess only, torch path",
-               lambda: rate(lambda: [stage.pixels_on_device(b) for b in batches], n, device, calls=1))
-    runner.run(name, "decode+preprocess only, CPU (PIL, pool)",
-               lambda: rate(lambda: [stage.pixels_from_bytes(b) for b in batches], n, device, calls=1))
+    runner.run(
+        name,
+        "decode+preprocess only, GPU" if on_cuda else "decode+preprocess only, torch path",
+        lambda: rate(lambda: [stage.pixels_on_device(b) for b in batches], n, device, calls=1),
+    )
+    runner.run(
+        name,
+        "decode+preprocess only, CPU (PIL, pool)",
+        lambda: rate(lambda: [stage.pixels_from_bytes(b) for b in batches], n, device, calls=1),
+    )
     label_stage = "stage, GPU decode" if stage.gpu_decode else "stage (CPU decode)"
     runner.run(name, label_stage, lambda: stage_pass(stage))
     if stage.gpu_decode:
         for chunk in args.chunks:
             if chunk <= args.batch:
-                runner.run(name, f"stage, GPU decode, chunk {chunk}", lambda c=chunk: stage_pass(stage, c),
-                           optional=True)
+                runner.run(
+                    name, f"stage, GPU decode, chunk {chunk}", lambda c=chunk: stage_pass(stage, c), optional=True
+                )
         runner.run(name, "stage, CPU decode", lambda: stage_pass(cpu_decode))
         if amp is not None:
             runner.run(name, "stage, GPU decode, autocast", lambda: stage_pass(amp))
@@ -206,19 +218,37 @@ def bench_model(name: str, args, data, runner: Runner, keep: bool):
                 compiled.image_forward(pixels)
             sync(device)
             return f"{time.perf_counter() - t:.1f} s"
-        if runner.run(name, "compile time (first call)", compile_time, optional=True,
-                      need_s=args.compile_need_s) is not None:
+
+        if (
+            runner.run(name, "compile time (first call)", compile_time, optional=True, need_s=args.compile_need_s)
+            is not None
+        ):
             runner.run(name, "compiled bare", lambda: bare(compiled))
             runner.run(name, "compiled stage, GPU decode", lambda: stage_pass(compiled))
+
     return compile_phase
 
 
 def summary(models, runner: Runner, args) -> None:
     say("\nSummary (images/s; ratio = stage / bare with the same weights and batch)")
-    cols = ["bare fp32 weights + autocast", "bare bfloat16 weights", "stage, CPU decode", "stage, GPU decode",
-            "compiled bare", "compiled stage, GPU decode"]
-    heads = ["bare amp", "bare lowp", "stage cpu-dec", "stage gpu-dec", "ratio", "bare compiled",
-             "stage compiled", "ratio"]
+    cols = [
+        "bare fp32 weights + autocast",
+        "bare bfloat16 weights",
+        "stage, CPU decode",
+        "stage, GPU decode",
+        "compiled bare",
+        "compiled stage, GPU decode",
+    ]
+    heads = [
+        "bare amp",
+        "bare lowp",
+        "stage cpu-dec",
+        "stage gpu-dec",
+        "ratio",
+        "bare compiled",
+        "stage compiled",
+        "ratio",
+    ]
     say("  " + f"{'model':<10}" + "".join(f"{h:>15}" for h in heads))
 
     def cell(v):
@@ -227,14 +257,30 @@ def summary(models, runner: Runner, args) -> None:
     for m in models:
         v = [runner.get(m, c) for c in cols]
         if v[1] is None:  # not CUDA/bf16: the weights' dtype names the bare line
-            v[1] = next((val for (mm, label), val in runner.results.items()
-                         if mm == m and label.startswith("bare ") and "autocast" not in label), None)
+            v[1] = next(
+                (
+                    val
+                    for (mm, label), val in runner.results.items()
+                    if mm == m and label.startswith("bare ") and "autocast" not in label
+                ),
+                None,
+            )
         if v[3] is None:
             v[3] = runner.get(m, "stage (CPU decode)")
         ratio = f"{v[3] / v[1]:>15.2f}" if v[1] and v[3] else f"{'-':>15}"
         cratio = f"{v[5] / v[4]:>15.2f}" if v[4] and v[5] else f"{'-':>15}"
-        say("  " + f"{m:<10}" + cell(v[0]) + cell(v[1]) + cell(v[2]) + cell(v[3]) + ratio + cell(v[4])
-            + cell(v[5]) + cratio)
+        say(
+            "  "
+            + f"{m:<10}"
+            + cell(v[0])
+            + cell(v[1])
+            + cell(v[2])
+            + cell(v[3])
+            + ratio
+            + cell(v[4])
+            + cell(v[5])
+            + cratio
+        )
     goal = "ViT-L-14"
     if goal in models and torch.cuda.is_available():
         stage = runner.get(goal, "stage, GPU decode")
@@ -243,8 +289,10 @@ def summary(models, runner: Runner, args) -> None:
         say(f"\nGoal ({goal}, batch {args.batch}): stage > 2,000 images/s and stage >= 0.85 x bare")
         for label, s, b in (("without compile", stage, bare), ("with compile", cstage, cbare)):
             if s and b:
-                say(f"  {label:<16} stage {s:,.0f}/s: {'PASS' if s > 2000 else 'FAIL'};  "
-                    f"stage/bare {s / b:.2f}: {'PASS' if s >= 0.85 * b else 'FAIL'}")
+                say(
+                    f"  {label:<16} stage {s:,.0f}/s: {'PASS' if s > 2000 else 'FAIL'};  "
+                    f"stage/bare {s / b:.2f}: {'PASS' if s >= 0.85 * b else 'FAIL'}"
+                )
             else:
                 say(f"  {label:<16} not measured")
 
@@ -253,16 +301,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--models", default=None, help="comma-separated (default: ViT-L-14,ViT-B-32 on CUDA, "
-                                                   "ViT-B-32 on CPU)")
+    ap.add_argument(
+        "--models", default=None, help="comma-separated (default: ViT-L-14,ViT-B-32 on CUDA, ViT-B-32 on CPU)"
+    )
     ap.add_argument("--batch", type=int, default=None, help="default 256 on CUDA, 8 on CPU")
     ap.add_argument("--images", type=int, default=None, help="distinct images (default 8 batches on CUDA, 2 on CPU)")
     ap.add_argument("--chunks", default="64,128,256", help="GPU-decode chunk sizes to sweep (first model)")
-    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                    help="auto: the first model only, on CUDA")
+    ap.add_argument(
+        "--compile", choices=("auto", "on", "off"), default="auto", help="auto: the first model only, on CUDA"
+    )
     ap.add_argument("--budget-s", type=float, default=200.0, help="skip optional variants after this")
-    ap.add_argument("--compile-need-s", type=float, default=100.0,
-                    help="start a compile only with this much of the budget left")
+    ap.add_argument(
+        "--compile-need-s", type=float, default=100.0, help="start a compile only with this much of the budget left"
+    )
     ap.add_argument("--bare-calls", type=int, default=None, help="timed bare forward calls (default 8 CUDA, 2 CPU)")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -277,15 +328,21 @@ def main() -> None:
     import torchvision
 
     gpu = torch.cuda.get_device_name(0) if on_cuda else "no GPU"
-    say(f"CLIP stage throughput: {gpu}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+    say(
+        f"CLIP stage throughput: {gpu}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-        f"torchvision {torchvision.__version__}, open_clip {open_clip.__version__}")
+        f"torchvision {torchvision.__version__}, open_clip {open_clip.__version__}"
+    )
     t = time.perf_counter()
     data = jpegs(args.images)
-    say(f"{len(data)} distinct 256x256 JPEGs, mean {np.mean([len(d) for d in data]) / 1024:.1f} KiB "
-        f"(made in {time.perf_counter() - t:.1f} s); models {', '.join(models)}; budget {args.budget_s:.0f} s")
-    say(f"stage defaults: CUDA_LOWP={CUDA_LOWP!r} (bf16 weights, no autocast), GPU chunks: "
-        f"max({MIN_GPU_CHUNK}, batch/{GPU_CHUNKS}) images per forward, decode of the next chunk overlapped")
+    say(
+        f"{len(data)} distinct 256x256 JPEGs, mean {np.mean([len(d) for d in data]) / 1024:.1f} KiB "
+        f"(made in {time.perf_counter() - t:.1f} s); models {', '.join(models)}; budget {args.budget_s:.0f} s"
+    )
+    say(
+        f"stage defaults: CUDA_LOWP={CUDA_LOWP!r} (bf16 weights, no autocast), GPU chunks: "
+        f"max({MIN_GPU_CHUNK}, batch/{GPU_CHUNKS}) images per forward, decode of the next chunk overlapped"
+    )
     runner = Runner(args.budget_s)
     compile_later = []  # compiles last, so a slow compile cannot cost the other figures
     for i, name in enumerate(models):

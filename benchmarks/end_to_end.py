@@ -20,6 +20,7 @@ largest ``ru_maxrss`` of the run (exact, not sampled).  Load average before and 
     .venv/bin/python benchmarks/end_to_end.py [--rows 4000] [--modes in_memory,multi_processing]
         [--skip-samples] [--skip-generated]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,16 @@ def main() -> None:
             print("Bundled sample builds, as `make sample` runs them (CLIP on, tiny CLIP on the CPU):", flush=True)
             for mode in modes:
                 for recipe, unit in (("sample-laion.yaml", "rows"), ("sample-mmc4.yaml", "documents")):
-                    r = T.measure({"tool": "ours", "recipe": recipe, "as_is": True, "out": str(tmp / "out"),
-                                   "beam_args": T.beam_args(mode, args.workers)}, tmp / "run")
+                    r = T.measure(
+                        {
+                            "tool": "ours",
+                            "recipe": recipe,
+                            "as_is": True,
+                            "out": str(tmp / "out"),
+                            "beam_args": T.beam_args(mode, args.workers),
+                        },
+                        tmp / "run",
+                    )
                     show(f"{recipe}, {mode}:", r, unit)
             print(f"  {T.load()}", flush=True)
         if not args.skip_generated:
@@ -72,14 +81,28 @@ def main() -> None:
             with T.serve(tmp / "web") as (url, server):
                 T.write_metadata(tmp / "metadata.parquet", url, items)
                 n_docs = T.write_documents(tmp / "docs.jsonl", url, items)
-                print(f"Sample recipes on {args.rows} generated loopback images ({n_docs} MMC4 documents), "
-                      "CLIP on:", flush=True)
+                print(
+                    f"Sample recipes on {args.rows} generated loopback images ({n_docs} MMC4 documents), CLIP on:",
+                    flush=True,
+                )
                 for mode in modes:
-                    for recipe, data, unit, per in (("sample-laion.yaml", "metadata.parquet", "rows", 1000),
-                                                    ("sample-mmc4.yaml", "docs.jsonl", "documents", 500)):
-                        r = T.measure({"tool": "ours", "recipe": recipe, "input": str(tmp / data), "clip": True,
-                                       "per_shard": per, "out": str(tmp / "out"),
-                                       "beam_args": T.beam_args(mode, args.workers)}, tmp / "run", server)
+                    for recipe, data, unit, per in (
+                        ("sample-laion.yaml", "metadata.parquet", "rows", 1000),
+                        ("sample-mmc4.yaml", "docs.jsonl", "documents", 500),
+                    ):
+                        r = T.measure(
+                            {
+                                "tool": "ours",
+                                "recipe": recipe,
+                                "input": str(tmp / data),
+                                "clip": True,
+                                "per_shard": per,
+                                "out": str(tmp / "out"),
+                                "beam_args": T.beam_args(mode, args.workers),
+                            },
+                            tmp / "run",
+                            server,
+                        )
                         show(f"{recipe}, {mode}:", r, unit)
             print(f"  {T.load()}", flush=True)
     finally:

@@ -1,7 +1,7 @@
 """Download load test: the download stage against the loopback fault web, at N and 10N rows.
 
-Serves ``--images`` synthetic JPEGs from the embedded fault web (``pipeline/sample_web.py``, in
-this process), then for each row count runs the real download DoFn (``pipeline.download._Download``:
+Serves ``--images`` synthetic JPEGs from the embedded fault web (``pipeline/sample/web.py``, in
+this process), then for each row count runs the real download DoFn (``flamingo_corpus.download.stage._Download``:
 setup, bundles of ``--bundle`` rows, finish_bundle, teardown, as a Beam worker runs it) in a fresh
 Python subprocess, over rows that mix good images (81 %) with faults: 404, 503 (retried), connection
 resets and truncated bodies (retried), redirect chains, gzip bodies, HTML served as an image,
@@ -16,6 +16,7 @@ what is in flight, which the fetch deadline bounds).
 
     .venv/bin/python benchmarks/load_test.py --rows 2000 --scale 10 --threads 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,7 @@ def machine() -> str:
 
 
 def make_images(root: Path, count: int, seed: int = 5) -> None:
-    from pipeline import synthetic
+    from flamingo_corpus.sample import synthetic
 
     rng = random.Random(seed)
     (root / "img").mkdir(parents=True)
@@ -77,9 +78,10 @@ def make_images(root: Path, count: int, seed: int = 5) -> None:
 
 # -- the worker (a fresh process per run) ---------------------------------------------------------
 
+
 def rows(base: str, count: int, images: int, seed: int = 11):
     """``count`` Samples, made one at a time, following MIX in a fixed shuffled order."""
-    from pipeline.records import Sample
+    from flamingo_corpus.records import Sample
 
     pattern = [path for share, path in MIX for _ in range(share)]
     random.Random(seed).shuffle(pattern)
@@ -102,11 +104,19 @@ def worker(args) -> None:
     import apache_beam as beam
     from apache_beam.utils.windowed_value import WindowedValue
 
-    from pipeline.download import _Download
-    from pipeline.recipe import DownloadConfig
+    from flamingo_corpus.download.stage import _Download
+    from flamingo_corpus.recipe import DownloadConfig
 
-    cfg = DownloadConfig(threads=args.threads, timeout_s=args.timeout, deadline_s=args.deadline, retries=1,
-                         backoff_s=0.05, max_backoff_s=0.5, max_bytes=args.max_bytes, allow_private=True)
+    cfg = DownloadConfig(
+        threads=args.threads,
+        timeout_s=args.timeout,
+        deadline_s=args.deadline,
+        retries=1,
+        backoff_s=0.05,
+        max_backoff_s=0.5,
+        max_bytes=args.max_bytes,
+        allow_private=True,
+    )
     outcomes: collections.Counter[str] = collections.Counter()
     body_bytes = 0
 
@@ -144,20 +154,53 @@ def worker(args) -> None:
             consume(out)
     seconds, cpu = time.monotonic() - started, cpu_seconds() - cpu_started
     dofn.teardown()
-    print(json.dumps({"rows": fed, "seconds": seconds, "cpu_seconds": cpu, "outcomes": dict(outcomes), "body_bytes": body_bytes,
-                      "rss_before_mib": baseline, "rss_peak_mib": peak_rss_mib(), "stopped_early": stopped_early}))
+    print(
+        json.dumps(
+            {
+                "rows": fed,
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "outcomes": dict(outcomes),
+                "body_bytes": body_bytes,
+                "rss_before_mib": baseline,
+                "rss_peak_mib": peak_rss_mib(),
+                "stopped_early": stopped_early,
+            }
+        )
+    )
 
 
 # -- the driver -----------------------------------------------------------------------------------
 
+
 def run(args, web, count: int) -> dict:
     before = sum(web.counts().values())
-    command = [sys.executable, __file__, "--worker", "--url", web.url, "--count", str(count),
-               "--images", str(args.images), "--threads", str(args.threads), "--bundle", str(args.bundle),
-               "--timeout", str(args.timeout), "--deadline", str(args.deadline), "--max-bytes", str(args.max_bytes),
-               "--max-seconds", str(args.max_seconds)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                          timeout=args.max_seconds + 10 * args.deadline + 120)
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--url",
+        web.url,
+        "--count",
+        str(count),
+        "--images",
+        str(args.images),
+        "--threads",
+        str(args.threads),
+        "--bundle",
+        str(args.bundle),
+        "--timeout",
+        str(args.timeout),
+        "--deadline",
+        str(args.deadline),
+        "--max-bytes",
+        str(args.max_bytes),
+        "--max-seconds",
+        str(args.max_seconds),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=args.max_seconds + 10 * args.deadline + 120
+    )
     if done.returncode:
         sys.exit(f"the worker failed:\n{done.stderr}")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
@@ -168,21 +211,29 @@ def run(args, web, count: int) -> dict:
 def report(count: int, f: dict) -> None:
     failures = {reason: n for reason, n in f["outcomes"].items() if reason != "ok"}
     early = " (stopped at the time limit)" if f["stopped_early"] else ""
-    print(f"{count:>7} rows requested, {f['rows']} fed{early}: "
-          f"{f['seconds']:.1f} s, {f['rows'] / f['seconds']:.0f} rows/s, {f['requests'] / f['seconds']:.0f} requests/s "
-          f"({f['requests']} requests), {f['outcomes'].get('ok', 0)} images ({f['body_bytes'] / 2**20:.0f} MiB)")
-    print(f"        worker CPU: {f['cpu_seconds']:.1f} CPU-s, {f['rows'] / f['cpu_seconds']:.0f} rows per CPU-second "
-          f"({f['cpu_seconds'] / f['rows'] * 1e3:.2f} ms a row; the server's CPU is not counted)")
+    print(
+        f"{count:>7} rows requested, {f['rows']} fed{early}: "
+        f"{f['seconds']:.1f} s, {f['rows'] / f['seconds']:.0f} rows/s, {f['requests'] / f['seconds']:.0f} requests/s "
+        f"({f['requests']} requests), {f['outcomes'].get('ok', 0)} images ({f['body_bytes'] / 2**20:.0f} MiB)"
+    )
+    print(
+        f"        worker CPU: {f['cpu_seconds']:.1f} CPU-s, {f['rows'] / f['cpu_seconds']:.0f} rows per CPU-second "
+        f"({f['cpu_seconds'] / f['rows'] * 1e3:.2f} ms a row; the server's CPU is not counted)"
+    )
     by_count = sorted(failures.items(), key=lambda item: -item[1])
     print(f"        failures by reason: {', '.join(f'{reason} {n}' for reason, n in by_count)}")
-    print(f"        worker peak RSS: {f['rss_before_mib']:.0f} MiB after setup, {f['rss_peak_mib']:.0f} MiB at the end "
-          f"(+{f['rss_peak_mib'] - f['rss_before_mib']:.0f} MiB for the rows)", flush=True)
+    print(
+        f"        worker peak RSS: {f['rss_before_mib']:.0f} MiB after setup, {f['rss_peak_mib']:.0f} MiB at the end "
+        f"(+{f['rss_peak_mib'] - f['rss_before_mib']:.0f} MiB for the rows)",
+        flush=True,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=2000,
-                    help="rows of the small run (the large one has --scale times more)")
+    ap.add_argument(
+        "--rows", type=int, default=2000, help="rows of the small run (the large one has --scale times more)"
+    )
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--images", type=int, default=300, help="distinct images served")
     ap.add_argument("--threads", type=int, default=16, help="requests in flight (DownloadConfig.threads)")
@@ -200,16 +251,19 @@ def main() -> None:
         worker(args)
         return
 
-    from pipeline.sample_web import SampleWeb
+    from flamingo_corpus.sample.web import SampleWeb
 
     tmp = Path(tempfile.mkdtemp(prefix="fc-load-"))
     try:
         print(f"machine: {machine()}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         make_images(tmp, args.images)
         counts = [min(args.rows, args.max_rows), min(args.rows * args.scale, args.max_rows)]
-        print(f"{args.images} JPEGs ({sum(p.stat().st_size for p in (tmp / 'img').iterdir()) / 2**20:.1f} MiB) on the "
-              f"loopback fault web; {args.threads} threads, timeout {args.timeout} s, deadline {args.deadline} s, "
-              f"1 retry; one fresh worker process per run", flush=True)
+        print(
+            f"{args.images} JPEGs ({sum(p.stat().st_size for p in (tmp / 'img').iterdir()) / 2**20:.1f} MiB) on the "
+            f"loopback fault web; {args.threads} threads, timeout {args.timeout} s, deadline {args.deadline} s, "
+            f"1 retry; one fresh worker process per run",
+            flush=True,
+        )
         with SampleWeb(tmp) as web:
             for count in counts:
                 report(count, run(args, web, count))

@@ -12,6 +12,7 @@ A run whose modeled work (``modeled_cost`` times n, in candidate comparisons) ex
 
     python benchmarks/near_dup_lsh.py [--sizes 10000 100000 1000000] [--ks 5 10] [--bands 3 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import time
 
 import numpy as np
 
-from pipeline.near_dup import auto_bands, band_plan, modeled_cost, near_duplicate_groups
+from flamingo_corpus.dedup.hamming_index import auto_bands, band_plan, modeled_cost, near_duplicate_groups
 
 
 def cpu_model() -> str:
@@ -42,7 +43,7 @@ def planted_hashes(n: int, k: int, seed: int = 0) -> dict:
     """``n`` hashes as hex: 99% uniform random, 1% copies of those with 0..k bits flipped."""
     rng = np.random.default_rng(seed)
     copies = n // 100
-    values = rng.integers(0, 2 ** 64, size=n - copies, dtype=np.uint64)
+    values = rng.integers(0, 2**64, size=n - copies, dtype=np.uint64)
     planted = values[rng.integers(0, len(values), size=copies)].copy()
     for row, flips in enumerate(rng.integers(0, k + 1, size=copies)):
         for bit in rng.choice(64, size=flips, replace=False):
@@ -67,13 +68,17 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--bands", type=int, nargs="*", default=[], help="band counts to run besides auto and old")
     parser.add_argument("--old-up-to", type=int, default=100_000, help="largest size the old k+1 bands run at")
-    parser.add_argument("--max-work", type=float, default=2e10,
-                        help="skip runs whose modeled work (comparisons + lookups) is larger")
+    parser.add_argument(
+        "--max-work", type=float, default=2e10, help="skip runs whose modeled work (comparisons + lookups) is larger"
+    )
     parser.add_argument("--force", action="store_true", help="run even the runs over --max-work")
     args = parser.parse_args()
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, numpy {np.__version__}")
-    print(f"{'n':>9} {'k':>3} {'m':>3} {'bands (width/radius)':<18} {'lookups':>13} {'candidates':>15} "
-          f"{'groups':>7} {'seconds':>8}  peak RSS MiB", flush=True)
+    print(
+        f"{'n':>9} {'k':>3} {'m':>3} {'bands (width/radius)':<18} {'lookups':>13} {'candidates':>15} "
+        f"{'groups':>7} {'seconds':>8}  peak RSS MiB",
+        flush=True,
+    )
     for k in args.ks:
         for n in args.sizes:
             hashes = planted_hashes(n, k)
@@ -90,8 +95,11 @@ def main() -> None:
                 start = time.perf_counter()
                 groups = near_duplicate_groups(hashes, k, bands=m, stats=stats)
                 seconds = time.perf_counter() - start
-                print(f"{head} {stats['probes']:>13,} {stats['candidates']:>15,} {len(groups):>7} "
-                      f"{seconds:>8.2f}  {peak_rss_mib():.0f}", flush=True)
+                print(
+                    f"{head} {stats['probes']:>13,} {stats['candidates']:>15,} {len(groups):>7} "
+                    f"{seconds:>8.2f}  {peak_rss_mib():.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

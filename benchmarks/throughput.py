@@ -1,7 +1,7 @@
 """Throughput of the LAION and MMC4 paths on local URLs served from loopback, against img2dataset.
 
 Generates N synthetic JPEGs (512x512 to 1024x768, so the resize does real work) and serves them
-from the embedded loopback web server, run as its own process (``python -m pipeline.sample_web``)
+from the embedded loopback web server, run as its own process (``python -m flamingo_corpus.sample.web``)
 so that it never shares a Python interpreter, and its lock, with the tool being measured.  Then,
 one after the other on the same machine and URL list:
 
@@ -38,6 +38,7 @@ machine); and the ratios ours / img2dataset.  The load average is printed before
     .venv/bin/python benchmarks/throughput.py --rows 10000 --img2dataset --lean --repeat 3 \
         [--marginal] [--modes in_memory,multi_processing] [--workers 2] [--corpus laion|mmc4|both] [--clip]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,7 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {mem}, {gpu}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+    return f"{cpu}, {os.cpu_count()} cores, {mem}, {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def load() -> str:
@@ -92,10 +92,11 @@ def load() -> str:
 
 # -- inputs ---------------------------------------------------------------------------------------
 
+
 def make_web(root: Path, rows: int, seed: int = 7) -> list:
     """``rows`` synthetic JPEGs under ``root/img`` and their captions; reused when ``root`` holds
     them already (``--workdir``), as generating them takes longer than a build."""
-    from pipeline import synthetic
+    from flamingo_corpus.sample import synthetic
 
     listing = root / "items.json"
     if listing.exists():
@@ -119,8 +120,11 @@ def write_metadata(path: Path, base_url: str, items: list) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"URL": [f"{base_url}/{rel}" for rel, _ in items],
-                             "TEXT": [cap for _, cap in items]}), path, row_group_size=500)
+    pq.write_table(
+        pa.table({"URL": [f"{base_url}/{rel}" for rel, _ in items], "TEXT": [cap for _, cap in items]}),
+        path,
+        row_group_size=500,
+    )
 
 
 def write_documents(path: Path, base_url: str, items: list, seed: int = 11) -> int:
@@ -128,16 +132,30 @@ def write_documents(path: Path, base_url: str, items: list, seed: int = 11) -> i
     rng = random.Random(seed)
     docs, i = [], 0
     while i < len(items):
-        group = items[i:i + rng.randint(2, 6)]
+        group = items[i : i + rng.randint(2, 6)]
         i += len(group)
         text = [cap for _, cap in group] + ["Some other sentence of the page."] * rng.randint(1, 4)
         rng.shuffle(text)
-        sim = [[round(0.3 if text[j] == cap else rng.uniform(0.0, 0.2), 4) for j in range(len(text))]
-               for _, cap in group]
-        info = [{"image_name": rel.rsplit("/", 1)[1], "raw_url": f"{base_url}/{rel}",
-                 "matched_text_index": 0, "matched_sim": 0.0} for rel, _ in group]
-        docs.append({"url": f"http://example.com/doc/{len(docs)}", "text_list": text,
-                     "image_info": info, "similarity_matrix": sim})
+        sim = [
+            [round(0.3 if text[j] == cap else rng.uniform(0.0, 0.2), 4) for j in range(len(text))] for _, cap in group
+        ]
+        info = [
+            {
+                "image_name": rel.rsplit("/", 1)[1],
+                "raw_url": f"{base_url}/{rel}",
+                "matched_text_index": 0,
+                "matched_sim": 0.0,
+            }
+            for rel, _ in group
+        ]
+        docs.append(
+            {
+                "url": f"http://example.com/doc/{len(docs)}",
+                "text_list": text,
+                "image_info": info,
+                "similarity_matrix": sim,
+            }
+        )
     path.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
     return len(docs)
 
@@ -147,8 +165,12 @@ def serve(root: Path):
     """The loopback web server in its own process: yields (base URL, psutil.Process)."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.sample_web", str(root), "--port", "0"],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flamingo_corpus.sample.web", str(root), "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         found = re.search(r"at (http://\S+)", line)
@@ -162,32 +184,38 @@ def serve(root: Path):
 
 # -- one measured run, in a child process ---------------------------------------------------------
 
+
 def recipe_for(spec: dict):
     """The recipe a run uses: a sample recipe pointed at the generated input, without its own
     web server, with the run's switches applied."""
-    from pipeline.recipe import load_recipe
+    from flamingo_corpus.recipe import load_recipe
 
     recipe = load_recipe(REPO / "manifests" / spec["recipe"])
     if spec.get("as_is"):  # the bundled sample build, its own input and web server included
         return recipe
     r = dataclasses.replace
-    recipe = r(recipe, input=r(recipe.input, path=spec["input"]),
-               sample_web=r(recipe.sample_web, enabled=False),
-               shard=r(recipe.shard, samples_per_shard=spec["per_shard"]),
-               clip=r(recipe.clip, enabled=spec.get("clip", False)))
+    recipe = r(
+        recipe,
+        input=r(recipe.input, path=spec["input"]),
+        sample_web=r(recipe.sample_web, enabled=False),
+        shard=r(recipe.shard, samples_per_shard=spec["per_shard"]),
+        clip=r(recipe.clip, enabled=spec.get("clip", False)),
+    )
     if spec.get("lean"):  # the optional work img2dataset does not do: language ID, URL and image dedup
-        recipe = r(recipe, filters=r(recipe.filters, dedup_urls=False,
-                                     language=r(recipe.filters.language, enabled=False)),
-                   dedup=r(recipe.dedup, exact=False))
+        recipe = r(
+            recipe,
+            filters=r(recipe.filters, dedup_urls=False, language=r(recipe.filters.language, enabled=False)),
+            dedup=r(recipe.dedup, exact=False),
+        )
     return recipe
 
 
 def _run_ours(spec: dict) -> dict:
-    from pipeline.build import run_build
+    from flamingo_corpus.build import run_build
 
     recipe = recipe_for(spec)
     if recipe.clip.enabled:  # the tiny CLIP is built once and cached: not part of a build's time
-        from pipeline.clip_model import resolve_pretrained
+        from flamingo_corpus.clip.model import resolve_pretrained
 
         resolve_pretrained(recipe.clip)
     start = time.monotonic()
@@ -207,18 +235,35 @@ def _run_img2dataset(spec: dict) -> dict:
     recipe = recipe_for(spec)
     image, dl = recipe.image, recipe.download
     start = time.monotonic()
-    download(url_list=spec["input"], input_format="parquet", url_col="URL", caption_col="TEXT",
-             output_format="webdataset", output_folder=spec["out"], image_size=image.image_size,
-             resize_mode=image.resize_mode, resize_only_if_bigger=image.resize_only_if_bigger,
-             encode_format=image.encode_format, encode_quality=image.encode_quality,
-             min_image_size=image.min_side, max_aspect_ratio=image.max_aspect_ratio or math.inf,
-             processes_count=spec["processes"], thread_count=dl.threads,
-             number_sample_per_shard=spec["per_shard"], timeout=dl.timeout_s, retries=dl.retries,
-             enable_wandb=False, disallowed_header_directives=[])
+    download(
+        url_list=spec["input"],
+        input_format="parquet",
+        url_col="URL",
+        caption_col="TEXT",
+        output_format="webdataset",
+        output_folder=spec["out"],
+        image_size=image.image_size,
+        resize_mode=image.resize_mode,
+        resize_only_if_bigger=image.resize_only_if_bigger,
+        encode_format=image.encode_format,
+        encode_quality=image.encode_quality,
+        min_image_size=image.min_side,
+        max_aspect_ratio=image.max_aspect_ratio or math.inf,
+        processes_count=spec["processes"],
+        thread_count=dl.threads,
+        number_sample_per_shard=spec["per_shard"],
+        timeout=dl.timeout_s,
+        retries=dl.retries,
+        enable_wandb=False,
+        disallowed_header_directives=[],
+    )
     seconds = time.monotonic() - start
     stats = [json.loads(p.read_text()) for p in Path(spec["out"]).glob("*_stats.json")]
-    return {"seconds": seconds, "units": pq.ParquetFile(spec["input"]).metadata.num_rows,
-            "kept": sum(s.get("successes", 0) for s in stats)}
+    return {
+        "seconds": seconds,
+        "units": pq.ParquetFile(spec["input"]).metadata.num_rows,
+        "kept": sum(s.get("successes", 0) for s in stats),
+    }
 
 
 def child(spec_path: str, result_path: str) -> None:
@@ -227,8 +272,9 @@ def child(spec_path: str, result_path: str) -> None:
     before = os.times()
     out = run(spec)
     after = os.times()
-    out["cpu"] = sum(getattr(after, f) - getattr(before, f)
-                     for f in ("user", "system", "children_user", "children_system"))
+    out["cpu"] = sum(
+        getattr(after, f) - getattr(before, f) for f in ("user", "system", "children_user", "children_system")
+    )
     out["maxrss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["maxrss_children_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     Path(result_path).write_text(json.dumps(out))
@@ -241,8 +287,8 @@ def _role(proc, main_pid: int) -> str:
         cmd = " ".join(proc.cmdline())
     except Exception:  # noqa: BLE001 - gone or not ours to read
         return "other"
-    # a local build's workers run pipeline.local_worker; other Beam workers, Beam's own module
-    if "pipeline.local_worker" in cmd or "sdk_worker_main" in cmd:
+    # a local build's workers run flamingo_corpus.runners.local_worker; other Beam workers, Beam's own module
+    if "flamingo_corpus.runners.local_worker" in cmd or "sdk_worker_main" in cmd:
         return "beam worker"
     if "resource_tracker" in cmd:
         return "other"
@@ -308,8 +354,11 @@ def measure(spec: dict, work: Path, server=None) -> dict:
     result_path.unlink(missing_ok=True)
     server_cpu = sum(server.cpu_times()[:2]) if server is not None else 0.0
     load_before = os.getloadavg()[0]
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(spec_path), str(result_path)], cwd=REPO,
-                            env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--child", str(spec_path), str(result_path)],
+        cwd=REPO,
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+    )
     with TreeMonitor(proc.pid) as monitor:
         rc = proc.wait()
     if rc != 0 or not result_path.exists():
@@ -324,13 +373,17 @@ def measure(spec: dict, work: Path, server=None) -> dict:
 
 def describe(r: dict, unit: str = "rows") -> str:
     per_cpu = r["units"] / r["cpu"] if r["cpu"] else float("nan")
-    mem = "; ".join(f"{role} " + ", ".join(f"{rss:.0f} MiB/{cpu:.1f} CPU-s" for rss, cpu in procs if cpu >= 0.05)
-                    for role, procs in sorted(r["processes"].items()))
-    return (f"{r['units'] / r['seconds']:7.1f} {unit}/s, {r['units'] / r['seconds'] / os.cpu_count():6.1f} per core, "
-            f"{per_cpu:6.1f} {unit}/CPU-s ({r['kept']} kept of {r['units']}, {r['seconds']:.1f} s, "
-            f"{r['cpu']:.1f} CPU-s, server {r['server_cpu'] or 0:.1f} CPU-s, "
-            f"load {r['load'][0]:.1f} -> {r['load'][1]:.1f}; "
-            f"per process: peak RSS/CPU {mem})")
+    mem = "; ".join(
+        f"{role} " + ", ".join(f"{rss:.0f} MiB/{cpu:.1f} CPU-s" for rss, cpu in procs if cpu >= 0.05)
+        for role, procs in sorted(r["processes"].items())
+    )
+    return (
+        f"{r['units'] / r['seconds']:7.1f} {unit}/s, {r['units'] / r['seconds'] / os.cpu_count():6.1f} per core, "
+        f"{per_cpu:6.1f} {unit}/CPU-s ({r['kept']} kept of {r['units']}, {r['seconds']:.1f} s, "
+        f"{r['cpu']:.1f} CPU-s, server {r['server_cpu'] or 0:.1f} CPU-s, "
+        f"load {r['load'][0]:.1f} -> {r['load'][1]:.1f}; "
+        f"per process: peak RSS/CPU {mem})"
+    )
 
 
 def beam_args(mode: str, workers: int) -> list:
@@ -341,14 +394,18 @@ def beam_args(mode: str, workers: int) -> list:
 
 # -- main -----------------------------------------------------------------------------------------
 
+
 def laion(args, tmp: Path, url: str, server, items: list) -> None:
     metadata = tmp / "metadata.parquet"
     write_metadata(metadata, url, items)
     base = {"recipe": "sample-laion.yaml", "input": str(metadata), "per_shard": 1000, "out": str(tmp / "out")}
     recipe = recipe_for(base)
-    print(f"LAION path on {args.rows} loopback URLs: resize {recipe.image.resize_mode} {recipe.image.image_size}, "
-          f"jpg q{recipe.image.encode_quality}, {recipe.download.threads} download threads per process, "
-          f"{os.cpu_count()} cores; {load()}", flush=True)
+    print(
+        f"LAION path on {args.rows} loopback URLs: resize {recipe.image.resize_mode} {recipe.image.image_size}, "
+        f"jpg q{recipe.image.encode_quality}, {recipe.download.threads} download threads per process, "
+        f"{os.cpu_count()} cores; {load()}",
+        flush=True,
+    )
     ours = {}
     for mode in args.modes:
         label = mode if mode == "in_memory" else f"{mode}, {args.workers} workers"
@@ -361,19 +418,34 @@ def laion(args, tmp: Path, url: str, server, items: list) -> None:
     for i in range(args.repeat if args.img2dataset else 1):
         # Alternating the tools spreads the load of other work on a shared machine over both.
         if i > 0:
-            runs["ours"].append(measure({**base, "tool": "ours", "beam_args": beam_args(best, args.workers)},
-                                        tmp / "run", server))
+            runs["ours"].append(
+                measure({**base, "tool": "ours", "beam_args": beam_args(best, args.workers)}, tmp / "run", server)
+            )
             print(f"  ours, CLIP off, {best}, run {i + 1}: {describe(runs['ours'][-1])}", flush=True)
         if args.lean:
-            runs["lean"].append(measure({**base, "tool": "ours", "lean": True,
-                                         "beam_args": beam_args(best, args.workers)}, tmp / "run", server))
-            print(f"  ours LEAN (no language ID, no URL or image dedup), {best}, run {i + 1}: "
-                  f"{describe(runs['lean'][-1])}", flush=True)
+            runs["lean"].append(
+                measure(
+                    {**base, "tool": "ours", "lean": True, "beam_args": beam_args(best, args.workers)},
+                    tmp / "run",
+                    server,
+                )
+            )
+            print(
+                f"  ours LEAN (no language ID, no URL or image dedup), {best}, run {i + 1}: "
+                f"{describe(runs['lean'][-1])}",
+                flush=True,
+            )
         if args.img2dataset:
-            runs["img2dataset"].append(measure({**base, "tool": "img2dataset", "processes": args.workers,
-                                                "per_shard": per}, tmp / "run", server))
-            print(f"  img2dataset, {args.workers} processes x {recipe.download.threads} threads, {per} rows per "
-                  f"shard, run {i + 1}: {describe(runs['img2dataset'][-1])}", flush=True)
+            runs["img2dataset"].append(
+                measure(
+                    {**base, "tool": "img2dataset", "processes": args.workers, "per_shard": per}, tmp / "run", server
+                )
+            )
+            print(
+                f"  img2dataset, {args.workers} processes x {recipe.download.threads} threads, {per} rows per "
+                f"shard, run {i + 1}: {describe(runs['img2dataset'][-1])}",
+                flush=True,
+            )
     if args.img2dataset:
         theirs = runs["img2dataset"]
         for name in ("ours", "lean"):
@@ -382,15 +454,19 @@ def laion(args, tmp: Path, url: str, server, items: list) -> None:
             speed = [rate(o) / rate(t) for o, t in zip(runs[name], theirs)]
             cost = [(o["units"] / o["cpu"]) / (t["units"] / t["cpu"]) for o, t in zip(runs[name], theirs)]
             label = f"ours ({best})" if name == "ours" else f"ours LEAN ({best})"
-            print(f"  ratio {label} / img2dataset, median of {len(speed)} alternating runs: {median(speed):.2f}x "
-                  f"rows/s on the same {os.cpu_count()} cores (= per core; runs: "
-                  f"{', '.join(f'{x:.2f}' for x in speed)}), {median(cost):.2f}x rows per CPU-second "
-                  f"({', '.join(f'{x:.2f}' for x in cost)})", flush=True)
+            print(
+                f"  ratio {label} / img2dataset, median of {len(speed)} alternating runs: {median(speed):.2f}x "
+                f"rows/s on the same {os.cpu_count()} cores (= per core; runs: "
+                f"{', '.join(f'{x:.2f}' for x in speed)}), {median(cost):.2f}x rows per CPU-second "
+                f"({', '.join(f'{x:.2f}' for x in cost)})",
+                flush=True,
+            )
         if args.marginal:
             marginal(args, tmp, url, server, items, base, best, runs["ours"][-1], theirs[-1])
     if args.clip:
-        r = measure({**base, "tool": "ours", "clip": True, "beam_args": beam_args(best, args.workers)},
-                    tmp / "run", server)
+        r = measure(
+            {**base, "tool": "ours", "clip": True, "beam_args": beam_args(best, args.workers)}, tmp / "run", server
+        )
         print(f"  ours, CLIP on (tiny CLIP, CPU), {best}: {describe(r)}", flush=True)
     print(f"  {load()}", flush=True)
 
@@ -408,22 +484,26 @@ def marginal(args, tmp: Path, url: str, server, items: list, base: dict, best: s
     """Both tools again on the first half of the rows: (N - N/2) / (t(N) - t(N/2)) is the rate
     once started, without the fixed costs (process and Beam start-up, imports, worker spawn).
     A difference of two timings on a shared machine: an estimate, noisier than the totals."""
-    half = items[:len(items) // 2]
+    half = items[: len(items) // 2]
     metadata = tmp / "metadata-half.parquet"
     write_metadata(metadata, url, half)
     spec = {**base, "input": str(metadata)}
     ours_half = measure({**spec, "tool": "ours", "beam_args": beam_args(best, args.workers)}, tmp / "run", server)
     print(f"  ours, CLIP off, {best}, first {len(half)} rows: {describe(ours_half)}", flush=True)
     per = math.ceil(len(half) / (2 * args.workers))
-    theirs_half = measure({**spec, "tool": "img2dataset", "processes": args.workers, "per_shard": per},
-                          tmp / "run", server)
+    theirs_half = measure(
+        {**spec, "tool": "img2dataset", "processes": args.workers, "per_shard": per}, tmp / "run", server
+    )
     print(f"  img2dataset, first {len(half)} rows: {describe(theirs_half)}", flush=True)
     rates = []
     for name, full, part in (("ours", ours, ours_half), ("img2dataset", theirs, theirs_half)):
         dt = full["seconds"] - part["seconds"]
         rates.append((full["units"] - part["units"]) / dt if dt > 0 else float("nan"))
-        print(f"  marginal rate {name}: {rates[-1]:.1f} rows/s (rows {part['units']} -> {full['units']}, "
-              f"{part['seconds']:.1f} s -> {full['seconds']:.1f} s)", flush=True)
+        print(
+            f"  marginal rate {name}: {rates[-1]:.1f} rows/s (rows {part['units']} -> {full['units']}, "
+            f"{part['seconds']:.1f} s -> {full['seconds']:.1f} s)",
+            flush=True,
+        )
     print(f"  ratio of marginal rates ours / img2dataset: {rates[0] / rates[1]:.2f}x", flush=True)
 
 
@@ -432,14 +512,21 @@ def mmc4(args, tmp: Path, url: str, server, items: list) -> None:
     n_docs = write_documents(docs, url, items)
     base = {"recipe": "sample-mmc4.yaml", "input": str(docs), "per_shard": 500, "out": str(tmp / "out")}
     recipe = recipe_for(base)
-    print(f"MMC4 path on {n_docs} documents with {args.rows} loopback images: resize {recipe.image.resize_mode} "
-          f"{recipe.image.image_size}; {load()}", flush=True)
+    print(
+        f"MMC4 path on {n_docs} documents with {args.rows} loopback images: resize {recipe.image.resize_mode} "
+        f"{recipe.image.image_size}; {load()}",
+        flush=True,
+    )
     for mode in args.modes:
         for clip in (False, True) if args.clip else (False,):
-            r = measure({**base, "tool": "ours", "clip": clip, "beam_args": beam_args(mode, args.workers)},
-                        tmp / "run", server)
-            print(f"  ours, CLIP {'on ' if clip else 'off'}, {mode}: {describe(r, 'documents')}; "
-                  f"{r['images'] / r['seconds']:.1f} images/s", flush=True)
+            r = measure(
+                {**base, "tool": "ours", "clip": clip, "beam_args": beam_args(mode, args.workers)}, tmp / "run", server
+            )
+            print(
+                f"  ours, CLIP {'on ' if clip else 'off'}, {mode}: {describe(r, 'documents')}; "
+                f"{r['images'] / r['seconds']:.1f} images/s",
+                flush=True,
+            )
     print(f"  {load()}", flush=True)
 
 
@@ -450,17 +537,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=6000, help="images generated and served")
     ap.add_argument("--corpus", choices=("laion", "mmc4", "both"), default="both")
-    ap.add_argument("--modes", default="in_memory,multi_processing",
-                    help=f"DirectRunner modes to run, comma-separated, from {', '.join(MODES)}")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="worker processes (multi_processing), threads (multi_threading), img2dataset processes")
+    ap.add_argument(
+        "--modes",
+        default="in_memory,multi_processing",
+        help=f"DirectRunner modes to run, comma-separated, from {', '.join(MODES)}",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (multi_processing), threads (multi_threading), img2dataset processes",
+    )
     ap.add_argument("--img2dataset", action="store_true", help="also run img2dataset on the same list")
     ap.add_argument("--lean", action="store_true", help="also run ours without language ID and dedup")
     ap.add_argument("--clip", action="store_true", help="also run with the tiny CLIP on (CPU)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="with --img2dataset: runs of ours (fastest mode) and img2dataset, alternating; medians")
-    ap.add_argument("--marginal", action="store_true",
-                    help="with --img2dataset: also run both on half the rows, for the rate without fixed costs")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --img2dataset: runs of ours (fastest mode) and img2dataset, alternating; medians",
+    )
+    ap.add_argument(
+        "--marginal",
+        action="store_true",
+        help="with --img2dataset: also run both on half the rows, for the rate without fixed costs",
+    )
     ap.add_argument("--workdir", help="keep the generated images here and reuse them (default: a temporary folder)")
     args = ap.parse_args()
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]

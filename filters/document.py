@@ -3,13 +3,14 @@ OpenFlamingo's loader would keep, and v1.1's URL-duplicate flag.
 
 The per-image URL rules of mmc4 (extensions, blocklisted words) are in :mod:`filters.url`.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.align import loader_view
+from ..mmc4.align import loader_view
 
 
 def image_count(n: int, min_images: int, max_images: int) -> Optional[str]:

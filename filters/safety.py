@@ -1,4 +1,5 @@
 """Threshold filters on the scores LAION ships with its metadata."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -26,5 +27,5 @@ def metadata_similarity(value: Optional[float], min_similarity: Optional[float])
 
 
 def nsfw(score: Optional[float], max_nsfw: Optional[float]) -> Optional[str]:
-    """The NSFW head's score of the image (pipeline/nsfw.py)."""
+    """The NSFW head's score of the image (pipeline/safety/nsfw.py)."""
     return "nsfw" if _above(score, max_nsfw) else None

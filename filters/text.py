@@ -1,4 +1,5 @@
 """Caption filters."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """URL filters and the URL form used for exact URL dedup."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -11,7 +12,7 @@ def url_scheme(url: Optional[str], schemes: Sequence[str]) -> Optional[str]:
         return "no_url"
     try:
         parts = urlsplit(url.strip())
-        parts.port  # a non-numeric or out-of-range port raises here, not later in normalize_url
+        _ = parts.port  # a non-numeric or out-of-range port raises here, not later in normalize_url
     except ValueError:
         return "bad_url"
     if parts.scheme.lower() not in schemes:

@@ -2,13 +2,14 @@
 
 Builds are resumable.  At the start a build records its recipe digest and its input files (path
 and size) in ``_build/state.json``; each shard gets a completion record once it is written whole
-(pipeline/shard.py).  The same command started again on the output of a killed build finds the
+(pipeline/output/shard.py).  The same command started again on the output of a killed build finds the
 same state and resumes: reading, downloading and processing run again (global ranks are known
 only after filtering), but shards already complete are verified and kept instead of written
 again, and the output ends byte-identical to an uninterrupted build's.  A different recipe or
 different inputs is an error that suggests ``--overwrite``; a complete output (manifest present
 and a quick verify passing) is reported as such and left alone.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,13 +25,13 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from .clip_model import resolve_pretrained
-from .index import INDEX_DIR, WORK_DIR
-from .local_runner import cpu_threads_per_worker, local_runner
-from .manifest import MANIFEST, SIZES, BuildResult, collect, read_manifest, summary, write_manifest
+from .clip.model import resolve_pretrained
+from .inputs import match_inputs
+from .output.index import INDEX_DIR, WORK_DIR
+from .output.manifest import MANIFEST, SIZES, BuildResult, collect, read_manifest, summary, write_manifest
+from .output.shard import COMPLETE_DIR, TMP_SUFFIX
 from .recipe import Recipe
-from .shard import COMPLETE_DIR, TMP_SUFFIX
-from .sources import match_inputs
+from .runners.local import cpu_threads_per_worker, local_runner
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ def _previous_outputs(output_dir: str) -> List[str]:
 def _differs(saved: dict, state: dict) -> Optional[str]:
     """What makes ``saved`` another build than ``state``, in words; None when it is the same."""
     if saved.get("recipe_sha256") != state["recipe_sha256"]:
-        return (f"another recipe (sha256 {str(saved.get('recipe_sha256'))[:12]}, "
-                f"this one is {state['recipe_sha256'][:12]})")
+        return (
+            f"another recipe (sha256 {str(saved.get('recipe_sha256'))[:12]}, this one is {state['recipe_sha256'][:12]})"
+        )
     if saved.get("inputs") != state["inputs"]:
         before = {i["path"]: i["bytes"] for i in saved.get("inputs") or []}
         now = {i["path"]: i["bytes"] for i in state["inputs"]}
@@ -113,8 +115,9 @@ def _clear_for_resume(output_dir: str) -> None:
     completion records and the state."""
     keep = {_state_path(output_dir)}
     records = posixpath.join(output_dir, WORK_DIR, COMPLETE_DIR) + "/"
-    stale = [p for p in _matches([posixpath.join(output_dir, WORK_DIR, "*")])
-             if p not in keep and not p.startswith(records)]
+    stale = [
+        p for p in _matches([posixpath.join(output_dir, WORK_DIR, "*")]) if p not in keep and not p.startswith(records)
+    ]
     stale += _matches([posixpath.join(output_dir, p) for p in ("*.tar" + TMP_SUFFIX, MANIFEST, SIZES)])
     index = posixpath.join(output_dir, INDEX_DIR)
     if FileSystems.exists(index):
@@ -148,7 +151,7 @@ def prepare_output(output_dir: str, overwrite: bool, state: Optional[dict] = Non
 
 
 def _resume_or_complete(output_dir: str, state: dict, n_old: int) -> str:
-    from .verify import verify
+    from .output.verify import verify
 
     manifest = read_manifest(output_dir)
     saved = _read_state(output_dir)
@@ -160,18 +163,26 @@ def _resume_or_complete(output_dir: str, state: dict, n_old: int) -> str:
             if report.ok:
                 return "complete"
             if saved is None:
-                raise OutputExists(f"{output_dir} holds a build of this recipe that does not verify "
-                                   f"({report.problems[0]}); pass --overwrite to build it again")
+                raise OutputExists(
+                    f"{output_dir} holds a build of this recipe that does not verify "
+                    f"({report.problems[0]}); pass --overwrite to build it again"
+                )
         elif saved is None or _differs(saved, state):
-            raise OutputExists(f"{output_dir} holds a complete build of {why}; "
-                               "pass --overwrite to replace it, or choose another output directory")
+            raise OutputExists(
+                f"{output_dir} holds a complete build of {why}; "
+                "pass --overwrite to replace it, or choose another output directory"
+            )
     if saved is None:
-        raise OutputExists(f"{output_dir} already holds files ({n_old}) but no state of an interrupted build "
-                           "to resume; pass --overwrite to replace them")
+        raise OutputExists(
+            f"{output_dir} already holds files ({n_old}) but no state of an interrupted build "
+            "to resume; pass --overwrite to replace them"
+        )
     why = _differs(saved, state)
     if why is not None:
-        raise OutputExists(f"{output_dir} holds an interrupted build of {why}; the same command resumes it, "
-                           "--overwrite starts this one from nothing")
+        raise OutputExists(
+            f"{output_dir} holds an interrupted build of {why}; the same command resumes it, "
+            "--overwrite starts this one from nothing"
+        )
     return "resume"
 
 
@@ -191,7 +202,7 @@ def sample_web_for(recipe: Recipe):
     if not recipe.sample_web.enabled:
         yield None
         return
-    from .sample_web import SampleWeb
+    from .sample.web import SampleWeb
 
     with SampleWeb(recipe.sample_web.root, port=recipe.sample_web.port) as web:
         log.info("sample web serving %s at %s", recipe.sample_web.root, web.url)
@@ -221,10 +232,12 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
     output_dir = output_dir.rstrip("/")
     inputs = match_inputs(recipe.input.path)
     if recipe.input.corpus == "laion":
-        from .laion import build_laion as build
+        from .laion.pipeline import build_laion as build
+
         rows_in, kind = count_parquet_rows(inputs, recipe.input.limit), "row"
     else:
-        from .mmc4_pipeline import build_mmc4 as build
+        from .mmc4.pipeline import build_mmc4 as build
+
         rows_in, kind = None, "document"  # counting lines would read every shard twice
     state = build_state(recipe, inputs)
     mode = prepare_output(output_dir, overwrite, state)
@@ -236,15 +249,27 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
         return BuildResult.from_manifest(output_dir, recipe, read_manifest(output_dir))
     if recipe.clip.enabled:
         resolve_pretrained(recipe.clip)  # builds the tiny synthetic-world CLIP here, not in every worker
-    log.info("%s %s: %d input files -> %s", "resuming" if mode == "resume" else "building",
-             recipe.name, len(inputs), output_dir)
+    log.info(
+        "%s %s: %d input files -> %s",
+        "resuming" if mode == "resume" else "building",
+        recipe.name,
+        len(inputs),
+        output_dir,
+    )
     start = time.monotonic()
     with sample_web_for(recipe):
         options = pipeline_options(beam_args)
         with beam.Pipeline(runner=local_runner(options), options=options) as p:
             build(p, with_cpu_threads(recipe, options), inputs, output_dir)
-    result = collect(output_dir, recipe, rows_in, time.monotonic() - start, kind=kind,
-                     inputs=state["inputs"], resumed=mode == "resume")
+    result = collect(
+        output_dir,
+        recipe,
+        rows_in,
+        time.monotonic() - start,
+        kind=kind,
+        inputs=state["inputs"],
+        resumed=mode == "resume",
+    )
     if result.resumed:
         log.info("resumed: %d of %d shards were complete and kept", result.shards_skipped, len(result.shards))
     _remove_stale_tars(output_dir, result.shards)

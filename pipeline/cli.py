@@ -1,4 +1,5 @@
 """flamingo-corpus: build OpenFlamingo training corpora from LAION and MMC4 metadata."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,13 +8,16 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .paths import CHECKOUT_MANIFESTS
 from .recipe import RecipeError, load_recipe
 
-REPO_MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+REPO_MANIFESTS = CHECKOUT_MANIFESTS
 SAMPLE_RECIPES = [REPO_MANIFESTS / "sample-laion.yaml", REPO_MANIFESTS / "sample-mmc4.yaml"]
 
-RUNNER_OPTIONS_HELP = ("Beam pipeline options from a YAML file, e.g. manifests/runners/dataflow-gpu.yaml, or the "
-                       "name of one there (dataflow-gpu); Beam options on the command line win over the file's")
+RUNNER_OPTIONS_HELP = (
+    "Beam pipeline options from a YAML file, e.g. manifests/runners/dataflow-gpu.yaml, or the "
+    "name of one there (dataflow-gpu); Beam options on the command line win over the file's"
+)
 
 EPILOG_BUILD = """\
 Any further arguments are Beam pipeline options, for example:
@@ -27,7 +31,7 @@ or keep them in a file: --runner-options dataflow-gpu (manifests/runners/*.yaml;
 
 def _cmd_build(args, beam_args: List[str]) -> int:
     from .build import OutputExists, run_build, summary
-    from .runners import RunnerOptionsError, check_cluster_paths, runner_args
+    from .runners.options import RunnerOptionsError, check_cluster_paths, runner_args
 
     try:
         recipe = load_recipe(args.recipe)
@@ -43,7 +47,7 @@ def _cmd_build(args, beam_args: List[str]) -> int:
 
 def _cmd_sample(args, beam_args: List[str]) -> int:
     from .build import run_build, summary
-    from .runners import RunnerOptionsError, runner_args
+    from .runners.options import RunnerOptionsError, runner_args
 
     try:
         beam_args = runner_args(args.runner_options, beam_args)
@@ -59,7 +63,7 @@ def _cmd_sample(args, beam_args: List[str]) -> int:
 
 
 def _cmd_verify(args, beam_args: List[str]) -> int:
-    from .verify import verify
+    from .output.verify import verify
 
     report = verify(args.output_dir)
     print(report)
@@ -67,7 +71,7 @@ def _cmd_verify(args, beam_args: List[str]) -> int:
 
 
 def _cmd_tiny_clip(args, beam_args: List[str]) -> int:
-    from .tiny_clip import ensure_tiny_clip, metrics_path
+    from .sample.tiny_clip import ensure_tiny_clip, metrics_path
 
     path = ensure_tiny_clip(Path(args.cache_dir) if args.cache_dir else None)
     print(path)
@@ -76,7 +80,7 @@ def _cmd_tiny_clip(args, beam_args: List[str]) -> int:
 
 
 def _cmd_realign(args, beam_args: List[str]) -> int:
-    from .realign import realign_file
+    from .mmc4.realign import realign_file
 
     def report(line: int, error: str) -> None:
         print(f"{args.input}:{line}: {error}", file=sys.stderr)
@@ -91,15 +95,20 @@ def _cmd_realign(args, beam_args: List[str]) -> int:
 
 
 def _cmd_index_eval(args, beam_args: List[str]) -> int:
-    from .eval_index import EvalIndexError, build_index, parse_named
+    from .safety.eval_index import EvalIndexError, build_index, parse_named
 
     def report(path: str, why: str) -> None:
         print(f"{path}: unreadable, left out: {why}", file=sys.stderr)
 
     try:
         recipe = load_recipe(args.recipe) if args.recipe else None
-        result = build_index([parse_named(d) for d in args.folders], [parse_named(c) for c in args.captions or []],
-                             args.output, recipe, on_unreadable=report)
+        result = build_index(
+            [parse_named(d) for d in args.folders],
+            [parse_named(c) for c in args.captions or []],
+            args.output,
+            recipe,
+            on_unreadable=report,
+        )
     except (RecipeError, EvalIndexError, OSError) as e:
         print(f"flamingo-corpus: {e}", file=sys.stderr)
         return 2
@@ -110,13 +119,18 @@ def _cmd_index_eval(args, beam_args: List[str]) -> int:
 def _cmd_plan(args, beam_args: List[str]) -> int:
     import json
 
-    from .plan import Cluster, PlanError, format_plan, load_table, make_plan
+    from .runners.plan import Cluster, PlanError, format_plan, load_table, make_plan
 
     try:
         table = load_table(args.table)
-        plan = make_plan(load_recipe(args.recipe), args.rows,
-                         Cluster(args.workers, args.cores_per_worker, args.gpus_per_worker, args.gpu), table,
-                         images_per_document=args.images_per_document, mean_image_bytes=args.mean_image_bytes)
+        plan = make_plan(
+            load_recipe(args.recipe),
+            args.rows,
+            Cluster(args.workers, args.cores_per_worker, args.gpus_per_worker, args.gpu),
+            table,
+            images_per_document=args.images_per_document,
+            mean_image_bytes=args.mean_image_bytes,
+        )
     except (RecipeError, PlanError, OSError, ValueError) as e:
         print(f"flamingo-corpus: {e}", file=sys.stderr)
         return 2
@@ -125,8 +139,8 @@ def _cmd_plan(args, beam_args: List[str]) -> int:
 
 
 def _cmd_stats(args, beam_args: List[str]) -> int:
-    from .report import write_report
-    from .stats import StatsError
+    from .stats.compute import StatsError
+    from .stats.report import write_report
 
     try:
         head = write_report(args.output_dir, args.output, samples=args.samples, png_dir=args.png_dir)
@@ -140,7 +154,7 @@ def _cmd_stats(args, beam_args: List[str]) -> int:
 
 
 def _count(text: str) -> int:
-    from .plan import parse_count
+    from .runners.plan import parse_count
 
     try:
         return parse_count(text)
@@ -153,29 +167,46 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("build", help="run a build recipe", epilog=EPILOG_BUILD,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Read the recipe's input, download, filter, score and shard it into DIR.")
+    b = sub.add_parser(
+        "build",
+        help="run a build recipe",
+        epilog=EPILOG_BUILD,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read the recipe's input, download, filter, score and shard it into DIR.",
+    )
     b.add_argument("recipe", help="recipe YAML, e.g. manifests/laion2b-en.yaml")
     b.add_argument("--output", required=True, help="output directory (local path or gs://, s3://, hdfs:// URL)")
-    b.add_argument("--overwrite", action="store_true",
-                   help="replace what DIR holds and build from nothing (without it, the same command "
-                        "resumes an interrupted build in DIR, and a complete one is left as it is)")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what DIR holds and build from nothing (without it, the same command "
+        "resumes an interrupted build in DIR, and a complete one is left as it is)",
+    )
     b.add_argument("--runner-options", metavar="FILE", help=RUNNER_OPTIONS_HELP)
     b.set_defaults(func=_cmd_build)
 
-    s = sub.add_parser("sample", help="the local sample build (embedded web server, tiny CLIP)",
-                       epilog=EPILOG_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Build the bundled samples into OUTPUT/<corpus>, replacing earlier ones.")
-    s.add_argument("--recipe", action="append",
-                   help="a sample recipe; repeatable (default: manifests/sample-laion.yaml and sample-mmc4.yaml)")
+    s = sub.add_parser(
+        "sample",
+        help="the local sample build (embedded web server, tiny CLIP)",
+        epilog=EPILOG_BUILD,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build the bundled samples into OUTPUT/<corpus>, replacing earlier ones.",
+    )
+    s.add_argument(
+        "--recipe",
+        action="append",
+        help="a sample recipe; repeatable (default: manifests/sample-laion.yaml and sample-mmc4.yaml)",
+    )
     s.add_argument("--output", default="out/sample", help="output root (default: %(default)s)")
     s.add_argument("--runner-options", metavar="FILE", help=RUNNER_OPTIONS_HELP)
     s.set_defaults(func=_cmd_sample)
 
-    v = sub.add_parser("verify", help="check a build's output against its manifest and the tar contract",
-                       description="Every shard opens, matches its manifest size and sha256, follows the member "
-                                   "naming contract; counts agree with sizes.json and the index. Exit 1 otherwise.")
+    v = sub.add_parser(
+        "verify",
+        help="check a build's output against its manifest and the tar contract",
+        description="Every shard opens, matches its manifest size and sha256, follows the member "
+        "naming contract; counts agree with sizes.json and the index. Exit 1 otherwise.",
+    )
     v.add_argument("output_dir", metavar="DIR", help="a build's output directory (local or gs://, s3://, ...)")
     v.set_defaults(func=_cmd_verify)
 
@@ -183,68 +214,114 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", help="cache directory (default: $FLAMINGO_CORPUS_CACHE or ~/.cache/flamingo-corpus)")
     t.set_defaults(func=_cmd_tiny_clip)
 
-    r = sub.add_parser("realign", help="recompute MMC4 image-to-sentence assignments from the similarity matrices",
-                       description="Rewrite an MMC4 shard with every image's matched_text_index and matched_sim "
-                                   "recomputed (mmc4 v1.0 stored some wrong ones). Invalid lines are reported "
-                                   "on stderr and left out.")
+    r = sub.add_parser(
+        "realign",
+        help="recompute MMC4 image-to-sentence assignments from the similarity matrices",
+        description="Rewrite an MMC4 shard with every image's matched_text_index and matched_sim "
+        "recomputed (mmc4 v1.0 stored some wrong ones). Invalid lines are reported "
+        "on stderr and left out.",
+    )
     r.add_argument("input", help="MMC4 shard: .jsonl, or .zip / .jsonl.zip with one jsonl inside")
     r.add_argument("output", help="output .jsonl (local path or gs://, s3:// URL)")
-    r.add_argument("--leftover", choices=("argmax", "drop"), default="argmax",
-                   help="images left over when there are more images than sentences: put them with their "
-                        "most similar sentence (mmc4) or remove them from the document, as the OpenFlamingo "
-                        "loader leaves them out (default: %(default)s)")
+    r.add_argument(
+        "--leftover",
+        choices=("argmax", "drop"),
+        default="argmax",
+        help="images left over when there are more images than sentences: put them with their "
+        "most similar sentence (mmc4) or remove them from the document, as the OpenFlamingo "
+        "loader leaves them out (default: %(default)s)",
+    )
     r.set_defaults(func=_cmd_realign)
 
-    e = sub.add_parser("index-eval", help="index evaluation images and captions for decontamination",
-                       description="Perceptual hashes (and, with --recipe, CLIP embeddings) of every image under "
-                                   "the folders, and normalised captions, in one parquet file that a recipe's "
-                                   "decontamination.index names. Unreadable images are reported and left out.")
-    e.add_argument("folders", nargs="+", metavar="DIR",
-                   help="folder of eval images (local or fsspec URL); the eval set is named after the folder, "
-                        "or NAME=DIR")
+    e = sub.add_parser(
+        "index-eval",
+        help="index evaluation images and captions for decontamination",
+        description="Perceptual hashes (and, with --recipe, CLIP embeddings) of every image under "
+        "the folders, and normalised captions, in one parquet file that a recipe's "
+        "decontamination.index names. Unreadable images are reported and left out.",
+    )
+    e.add_argument(
+        "folders",
+        nargs="+",
+        metavar="DIR",
+        help="folder of eval images (local or fsspec URL); the eval set is named after the folder, or NAME=DIR",
+    )
     e.add_argument("--output", required=True, help="the index file to write, e.g. eval.index")
-    e.add_argument("--captions", action="append", metavar="FILE",
-                   help="caption file, repeatable, NAME=FILE allowed: COCO annotations json, Karpathy split json, "
-                        "jsonl with a 'caption' field, or .txt one per line")
+    e.add_argument(
+        "--captions",
+        action="append",
+        metavar="FILE",
+        help="caption file, repeatable, NAME=FILE allowed: COCO annotations json, Karpathy split json, "
+        "jsonl with a 'caption' field, or .txt one per line",
+    )
     how = e.add_mutually_exclusive_group()
-    how.add_argument("--recipe", help="embed images with this recipe's clip section (and its image settings), "
-                                      "so its builds can match by CLIP cosine")
+    how.add_argument(
+        "--recipe",
+        help="embed images with this recipe's clip section (and its image settings), "
+        "so its builds can match by CLIP cosine",
+    )
     how.add_argument("--no-clip", action="store_true", help="perceptual hashes only (the default)")
     e.set_defaults(func=_cmd_index_eval)
 
-    pl = sub.add_parser("plan", help="what a build of N rows would take: worker-hours, GPU-hours, wall-clock, bytes",
-                        description="Scale the measured per-stage throughputs (pipeline/assets/measured.json) to N input rows "
-                                    "(LAION) or documents (MMC4) of RECIPE on a cluster: core-hours and GPU-hours of "
-                                    "each stage, wall-clock, worker-hours, bytes downloaded and written, and the "
-                                    "bottleneck. Prints figures; runs nothing.")
+    pl = sub.add_parser(
+        "plan",
+        help="what a build of N rows would take: worker-hours, GPU-hours, wall-clock, bytes",
+        description="Scale the measured per-stage throughputs (pipeline/assets/measured.json) to N input rows "
+        "(LAION) or documents (MMC4) of RECIPE on a cluster: core-hours and GPU-hours of "
+        "each stage, wall-clock, worker-hours, bytes downloaded and written, and the "
+        "bottleneck. Prints figures; runs nothing.",
+    )
     pl.add_argument("recipe", help="recipe YAML: which stages run (CLIP model, near dedup, MMC4 documents)")
-    pl.add_argument("--rows", required=True, type=_count, metavar="N",
-                    help="input rows (LAION) or documents (MMC4): 2300000000, 2.3e9 or 2.3B")
+    pl.add_argument(
+        "--rows",
+        required=True,
+        type=_count,
+        metavar="N",
+        help="input rows (LAION) or documents (MMC4): 2300000000, 2.3e9 or 2.3B",
+    )
     pl.add_argument("--workers", type=int, default=100, help="worker machines (default: %(default)s)")
     pl.add_argument("--cores-per-worker", type=int, default=16, help="vCPUs per worker (default: %(default)s)")
-    pl.add_argument("--gpus-per-worker", type=int, default=1,
-                    help="GPUs per worker; 0 runs CLIP on the CPUs (default: %(default)s)")
-    pl.add_argument("--gpu", default="h200", help="GPU kind of the table's 'gpus': h200 (measured), h100, l4 "
-                                                  "(default: %(default)s)")
-    pl.add_argument("--images-per-document", type=float, metavar="X",
-                    help="MMC4 images per document (default: the table's, 5.7 as in full MMC4)")
-    pl.add_argument("--mean-image-bytes", type=float, metavar="B",
-                    help="mean bytes of a downloaded image (default: the table's assumption, 100 kB)")
+    pl.add_argument(
+        "--gpus-per-worker", type=int, default=1, help="GPUs per worker; 0 runs CLIP on the CPUs (default: %(default)s)"
+    )
+    pl.add_argument(
+        "--gpu", default="h200", help="GPU kind of the table's 'gpus': h200 (measured), h100, l4 (default: %(default)s)"
+    )
+    pl.add_argument(
+        "--images-per-document",
+        type=float,
+        metavar="X",
+        help="MMC4 images per document (default: the table's, 5.7 as in full MMC4)",
+    )
+    pl.add_argument(
+        "--mean-image-bytes",
+        type=float,
+        metavar="B",
+        help="mean bytes of a downloaded image (default: the table's assumption, 100 kB)",
+    )
     pl.add_argument("--table", metavar="FILE", help="throughput table (default: pipeline/assets/measured.json)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=_cmd_plan)
 
-    st = sub.add_parser("stats", help="dataset statistics of a build as one self-contained HTML file",
-                        description="Filter funnel, CLIP similarity, image sizes, caption/sentence lengths, "
-                                    "languages, MMC4 document shapes, duplicates, download errors, shards and sample "
-                                    "images, computed from the build's manifest.json and index (the sample images "
-                                    "and MMC4 sentences read a few tar members), in one HTML file with the plots "
-                                    "embedded. The notebooks under notebooks/ show the same.")
+    st = sub.add_parser(
+        "stats",
+        help="dataset statistics of a build as one self-contained HTML file",
+        description="Filter funnel, CLIP similarity, image sizes, caption/sentence lengths, "
+        "languages, MMC4 document shapes, duplicates, download errors, shards and sample "
+        "images, computed from the build's manifest.json and index (the sample images "
+        "and MMC4 sentences read a few tar members), in one HTML file with the plots "
+        "embedded. The notebooks under notebooks/ show the same.",
+    )
     st.add_argument("output_dir", metavar="DIR", help="a build's output directory (local or gs://, s3://, ...)")
     st.add_argument("--output", required=True, help="the HTML file to write, e.g. report.html")
-    st.add_argument("--samples", type=int, default=12, metavar="N",
-                    help="sample images in the grid, read from the first members of a few shards; 0 for none "
-                         "(default: %(default)s)")
+    st.add_argument(
+        "--samples",
+        type=int,
+        default=12,
+        metavar="N",
+        help="sample images in the grid, read from the first members of a few shards; 0 for none "
+        "(default: %(default)s)",
+    )
     st.add_argument("--png-dir", metavar="FOLDER", help="also write every figure as FOLDER/<name>.png")
     st.set_defaults(func=_cmd_stats)
     return ap
@@ -254,8 +331,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, rest = parser().parse_known_args(argv)
     if rest and args.command not in ("build", "sample"):  # only builds take Beam options
         parser().error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("apache_beam", "urllib3", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return args.func(args, rest)

@@ -3,6 +3,7 @@
 Beam's metrics reach the launcher only when a stage finishes on the DirectRunner, so each worker
 logs its own counts every ``every_s`` seconds: a person watching a long build sees it move.
 """
+
 from __future__ import annotations
 
 import logging

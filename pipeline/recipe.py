@@ -5,6 +5,7 @@ where there is one (see DESIGN.md section 8).  Unknown keys are an error that na
 it was found and which keys are allowed: a typo in a recipe must never silently fall back to a
 default on a billion-row run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -150,9 +151,9 @@ class DedupConfig:
 
 @dataclass(frozen=True)
 class SafetyConfig:
-    blocklist: Optional[str] = None  # removal list (filters/blocklist.py format), any Beam filesystem
+    blocklist: Optional[str] = None  # removal list (filters/removal_list.py format), any Beam filesystem
     blocklist_phash_distance: int = 4  # images this close to a listed phash are removed too
-    nsfw_head: Optional[str] = None  # classifier head on CLIP image embeddings (.npz, see pipeline/nsfw.py)
+    nsfw_head: Optional[str] = None  # classifier head on CLIP image embeddings (.npz, see pipeline/safety/nsfw.py)
     max_nsfw: float = 0.5  # drop images the head scores above; rows with a punsafe value use that instead
 
 
@@ -262,7 +263,7 @@ def _check_scalar(value: Any, tp: Any, where: str) -> Any:
 # Keys earlier versions accepted, with what replaced them: named in the error, not just "unknown".
 _REMOVED = {
     "shard.chunk_rows": "shards now follow the input, one shard per samples_per_shard input rows; "
-                        "delete the key (and size shards with samples_per_shard)",
+    "delete the key (and size shards with samples_per_shard)",
 }
 
 
@@ -362,7 +363,8 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
         ),
         clip=dataclasses.replace(clip, model_config=fix(clip.model_config)),
         sample_web=dataclasses.replace(recipe.sample_web, root=fix(recipe.sample_web.root)),
-        safety=dataclasses.replace(recipe.safety, blocklist=fix(recipe.safety.blocklist),
-                                   nsfw_head=fix(recipe.safety.nsfw_head)),
+        safety=dataclasses.replace(
+            recipe.safety, blocklist=fix(recipe.safety.blocklist), nsfw_head=fix(recipe.safety.nsfw_head)
+        ),
         decontamination=dataclasses.replace(recipe.decontamination, index=fix(recipe.decontamination.index)),
     )

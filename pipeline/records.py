@@ -10,6 +10,7 @@ its position in ``doc_id`` / ``position``, a LAION row leaves them empty; an MMC
 Sample with a caption and no URL, and an assembled MMC4 document is a Sample whose ``document``
 holds the output JSON.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -96,15 +97,40 @@ class IndexRow:
     nsfw: Optional[float] = None
 
     @classmethod
-    def from_sample(cls, s: Sample, status: str, reason: Optional[str] = None, *, stage: Optional[str] = None,
-                    detail: Optional[str] = None, **extra) -> "IndexRow":
+    def from_sample(
+        cls,
+        s: Sample,
+        status: str,
+        reason: Optional[str] = None,
+        *,
+        stage: Optional[str] = None,
+        detail: Optional[str] = None,
+        **extra,
+    ) -> "IndexRow":
         return cls(
-            id=s.id, source_index=s.source_index, row=s.row, status=status, kind=s.kind, reason=reason, detail=detail,
-            stage=stage, url=s.url, caption=s.caption, doc_id=s.doc_id, position=s.position,
-            language=s.language, original_width=s.original_width, original_height=s.original_height,
-            width=s.width, height=s.height,
+            id=s.id,
+            source_index=s.source_index,
+            row=s.row,
+            status=status,
+            kind=s.kind,
+            reason=reason,
+            detail=detail,
+            stage=stage,
+            url=s.url,
+            caption=s.caption,
+            doc_id=s.doc_id,
+            position=s.position,
+            language=s.language,
+            original_width=s.original_width,
+            original_height=s.original_height,
+            width=s.width,
+            height=s.height,
             bytes=len(s.image_bytes) if s.image_bytes is not None else None,
-            similarity=s.similarity, sha256=s.sha256, phash=s.phash, nsfw=s.nsfw, **extra,
+            similarity=s.similarity,
+            sha256=s.sha256,
+            phash=s.phash,
+            nsfw=s.nsfw,
+            **extra,
         )
 
     def as_dict(self) -> dict:

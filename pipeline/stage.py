@@ -4,6 +4,7 @@ A stage's DoFn yields a ``Sample`` to pass it on, or ``drop(sample, reason)`` to
 reason.  ``apply_with_drops`` wires the two outputs so a composite stage reads as one line, and
 counts both in Beam metrics (visible in the runner's UI and in the build summary).
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, NamedTuple, Optional, Tuple
@@ -43,6 +44,7 @@ class _KeepFirst(beam.DoFn):
 class DedupRule(NamedTuple):
     """An exact dedup: samples with equal ``key`` are duplicates; the first by ``order`` (a total
     order) is kept, the others are dropped with ``reason`` at ``stage``."""
+
     key: Callable[[Sample], str]
     order: Callable[[Sample], tuple]
     reason: str
@@ -60,8 +62,7 @@ class KeepOnePerKey(beam.PTransform):
 
     def expand(self, samples):
         key = self.key
-        grouped = (samples | "Key" >> beam.Map(lambda s: (key(s), s))
-                   | "Group" >> beam.GroupByKey())
+        grouped = samples | "Key" >> beam.Map(lambda s: (key(s), s)) | "Group" >> beam.GroupByKey()
         return apply_with_drops(grouped, "Keep first", _KeepFirst(self.order, self.reason, self.stage))
 
 

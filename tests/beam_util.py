@@ -1,4 +1,5 @@
 """Running a small Beam graph in-process and getting its PCollections back as lists."""
+
 from __future__ import annotations
 
 import uuid
@@ -9,7 +10,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline.local_runner import local_runner
+from flamingo_corpus.runners.local import local_runner
 
 # The in-process DirectRunner runs DoFns in this interpreter; a module-level sink is shared by
 # reference (functions defined at module level are pickled by name), a closure would be copied.
@@ -21,7 +22,7 @@ def _collect(run_id: str, name: str, values) -> None:
 
 
 def local_pipeline(options: Optional[PipelineOptions] = None) -> TestPipeline:
-    """A TestPipeline on the runner local builds use (the FnApiRunner, see pipeline.local_runner),
+    """A TestPipeline on the runner local builds use (the FnApiRunner, see flamingo_corpus.runners.local),
     not the DirectRunner, which would first try to download its Prism runner from GitHub."""
     options = options if options is not None else PipelineOptions([])
     return TestPipeline(runner=local_runner(options), options=options)
@@ -33,6 +34,9 @@ def run_collect(build) -> dict:
     with local_pipeline() as p:
         outputs = build(p)
         for name, pcoll in outputs.items():
-            (pcoll | f"All {name}" >> beam.combiners.ToList()
-             | f"Collect {name}" >> beam.Map(lambda xs, n=name: _collect(run_id, n, xs)))
+            (
+                pcoll
+                | f"All {name}" >> beam.combiners.ToList()
+                | f"Collect {name}" >> beam.Map(lambda xs, n=name: _collect(run_id, n, xs))
+            )
     return {name: _SINKS.pop((run_id, name), []) for name in outputs}

@@ -1,4 +1,5 @@
 """Shared fixtures: the tiny CLIP (trained once per machine) and the sample build."""
+
 from __future__ import annotations
 
 import os
@@ -24,14 +25,14 @@ def real_lines() -> list:
 @pytest.fixture(scope="session")
 def tiny_clip_checkpoint() -> Path:
     """The tiny CLIP checkpoint in the default cache (trained on first use, then reused)."""
-    from pipeline.tiny_clip import ensure_tiny_clip
+    from flamingo_corpus.sample.tiny_clip import ensure_tiny_clip
 
     return ensure_tiny_clip()
 
 
 @pytest.fixture(scope="session")
 def sample_recipe():
-    from pipeline.recipe import load_recipe
+    from flamingo_corpus.recipe import load_recipe
 
     return load_recipe(SAMPLE_RECIPE)
 
@@ -39,7 +40,7 @@ def sample_recipe():
 @pytest.fixture(scope="session")
 def sample_build(tmp_path_factory, tiny_clip_checkpoint, sample_recipe):
     """The local sample build, run once for the whole session on the in-process DirectRunner."""
-    from pipeline.build import run_build
+    from flamingo_corpus.build import run_build
 
     out = tmp_path_factory.mktemp("sample") / "laion"
     result = run_build(sample_recipe, str(out))
@@ -48,7 +49,7 @@ def sample_build(tmp_path_factory, tiny_clip_checkpoint, sample_recipe):
 
 @pytest.fixture(scope="session")
 def mmc4_recipe():
-    from pipeline.recipe import load_recipe
+    from flamingo_corpus.recipe import load_recipe
 
     return load_recipe(REPO / "manifests" / "sample-mmc4.yaml")
 
@@ -56,7 +57,7 @@ def mmc4_recipe():
 @pytest.fixture(scope="session")
 def mmc4_build(tmp_path_factory, tiny_clip_checkpoint, mmc4_recipe):
     """The MMC4 sample build, run once for the session."""
-    from pipeline.build import run_build
+    from flamingo_corpus.build import run_build
 
     out = tmp_path_factory.mktemp("sample") / "mmc4"
     result = run_build(mmc4_recipe, str(out))

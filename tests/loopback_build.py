@@ -1,4 +1,5 @@
 """A small LAION build over pictures the test makes, served from a loopback web server."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.build import run_build
-from pipeline.manifest import BuildResult
-from pipeline.recipe import recipe_from_dict
-from pipeline.sample_web import SampleWeb
+from flamingo_corpus.build import run_build
+from flamingo_corpus.output.manifest import BuildResult
+from flamingo_corpus.recipe import recipe_from_dict
+from flamingo_corpus.sample.web import SampleWeb
 
 BASE_RECIPE = {
     "name": "loopback",
@@ -45,14 +46,21 @@ def serve_rows(tmp_path: Path, files: Dict[str, bytes]) -> Iterator[SampleWeb]:
     for name, data in files.items():
         (web / name).write_bytes(data)
     with SampleWeb(web) as server:
-        pq.write_table(pa.table({"URL": [f"{server.url}/{n}" for n in files],
-                                 "TEXT": [f"picture number {i} of the test" for i in range(len(files))]}),
-                       tmp_path / "rows.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "URL": [f"{server.url}/{n}" for n in files],
+                    "TEXT": [f"picture number {i} of the test" for i in range(len(files))],
+                }
+            ),
+            tmp_path / "rows.parquet",
+        )
         yield server
 
 
-def build_over_loopback(tmp_path: Path, files: Dict[str, bytes], recipe: dict,
-                        prepare: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, dict], BuildResult]:
+def build_over_loopback(
+    tmp_path: Path, files: Dict[str, bytes], recipe: dict, prepare: Optional[Callable[[str], None]] = None
+) -> Tuple[Dict[str, dict], BuildResult]:
     """Serve ``files``, build one row per file with ``recipe`` over BASE_RECIPE (sections merged),
     and return the index rows by file name with the build result.  ``prepare(server_url)`` runs
     before the build (to write a file that names the server's URLs); relative recipe paths

@@ -13,6 +13,7 @@ weights' own dtype (open_clip's ``pure_bf16``/``pure_fp16``), not autocast, so n
 re-casts the weights; ``benchmarks/clip_throughput.py`` measures both.  The CPU path is unchanged:
 fp32 weights, PIL decode and geometry on the thread pool.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,11 +29,11 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
 
-from .clip_preprocess import SplitPreprocess, gpu_decodable
+from .preprocess import SplitPreprocess, gpu_decodable
 
 if TYPE_CHECKING:  # torch is imported lazily: Beam launchers need not load it
     import torch
-from .recipe import ClipConfig
+from ..recipe import ClipConfig
 
 log = logging.getLogger(__name__)
 SYNTHETIC_TAG = "synthetic-world"
@@ -64,7 +65,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
 def resolve_pretrained(cfg: ClipConfig) -> Optional[str]:
     """The pretrained argument open_clip gets: a tag, a path, or the tiny model's checkpoint."""
-    from . import tiny_clip
+    from ..sample import tiny_clip
 
     if cfg.model == tiny_clip.TINY_MODEL_NAME:
         tiny_clip.register_tiny_config()
@@ -174,7 +175,7 @@ class ClipModel:
         with torch.inference_mode():
             for start in range(0, n, chunk):
                 with torch.cuda.stream(side):
-                    pixels = self._device_pixels(encoded[start:start + chunk], side)
+                    pixels = self._device_pixels(encoded[start : start + chunk], side)
                 compute.wait_stream(side)
                 pixels.record_stream(compute)
                 with self._autocast():
@@ -269,8 +270,10 @@ class ClipModel:
 
         if not self.on_cuda or self.split is None:
             if self.gpu_decode:
-                log.warning("GPU decode asked for but the model is on %s or its transform is unusual; "
-                            "decoding on the CPU", self.device)
+                log.warning(
+                    "GPU decode asked for but the model is on %s or its transform is unusual; decoding on the CPU",
+                    self.device,
+                )
             return False
         from PIL import Image
 
@@ -278,8 +281,9 @@ class ClipModel:
         Image.new("RGB", (16, 16), (200, 100, 50)).save(buf, format="JPEG")
         image = self._decode_jpegs([buf.getvalue()], torch.device(self.device))[0]
         if image is None or tuple(image.shape) != (3, 16, 16):
-            log.warning("nvJPEG is not usable here (torchvision %s); decoding on the CPU",
-                        __import__("torchvision").__version__)
+            log.warning(
+                "nvJPEG is not usable here (torchvision %s); decoding on the CPU", __import__("torchvision").__version__
+            )
             return False
         return True
 
@@ -309,7 +313,7 @@ def _fixed_size(forward, batch, size: Optional[int]):
     if size is None:
         return forward(batch)
     if len(batch) > size:
-        return torch.cat([_fixed_size(forward, batch[i:i + size], size) for i in range(0, len(batch), size)])
+        return torch.cat([_fixed_size(forward, batch[i : i + size], size) for i in range(0, len(batch), size)])
     n = len(batch)
     if n < size:
         batch = torch.cat([batch, batch[-1:].expand(size - n, *batch.shape[1:])])
@@ -338,11 +342,19 @@ def load_clip(cfg: ClipConfig, *, lowp: str = CUDA_LOWP, gpu_decode: Optional[bo
         # processes (or worker threads) on one machine that oversubscribes the cores several times.
         torch.set_num_threads(cfg.cpu_threads)
     log.info("loading CLIP %s (%s) on %s, %s (weights %s)", cfg.model, pretrained, device, precision, weights)
-    model, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained, device=device,
-                                                                 precision=weights)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        cfg.model, pretrained=pretrained, device=device, precision=weights
+    )
     model.eval()
-    return ClipModel(model, preprocess, open_clip.get_tokenizer(cfg.model), device, precision,
-                     compile=cfg.compile, gpu_decode=gpu_decode)
+    return ClipModel(
+        model,
+        preprocess,
+        open_clip.get_tokenizer(cfg.model),
+        device,
+        precision,
+        compile=cfg.compile,
+        gpu_decode=gpu_decode,
+    )
 
 
 def _compiled(forward):

@@ -17,6 +17,7 @@ The transform is Resize -> CenterCrop -> RGB -> ToTensor -> Normalize.  Two ways
 ``gpu_decodable`` says from a JPEG's header whether nvJPEG can take it, so that PNGs, CMYK or
 12-bit JPEGs go to PIL instead of failing (and with them the whole batched decode).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
@@ -133,8 +134,10 @@ class SplitPreprocess:
         if key not in self._constants:
             mean = torch.tensor(self.mean, dtype=torch.float64)
             std = torch.tensor(self.std, dtype=torch.float64)
-            self._constants[key] = ((1.0 / (255.0 * std)).float().view(1, 3, 1, 1).to(device),
-                                    (-mean / std).float().view(1, 3, 1, 1).to(device))
+            self._constants[key] = (
+                (1.0 / (255.0 * std)).float().view(1, 3, 1, 1).to(device),
+                (-mean / std).float().view(1, 3, 1, 1).to(device),
+            )
         return self._constants[key]
 
 
@@ -182,14 +185,18 @@ def gpu_decodable(data: bytes, min_side: int = 0) -> bool:
         length = (data[pos + 2] << 8) | data[pos + 3]
         if length < 2 or pos + 2 + length > n:
             return False
-        segment = data[pos + 4:pos + 2 + length]
+        segment = data[pos + 4 : pos + 2 + length]
         if marker == 0xEE and segment[:5] == b"Adobe" and len(segment) >= 12:
             adobe_transform = segment[11]
         if marker in _ALL_SOF:
             if marker not in _NVJPEG_SOF or len(segment) < 6:
                 return False
-            precision, height, width, components = segment[0], (segment[1] << 8) | segment[2], \
-                (segment[3] << 8) | segment[4], segment[5]
+            precision, height, width, components = (
+                segment[0],
+                (segment[1] << 8) | segment[2],
+                (segment[3] << 8) | segment[4],
+                segment[5],
+            )
             if precision != 8 or height == 0 or width == 0 or components not in (1, 3):
                 return False
             if min(height, width) < min_side:

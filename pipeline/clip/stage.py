@@ -4,6 +4,7 @@ Inference runs through Beam's RunInference with a ModelHandler for open_clip: Be
 elements, loads the model once per worker process (once per machine when the model is shared
 across processes, as on a GPU worker) and reports inference metrics.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Optional, Sequence
@@ -11,12 +12,11 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from filters import image as image_filter
-
-from .clip_model import ClipModel, load_clip, texts_of
-from .recipe import ClipConfig
-from .records import Sample
-from .stage import apply_with_drops, drop
+from ..filters import image as image_filter
+from ..recipe import ClipConfig
+from ..records import Sample
+from ..stage import apply_with_drops, drop
+from .model import ClipModel, load_clip, texts_of
 
 STAGE = "clip"
 # Batched float32 inference differs in the last bits with the batch's composition (which the
@@ -43,14 +43,15 @@ class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
     def load_model(self) -> ClipModel:
         return load_clip(self.cfg)
 
-    def run_inference(self, batch: Sequence[Sample], model: ClipModel,
-                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[Sample]:
+    def run_inference(
+        self, batch: Sequence[Sample], model: ClipModel, inference_args: Optional[Dict[str, Any]] = None
+    ) -> Iterable[Sample]:
         with_image = [i for i, s in enumerate(batch) if s.image_bytes is not None]
         with_text = [i for i, s in enumerate(batch) if s.caption is not None]
-        image_emb = dict(zip(with_image, model.embed_encoded([batch[i].image_bytes for i in with_image])
-                             if with_image else []))
-        text_emb = dict(zip(with_text, model.embed_texts(texts_of([batch[i] for i in with_text]))
-                            if with_text else []))
+        image_emb = dict(
+            zip(with_image, model.embed_encoded([batch[i].image_bytes for i in with_image]) if with_image else [])
+        )
+        text_emb = dict(zip(with_text, model.embed_texts(texts_of([batch[i] for i in with_text])) if with_text else []))
         out = []
         for i, s in enumerate(batch):
             img, txt = image_emb.get(i), text_emb.get(i)
@@ -65,7 +66,7 @@ class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
         # One copy of a GPU model per machine, shared by the SDK worker processes.  Beam asks on
         # the worker when it loads the model, so "auto" is resolved there, where the GPU is (the
         # launcher that built the pipeline may have none).
-        from .clip_model import resolve_device
+        from .model import resolve_device
 
         return resolve_device(self.cfg.device).startswith("cuda")
 

@@ -3,12 +3,13 @@
 The representative is deterministic, whatever order the runner delivers the group in: highest
 CLIP similarity first, then the smallest input position.
 """
+
 from __future__ import annotations
 
 import apache_beam as beam
 
-from .records import Sample
-from .stage import DedupRule, KeepOnePerKey, input_order
+from ..records import Sample
+from ..stage import DedupRule, KeepOnePerKey, input_order
 
 STAGE = "dedup"
 

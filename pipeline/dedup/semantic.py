@@ -16,6 +16,7 @@ centroids reach the workers as a side input; clusters are formed with a GroupByK
 embedding, rank key) only, never the image bytes; the decisions, which can be many (SemDeDup
 removed half of LAION-440M), are joined back with a CoGroupByKey rather than a side input.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,9 @@ import apache_beam as beam
 import numpy as np
 from scipy.cluster.vq import kmeans2
 
-from .dedup import representative_order
-from .records import Sample
-from .stage import apply_with_drops, drop
+from ..records import Sample
+from ..stage import apply_with_drops, drop
+from .exact import representative_order
 
 STAGE = "sem_dedup"
 REASON = "semantic_duplicate"
@@ -37,6 +38,7 @@ _KMEANS_SEED = 0
 
 
 # --- pure functions ---------------------------------------------------------------------------
+
 
 def stable_hash(text: str) -> int:
     """A 64-bit hash of a string that is the same in every process (Python's hash() is salted)."""
@@ -96,8 +98,9 @@ def cluster_duplicates(ids: Sequence[str], embeddings: np.ndarray, max_similarit
     return out
 
 
-def semantic_duplicates(members: Iterable[Tuple[str, np.ndarray, tuple]], centroids: np.ndarray,
-                        max_similarity: float) -> Dict[str, str]:
+def semantic_duplicates(
+    members: Iterable[Tuple[str, np.ndarray, tuple]], centroids: np.ndarray, max_similarity: float
+) -> Dict[str, str]:
     """The whole stage in memory (for tests and small runs): id -> kept id of every duplicate."""
     clusters: Dict[int, list] = {}
     for member in members:
@@ -114,6 +117,7 @@ def _decide_cluster(members: List[tuple], max_similarity: float) -> Dict[str, st
 
 
 # --- Beam -------------------------------------------------------------------------------------
+
 
 def _member(s: Sample):
     """(id, embedding, rank key) of a sample with an image embedding."""
@@ -165,14 +169,17 @@ class DedupSemantic(beam.PTransform):
 
     def expand(self, samples):
         members = samples | "Embeddings" >> beam.FlatMap(_member)
-        centroids = (members
-                     | "Fit subset" >> beam.combiners.Top.Of(self.fit_rows, key=lambda m: stable_hash(m[0]),
-                                                             reverse=True)
-                     | "Fit k-means" >> beam.Map(_fit, self.n_clusters))
-        kept_as = (members
-                   | "Nearest centroid" >> beam.Map(_assign, beam.pvalue.AsSingleton(centroids))
-                   | "Group by cluster" >> beam.GroupByKey()
-                   | "Duplicates in cluster" >> beam.FlatMap(_cluster_decisions, self.max_similarity))
+        centroids = (
+            members
+            | "Fit subset" >> beam.combiners.Top.Of(self.fit_rows, key=lambda m: stable_hash(m[0]), reverse=True)
+            | "Fit k-means" >> beam.Map(_fit, self.n_clusters)
+        )
+        kept_as = (
+            members
+            | "Nearest centroid" >> beam.Map(_assign, beam.pvalue.AsSingleton(centroids))
+            | "Group by cluster" >> beam.GroupByKey()
+            | "Duplicates in cluster" >> beam.FlatMap(_cluster_decisions, self.max_similarity)
+        )
         by_id = samples | "Key by id" >> beam.Map(lambda s: (s.id, s))
         joined = {"sample": by_id, "kept_as": kept_as} | "Join decisions" >> beam.CoGroupByKey()
         return apply_with_drops(joined, "Drop semantic duplicates", _Decide(self.stage))

@@ -37,6 +37,7 @@ the address pinning must prevent, and it reads a redirect's whole body to prepar
 The fetcher uses urllib3's connection pools, TLS and HTTP parsing as they are, and adds a
 connection class that connects to the checked addresses (``_PinnedHTTPConnection``).
 """
+
 from __future__ import annotations
 
 import collections
@@ -76,7 +77,7 @@ REASONS: dict[str, str] = {
     "bad_url": "the URL is empty, None, not a string, unparsable, relative or has no host",
     "bad_scheme": "the scheme of the URL or of a redirect target is not allowed (file:, ftp:, data:, ...)",
     "private_address": "the host resolves to a private, loopback, link-local, reserved, multicast or "
-                       "unspecified address (only when allow_private is off)",
+    "unspecified address (only when allow_private is off)",
     "dns_error": "the host name does not resolve",
     "dns_timeout": "resolving the host name took longer than timeout_s (not retried)",
     "connect_error": "no connection could be made: refused, unreachable, or the TLS handshake failed",
@@ -107,11 +108,9 @@ _RESOLVER_THREADS = 16
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # ipaddress flags that make an address unfit for fetching from the public web.
-_FORBIDDEN_FLAGS = ("is_private", "is_loopback", "is_link_local", "is_reserved", "is_multicast",
-                    "is_unspecified")
+_FORBIDDEN_FLAGS = ("is_private", "is_loopback", "is_link_local", "is_reserved", "is_multicast", "is_unspecified")
 # X-Robots-Tag directives that take a "name: value" form and therefore are not user-agent names.
-_VALUED_ROBOTS_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview",
-                                       "max-video-preview"})
+_VALUED_ROBOTS_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 # Everything urllib3, http.client or sockets raise for network or input trouble.
 _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError)
 
@@ -164,8 +163,9 @@ class FetchResult:
 class _Drop(Exception):
     """Ends a fetch (or, when ``transient``, one try of it) with a reason token."""
 
-    def __init__(self, reason: str, detail: str, *, transient: Optional[bool] = None,
-                 retry_after: Optional[float] = None):
+    def __init__(
+        self, reason: str, detail: str, *, transient: Optional[bool] = None, retry_after: Optional[float] = None
+    ):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
@@ -196,13 +196,18 @@ class _Progress:
     status: Optional[int] = None
     content_type: Optional[str] = None
 
-    def result(self, started: float, data: Optional[bytes] = None,
-               drop: Optional[_Drop] = None) -> FetchResult:
+    def result(self, started: float, data: Optional[bytes] = None, drop: Optional[_Drop] = None) -> FetchResult:
         """The result of the fetch: ``data`` when it succeeded, else ``drop``."""
         return FetchResult(
-            ok=drop is None, data=data, content_type=self.content_type, status=self.status,
-            reason=drop.reason if drop else None, detail=drop.detail if drop else None,
-            attempts=self.attempts, final_url=self.url, elapsed_s=time.monotonic() - started,
+            ok=drop is None,
+            data=data,
+            content_type=self.content_type,
+            status=self.status,
+            reason=drop.reason if drop else None,
+            detail=drop.detail if drop else None,
+            attempts=self.attempts,
+            final_url=self.url,
+            elapsed_s=time.monotonic() - started,
         )
 
 
@@ -379,6 +384,7 @@ def _redirect_location(response: urllib3.HTTPResponse) -> Optional[str]:
 
 # -- the connection: pinned addresses, bounded reads, framing checks ----------------------------
 
+
 class _BodyResponse(http.client.HTTPResponse):
     """http.client's response, keeping its socket so that the fetcher can bound each read by the
     time left, and telling whether more bytes came than the Content-Length announced.
@@ -440,15 +446,20 @@ class _Pinned:
         for address in self.addresses:
             try:
                 return urllib3_connection.create_connection(
-                    (address, self.port), self.timeout, source_address=self.source_address,
-                    socket_options=self.socket_options)
+                    (address, self.port),
+                    self.timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
             except socket.timeout as exc:
                 raise urllib3.exceptions.ConnectTimeoutError(
-                    self, f"connecting to {self.host} ({address}) timed out after {self.timeout}s") from exc
+                    self, f"connecting to {self.host} ({address}) timed out after {self.timeout}s"
+                ) from exc
             except OSError as exc:
                 error = exc
         raise urllib3.exceptions.NewConnectionError(
-            self, f"cannot connect to {self.host} ({', '.join(self.addresses)}): {error}") from error
+            self, f"cannot connect to {self.host} ({', '.join(self.addresses)}): {error}"
+        ) from error
 
     def response_class(self, sock, *args, **kwargs) -> _BodyResponse:
         """The http.client response of the latest request (http.client calls this)."""
@@ -486,8 +497,9 @@ class _Pools:
                 self._pools.popitem(last=False)[1].close()
             common = dict(maxsize=1, block=False, retries=False, addresses=target.addresses)
             if target.scheme == "https":
-                pool = _PinnedHTTPSPool(target.host, target.port, cert_reqs="CERT_REQUIRED",
-                                        ca_certs=_CA_CERTS, **common)
+                pool = _PinnedHTTPSPool(
+                    target.host, target.port, cert_reqs="CERT_REQUIRED", ca_certs=_CA_CERTS, **common
+                )
             else:
                 pool = _PinnedHTTPPool(target.host, target.port, **common)
         self._pools[key] = pool
@@ -553,6 +565,7 @@ class _Decoder:
 
 # -- the fetcher --------------------------------------------------------------------------------
 
+
 class Fetcher:
     """Fetches image URLs under a ``FetchPolicy``; safe to use from many threads at once.
 
@@ -567,13 +580,21 @@ class Fetcher:
     public host, without any real network.
     """
 
-    def __init__(self, policy: Optional[FetchPolicy] = None, *, resolver: Optional[Resolver] = None,
-                 forbidden_address: Optional[Callable[[str], bool]] = None):
+    def __init__(
+        self,
+        policy: Optional[FetchPolicy] = None,
+        *,
+        resolver: Optional[Resolver] = None,
+        forbidden_address: Optional[Callable[[str], bool]] = None,
+    ):
         self.policy = policy or FetchPolicy()
         self._resolver = resolver or system_resolver
         self._forbidden = forbidden_address or is_private_address
-        self._headers = {"User-Agent": self.policy.user_agent, "Accept": "image/*, */*;q=0.5",
-                         "Accept-Encoding": "gzip, deflate"}
+        self._headers = {
+            "User-Agent": self.policy.user_agent,
+            "Accept": "image/*, */*;q=0.5",
+            "Accept-Encoding": "gzip, deflate",
+        }
         self._local = threading.local()
         self._thread_pools: weakref.WeakSet[_Pools] = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -684,8 +705,9 @@ class Fetcher:
             found = future.result(timeout=wait)
         except FutureTimeout:
             future.cancel()  # when still queued; a running lookup ends on its own
-            raise _Drop("deadline" if deadline_bound else "dns_timeout",
-                        f"resolving {host} took longer than {wait:.3g}s") from None
+            raise _Drop(
+                "deadline" if deadline_bound else "dns_timeout", f"resolving {host} took longer than {wait:.3g}s"
+            ) from None
         except UnicodeError as exc:  # the IDNA codec refuses the name
             raise _Drop("bad_url", f"bad host name {host!r}: {exc}") from exc
         except OSError as exc:  # socket.gaierror and friends
@@ -741,10 +763,22 @@ class Fetcher:
         """GET ``target`` on its pinned addresses, without reading the body or following redirects."""
         wait, deadline_bound = self._time_left(deadline)
         try:
-            return self._pools().get(target).urlopen(
-                "GET", target.path, headers=self._headers, retries=False, redirect=False,
-                assert_same_host=False, timeout=urllib3.Timeout(connect=wait, read=wait),
-                preload_content=False, decode_content=False, release_conn=False)
+            return (
+                self._pools()
+                .get(target)
+                .urlopen(
+                    "GET",
+                    target.path,
+                    headers=self._headers,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    timeout=urllib3.Timeout(connect=wait, read=wait),
+                    preload_content=False,
+                    decode_content=False,
+                    release_conn=False,
+                )
+            )
         except _NETWORK_ERRORS as exc:
             raise _network_drop(exc, reading=False, deadline_bound=deadline_bound) from exc
 
@@ -768,10 +802,15 @@ class Fetcher:
         """The body of a final (non-redirect) answer, when status, headers and size allow it."""
         status, headers = response.status, response.headers
         if not 200 <= status < 300:
-            raise _Drop(f"http_{status}", f"HTTP {status} {response.reason}",
-                        transient=status == 429 or status >= 500, retry_after=_retry_after(headers))
-        if robots_disallowed(headers.getlist("X-Robots-Tag"), self.policy.user_agent_token,
-                             self.policy.disallowed_robots):
+            raise _Drop(
+                f"http_{status}",
+                f"HTTP {status} {response.reason}",
+                transient=status == 429 or status >= 500,
+                retry_after=_retry_after(headers),
+            )
+        if robots_disallowed(
+            headers.getlist("X-Robots-Tag"), self.policy.user_agent_token, self.policy.disallowed_robots
+        ):
             raise _Drop("robots_disallowed", "X-Robots-Tag: " + headers["X-Robots-Tag"])
         media_type = _media_type(headers)
         progress.content_type = media_type or None

@@ -7,6 +7,7 @@ behind it.  At most ``2 * threads`` downloads are in flight (running or queued):
 bounded by that many images of at most ``max_bytes`` each, however many rows the worker sees.
 What is still in flight when a bundle ends is waited for in ``finish_bundle``.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -17,11 +18,11 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from ..progress import Progress
+from ..recipe import DownloadConfig
+from ..records import Sample
+from ..stage import apply_with_drops, drop
 from .fetch import Fetcher, FetchPolicy
-from .progress import Progress
-from .recipe import DownloadConfig
-from .records import Sample
-from .stage import apply_with_drops, drop
 
 STAGE = "download"
 log = logging.getLogger(__name__)
@@ -29,9 +30,15 @@ log = logging.getLogger(__name__)
 
 def fetch_policy(cfg: DownloadConfig) -> FetchPolicy:
     return FetchPolicy(
-        timeout_s=cfg.timeout_s, deadline_s=cfg.deadline_s, retries=cfg.retries, backoff_s=cfg.backoff_s,
-        max_backoff_s=cfg.max_backoff_s, max_bytes=cfg.max_bytes, user_agent=cfg.user_agent,
-        allow_private=cfg.allow_private, max_redirects=cfg.max_redirects,
+        timeout_s=cfg.timeout_s,
+        deadline_s=cfg.deadline_s,
+        retries=cfg.retries,
+        backoff_s=cfg.backoff_s,
+        max_backoff_s=cfg.max_backoff_s,
+        max_bytes=cfg.max_bytes,
+        user_agent=cfg.user_agent,
+        allow_private=cfg.allow_private,
+        max_redirects=cfg.max_redirects,
         disallowed_robots=tuple(cfg.disallowed_robots),
     )
 

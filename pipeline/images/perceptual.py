@@ -19,6 +19,7 @@ box is computed here.  The masks are Pillow's C difference and channel maximum c
 numpy: ``Image.point`` with a threshold function rebuilds and rounds its lookup table in Python
 on every call, and a numpy int16 difference over three channels is slower still.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -36,7 +37,7 @@ VERSION = 2  # of the hash's definition: stored with hashes that outlive a build
 MAX_FRAMES = 4  # nested frames removed at most
 DETECT = 64  # side of the reduced copy the frame is found on: averaging evens out noise and texture
 MIN_CONTENT = 0.5  # a frame leaves at least this fraction of each side; less is a subject on a plain
-                   # background, whose box moves with every edit, so such images are hashed whole
+# background, whose box moves with every edit, so such images are hashed whole
 
 
 def _reduced(img: Image.Image, side: int) -> Image.Image:
@@ -130,3 +131,13 @@ def phash_bytes(data: bytes) -> str:
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return phash(img)
+
+
+def bit_distance(a: int, b: int) -> int:
+    """Number of differing bits between two hashes given as integers."""
+    return bin(a ^ b).count("1")
+
+
+def hamming(a: str, b: str) -> int:
+    """Number of differing bits between two hashes given as hex (the form ``Sample.phash`` has)."""
+    return bit_distance(int(a, 16), int(b, 16))

@@ -8,6 +8,7 @@ from bytes, with no JPEG draft mode (decoding a 4000 px JPEG at 1/8 scale is sev
 faster) and no decompression-bomb guard before the pixels are allocated, and it needs
 albumentations at run time.  One Pillow decode serves the checks, the hashes and the resize.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,12 +20,11 @@ from typing import Optional, Tuple
 import apache_beam as beam
 from PIL import Image, ImageOps
 
-from filters import image as image_filter
-
+from ..filters import image as image_filter
+from ..recipe import ImageConfig
+from ..records import Sample
+from ..stage import apply_with_drops, drop
 from . import perceptual
-from .recipe import ImageConfig
-from .records import Sample
-from .stage import apply_with_drops, drop
 
 STAGE = "image"
 WHITE = (255, 255, 255)
@@ -70,9 +70,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ImageRejected("decompression_bomb", str(e))
+        raise ImageRejected("decompression_bomb", str(e)) from e
     except Exception as e:  # UnidentifiedImageError and friends: the bytes are not an image
-        raise ImageRejected("not_an_image", str(e)[:200])
+        raise ImageRejected("not_an_image", str(e)[:200]) from e
     if img.width * img.height > max_pixels:
         raise ImageRejected("decompression_bomb", f"{img.width}x{img.height} pixels", size=img.size)
     return img
@@ -91,8 +91,10 @@ def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
     """Bytes -> RGB image (possibly JPEG-draft reduced) and the original size; checks the filters."""
     img = _open(data, cfg.max_pixels)
     width, height = img.size
-    for reason in (image_filter.min_side(width, height, cfg.min_side),
-                   image_filter.aspect_ratio(width, height, cfg.max_aspect_ratio)):
+    for reason in (
+        image_filter.min_side(width, height, cfg.min_side),
+        image_filter.aspect_ratio(width, height, cfg.max_aspect_ratio),
+    ):
         if reason:
             raise ImageRejected(reason, f"{width}x{height}", size=(width, height))
     rotated = "exif" in img.info and img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
@@ -109,9 +111,9 @@ def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
                 img = ImageOps.exif_transpose(img)
             return _to_rgb(img), width, height
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageRejected("decompression_bomb", str(e))
+        raise ImageRejected("decompression_bomb", str(e)) from e
     except Exception as e:
-        raise ImageRejected("decode_error", str(e)[:200])
+        raise ImageRejected("decode_error", str(e)[:200]) from e
 
 
 def resize(img: Image.Image, original: Tuple[int, int], cfg: ImageConfig) -> Image.Image:
@@ -171,8 +173,9 @@ def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
     reason = image_filter.encoded_size(len(encoded), cfg.min_encoded_bytes)
     if reason:
         raise ImageRejected(reason, f"{len(encoded)} bytes", size=(width, height))
-    return ProcessedImage(encoded, cfg.encode_format, out.width, out.height, width, height,
-                          hashlib.sha256(encoded).hexdigest(), phash)
+    return ProcessedImage(
+        encoded, cfg.encode_format, out.width, out.height, width, height, hashlib.sha256(encoded).hexdigest(), phash
+    )
 
 
 class _ProcessImage(beam.DoFn):
@@ -190,9 +193,16 @@ class _ProcessImage(beam.DoFn):
         except Exception as e:  # an image that breaks the decoder must not break the build
             yield drop(s, "decode_error", STAGE, detail=f"{type(e).__name__}: {e}"[:200])
             return
-        yield s.replace(image_bytes=p.data, image_format=p.format, width=p.width, height=p.height,
-                        original_width=p.original_width, original_height=p.original_height,
-                        sha256=p.sha256, phash=p.phash)
+        yield s.replace(
+            image_bytes=p.data,
+            image_format=p.format,
+            width=p.width,
+            height=p.height,
+            original_width=p.original_width,
+            original_height=p.original_height,
+            sha256=p.sha256,
+            phash=p.phash,
+        )
 
 
 class ProcessImages(beam.PTransform):

@@ -1,14 +1,15 @@
 """Filters on metadata, before anything is downloaded: they are the cheapest drops of all."""
+
 from __future__ import annotations
 
 import apache_beam as beam
 
-from filters import language as language_filter
-from filters import safety, text, url as url_filter
-
-from .recipe import MetadataFilterConfig
-from .records import Sample
-from .stage import KeepOnePerKey, apply_with_drops, drop, input_order
+from ..filters import language as language_filter
+from ..filters import safety, text
+from ..filters import url as url_filter
+from ..recipe import MetadataFilterConfig
+from ..records import Sample
+from ..stage import KeepOnePerKey, apply_with_drops, drop, input_order
 
 STAGE = "metadata"
 
@@ -58,5 +59,6 @@ class FilterMetadata(beam.PTransform):
         if not self.cfg.dedup_urls:
             return kept, dropped
         unique, dups = kept | "One row per URL" >> KeepOnePerKey(
-            lambda s: url_filter.normalize_url(s.url), input_order, "duplicate_url", STAGE)
+            lambda s: url_filter.normalize_url(s.url), input_order, "duplicate_url", STAGE
+        )
         return unique, (dropped, dups) | "Metadata drops" >> beam.Flatten()

@@ -1,9 +1,9 @@
 """Reading the input metadata: LAION parquet rows, one Sample per row.
 
-Input files are matched once when the pipeline is built (sorted, so each file has a stable
-``source_index``); then every parquet row group becomes its own unit of work, so a few huge files
-still spread over many workers.  The row id is ``<file name>:<row>`` (the path below the common
-folder where file names repeat): stable as long as the file is, and unique in the build.
+Input files are matched once when the pipeline is built (``inputs.py``); then every parquet row
+group becomes its own unit of work, so a few huge files still spread over many workers.  The row
+id is ``<file name>:<row>`` (the path below the common folder where file names repeat): stable as
+long as the file is, and unique in the build.
 
 Metadata on the web is messy and no input may stop a build: a file whose footer cannot be read is
 one ``unreadable_input`` row, a row group that cannot be decoded drops its rows
@@ -11,11 +11,11 @@ one ``unreadable_input`` row, a row group that cannot be decoded drops its rows
 (``bad_column_type``), a URL or caption that is not UTF-8 drops its row (``url_not_utf8``,
 ``caption_not_utf8``), and optional numeric columns holding something else read as missing.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-import posixpath
 from typing import Iterable, List, Optional, Tuple
 
 import apache_beam as beam
@@ -24,9 +24,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from .recipe import InputConfig, LaionColumns
-from .records import Sample
-from .stage import apply_with_drops, drop
+from ..inputs import input_units
+from ..recipe import InputConfig, LaionColumns
+from ..records import Sample
+from ..stage import apply_with_drops, drop
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +35,6 @@ log = logging.getLogger(__name__)
 OPTIONAL_COLUMNS = ("width", "height", "similarity", "punsafe", "pwatermark", "language", "hash", "key")
 NUMERIC_COLUMNS = ("width", "height", "similarity", "punsafe", "pwatermark")
 TEXT_COLUMNS = ("url", "caption")  # required; read as bytes and decoded here, see _text_values
-
-
-def match_inputs(pattern: str) -> List[str]:
-    """All files matching a path or glob on any Beam filesystem, sorted; an error if none."""
-    paths = sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
-    if not paths:
-        raise FileNotFoundError(f"no input files match {pattern!r}")
-    return paths
-
-
-def source_names(paths: List[str]) -> List[str]:
-    """Names of the input files in row ids: the file names, or where two inputs share a file
-    name (shards of the same name in two folders), the paths below their common folder."""
-    base = [posixpath.basename(p.rstrip("/")) for p in paths]
-    if len(set(base)) == len(base):
-        return base
-    common = posixpath.commonpath([posixpath.dirname(p) for p in paths]) if "://" not in paths[0] else \
-        posixpath.commonprefix([posixpath.dirname(p) + "/" for p in paths]).rsplit("/", 1)[0]
-    return [p[len(common):].lstrip("/") for p in paths]
-
-
-def input_units(paths: List[str]) -> List[Tuple[int, str, str]]:
-    """(source_index, path, source name) of every input file."""
-    return list(zip(range(len(paths)), paths, source_names(paths)))
 
 
 class _ListRowGroups(beam.DoFn):
@@ -107,9 +84,14 @@ def _text_type_problem(t: pa.DataType) -> Optional[str]:
     """None when the column holds text (string, binary, dictionary of those, all-null)."""
     if pa.types.is_dictionary(t):
         t = t.value_type
-    text = (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-            or pa.types.is_large_binary(t) or pa.types.is_null(t)
-            or str(t) in ("string_view", "binary_view"))
+    text = (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_null(t)
+        or str(t) in ("string_view", "binary_view")
+    )
     return None if text else str(t)
 
 
@@ -149,8 +131,12 @@ class _ReadRowGroup(beam.DoFn):
     def process(self, item: Tuple[int, str, str, int, int, int]):
         source_index, path, name, rg, first, n = item
         if rg < 0:
-            yield drop(Sample(id=f"{name}:*", source_index=source_index, row=-1, url=None),
-                       "unreadable_input", "read", detail=path)
+            yield drop(
+                Sample(id=f"{name}:*", source_index=source_index, row=-1, url=None),
+                "unreadable_input",
+                "read",
+                detail=path,
+            )
             return
         if self.limit is not None:
             n = max(0, min(n, self.limit - first))
@@ -161,32 +147,52 @@ class _ReadRowGroup(beam.DoFn):
             columns, missing = self._read(path, rg)
             bad_types = {k: _text_type_problem(columns[k].type) for k in TEXT_COLUMNS if k in columns}
             bad_types = {k: t for k, t in bad_types.items() if t}
-            data = {k: _text_values(c) if _text_type_problem(c.type) is None else c.to_pylist()
-                    for k, c in columns.items()}
+            data = {
+                k: _text_values(c) if _text_type_problem(c.type) is None else c.to_pylist() for k, c in columns.items()
+            }
         except Exception as e:  # noqa: BLE001 - a corrupt row group loses its rows, not the build
             log.error("cannot read row group %d of %s: %s", rg, path, e)
             for row in rows:
-                yield drop(Sample(id=f"{name}:{row}", source_index=source_index, row=row, url=None),
-                           "unreadable_row_group", "read", detail=f"{path} row group {rg}: {e}"[:300])
+                yield drop(
+                    Sample(id=f"{name}:{row}", source_index=source_index, row=row, url=None),
+                    "unreadable_row_group",
+                    "read",
+                    detail=f"{path} row group {rg}: {e}"[:300],
+                )
             return
         text = [k for k in TEXT_COLUMNS if k in data and k not in bad_types]
         for i, row in enumerate(rows):
-            meta = {k: (_number if k in NUMERIC_COLUMNS else _value)(data[k][i])
-                    for k in OPTIONAL_COLUMNS if k in data}
+            meta = {k: (_number if k in NUMERIC_COLUMNS else _value)(data[k][i]) for k in OPTIONAL_COLUMNS if k in data}
             decoded = {k: _decode(data[k][i]) for k in text}
-            s = Sample(id=f"{name}:{row}", source_index=source_index, row=row, meta=meta,
-                       url=decoded.get("url", (None,))[0], caption=decoded.get("caption", (None,))[0])
+            s = Sample(
+                id=f"{name}:{row}",
+                source_index=source_index,
+                row=row,
+                meta=meta,
+                url=decoded.get("url", (None,))[0],
+                caption=decoded.get("caption", (None,))[0],
+            )
             if missing:
                 yield drop(s, "missing_column", "read", detail=f"{path} has no column {', '.join(missing)}")
                 continue
             if bad_types:
-                yield drop(s, "bad_column_type", "read", detail="; ".join(
-                    f"{getattr(self.columns, k)} is {t}, not text" for k, t in sorted(bad_types.items())))
+                yield drop(
+                    s,
+                    "bad_column_type",
+                    "read",
+                    detail="; ".join(
+                        f"{getattr(self.columns, k)} is {t}, not text" for k, t in sorted(bad_types.items())
+                    ),
+                )
                 continue
             not_utf8 = next((k for k in TEXT_COLUMNS if not decoded[k][1]), None)
             if not_utf8:
-                yield drop(s, f"{not_utf8}_not_utf8", "read",
-                           detail=f"{getattr(self.columns, not_utf8)} holds bytes that are not UTF-8")
+                yield drop(
+                    s,
+                    f"{not_utf8}_not_utf8",
+                    "read",
+                    detail=f"{getattr(self.columns, not_utf8)} holds bytes that are not UTF-8",
+                )
                 continue
             yield s
 

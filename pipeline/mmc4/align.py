@@ -7,6 +7,7 @@ the same one-to-one assignment and leaves the left-over images out.  mmc4 v1.0 s
 ``matched_text_index`` values for part of its documents, so the assignment is recomputed from the
 matrix (:func:`realign_document`).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -57,8 +58,7 @@ def assign(sim: np.ndarray, leftover: str = "argmax", min_sim: Optional[float] =
 
 def similarity(doc: dict) -> np.ndarray:
     """The document's similarity matrix as an (images x sentences) array, also when it has no images."""
-    return np.asarray(doc["similarity_matrix"], dtype=float).reshape(len(doc["image_info"]),
-                                                                     len(doc["text_list"]))
+    return np.asarray(doc["similarity_matrix"], dtype=float).reshape(len(doc["image_info"]), len(doc["text_list"]))
 
 
 def realign_document(doc: dict, leftover: str = "argmax") -> Tuple[dict, bool]:
@@ -75,7 +75,8 @@ def realign_document(doc: dict, leftover: str = "argmax") -> Tuple[dict, bool]:
     images = [_matched(doc["image_info"][i], j, s) for i, j, s in pairs]
     kept = [i for i, _, _ in pairs]
     changed = len(pairs) < len(doc["image_info"]) or any(
-        _differs(doc["image_info"][i], new) for i, new in zip(kept, images))
+        _differs(doc["image_info"][i], new) for i, new in zip(kept, images)
+    )
     rows = [doc["similarity_matrix"][i] for i in kept]
     return {**doc, "image_info": images, "similarity_matrix": rows}, changed
 
@@ -98,9 +99,11 @@ def sort_by_sentence(doc: dict) -> dict:
     ``image_info``, so images must come in the order of the sentences they belong to.
     """
     order = sorted(range(len(doc["image_info"])), key=lambda i: doc["image_info"][i]["matched_text_index"])
-    return {**doc,
-            "image_info": [doc["image_info"][i] for i in order],
-            "similarity_matrix": [doc["similarity_matrix"][i] for i in order]}
+    return {
+        **doc,
+        "image_info": [doc["image_info"][i] for i in order],
+        "similarity_matrix": [doc["similarity_matrix"][i] for i in order],
+    }
 
 
 def loader_view(sim: np.ndarray, threshold: float = 0.24, max_images: int = 6) -> List[Tuple[int, int]]:
@@ -113,4 +116,3 @@ def loader_view(sim: np.ndarray, threshold: float = 0.24, max_images: int = 6) -
     """
     kept = [(i, j) for i, j, s in assign(sim, leftover="drop") if s >= threshold]
     return kept[:max_images]
-

@@ -6,6 +6,7 @@ Sample with ``doc_id`` and ``position`` (index in the input ``image_info``); eac
 Sample with a caption and no URL.  After CLIP, ``AssembleDocuments`` groups the three by document
 id and builds the output document of DESIGN.md section 6.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,15 +16,16 @@ from typing import List, Optional
 import apache_beam as beam
 import numpy as np
 
-from filters import document as doc_filter
-from filters import text as text_filter
-from filters import url as url_filter
-
-from . import align, mmc4
-from .records import KEPT, IndexRow, Sample
-from .recipe import Mmc4Config
-from .sources import input_units
-from .stage import KeepOnePerKey, apply_with_drops, drop, input_order
+from ..filters import document as doc_filter
+from ..filters import text as text_filter
+from ..filters import url as url_filter
+from ..images.perceptual import hamming
+from ..inputs import input_units
+from ..recipe import Mmc4Config
+from ..records import KEPT, IndexRow, Sample
+from ..stage import KeepOnePerKey, apply_with_drops, drop, input_order
+from . import align
+from . import files as mmc4
 
 READ, DOCUMENT, IMAGE, ALIGN = "read", "document", "metadata", "align"
 SIMILARITY_DECIMALS = 4  # as the CLIP stage: identical scores whatever the batching
@@ -43,16 +45,26 @@ class _ReadShard(beam.DoFn):
         try:
             for line, doc, error in mmc4.checked_documents(path):
                 doc_id = mmc4.document_id(name, line)
-                s = Sample(id=doc_id, source_index=source_index, row=line, doc_id=doc_id,
-                           url=_text(doc.get("url")) if isinstance(doc, dict) else None, document=doc)
+                s = Sample(
+                    id=doc_id,
+                    source_index=source_index,
+                    row=line,
+                    doc_id=doc_id,
+                    url=_text(doc.get("url")) if isinstance(doc, dict) else None,
+                    document=doc,
+                )
                 if error:
                     yield drop(s.replace(document=None), mmc4.reason_token(error), READ, detail=error[:200])
                 else:
                     yield s
         except Exception as e:  # an unreadable shard is reported, the rest of the build goes on
             doc_id = mmc4.document_id(name, 0)
-            yield drop(Sample(id=doc_id, source_index=source_index, row=0, url=None, doc_id=doc_id),
-                       "unreadable_input", READ, detail=f"{path}: {e}"[:300])
+            yield drop(
+                Sample(id=doc_id, source_index=source_index, row=0, url=None, doc_id=doc_id),
+                "unreadable_input",
+                READ,
+                detail=f"{path}: {e}"[:300],
+            )
 
 
 class ReadMmc4Documents(beam.PTransform):
@@ -63,8 +75,7 @@ class ReadMmc4Documents(beam.PTransform):
         self.paths = paths
 
     def expand(self, pbegin):
-        files = (pbegin | "Input shards" >> beam.Create(input_units(self.paths))
-                 | "Spread shards" >> beam.Reshuffle())
+        files = pbegin | "Input shards" >> beam.Create(input_units(self.paths)) | "Spread shards" >> beam.Reshuffle()
         docs, dropped = apply_with_drops(files, "Read documents", _ReadShard())
         return docs | "Spread documents" >> beam.Reshuffle(), dropped
 
@@ -86,8 +97,10 @@ class _CheckDocument(beam.DoFn):
 
     def process(self, s: Sample):
         doc = s.document
-        for reason in (doc_filter.url_duplicate(doc.get("could_have_url_duplicate"), self.cfg.drop_url_duplicates),
-                       doc_filter.sentence_count(len(doc["text_list"]), self.cfg.min_sentences, self.cfg.max_sentences)):
+        for reason in (
+            doc_filter.url_duplicate(doc.get("could_have_url_duplicate"), self.cfg.drop_url_duplicates),
+            doc_filter.sentence_count(len(doc["text_list"]), self.cfg.min_sentences, self.cfg.max_sentences),
+        ):
             if reason:
                 yield drop(s, reason, DOCUMENT)
                 return
@@ -106,7 +119,8 @@ class FilterDocuments(beam.PTransform):
         if not self.cfg.dedup_documents:
             return kept, dropped
         unique, dups = kept | "One document per URL and text" >> KeepOnePerKey(
-            lambda s: text_key(s.document), input_order, "duplicate_document", DOCUMENT)
+            lambda s: text_key(s.document), input_order, "duplicate_document", DOCUMENT
+        )
         return unique, (dropped, dups) | "Document drops" >> beam.Flatten()
 
 
@@ -128,15 +142,30 @@ class _Explode(beam.DoFn):
         doc = s.document
         for pos, info in enumerate(doc["image_info"]):
             url = info.get("raw_url") if isinstance(info, dict) else None
-            image = Sample(id=f"{s.doc_id}#{pos}", source_index=s.source_index, row=s.row,
-                           url=url if isinstance(url, str) else None, doc_id=s.doc_id, position=pos,
-                           meta={"image_name": info.get("image_name") if isinstance(info, dict) else None})
+            image = Sample(
+                id=f"{s.doc_id}#{pos}",
+                source_index=s.source_index,
+                row=s.row,
+                url=url if isinstance(url, str) else None,
+                doc_id=s.doc_id,
+                position=pos,
+                meta={"image_name": info.get("image_name") if isinstance(info, dict) else None},
+            )
             reason = next((r for r in image_checks(image.url, self.cfg) if r), None)
             yield drop(image, reason, IMAGE) if reason else image
         for j, sentence in enumerate(doc["text_list"]):
-            yield beam.pvalue.TaggedOutput(self.SENTENCES, Sample(
-                id=f"{s.doc_id}@{j}", source_index=s.source_index, row=s.row, url=None,
-                caption=sentence, doc_id=s.doc_id, position=j))
+            yield beam.pvalue.TaggedOutput(
+                self.SENTENCES,
+                Sample(
+                    id=f"{s.doc_id}@{j}",
+                    source_index=s.source_index,
+                    row=s.row,
+                    url=None,
+                    caption=sentence,
+                    doc_id=s.doc_id,
+                    position=j,
+                ),
+            )
 
 
 class SplitDocuments(beam.PTransform):
@@ -148,12 +177,9 @@ class SplitDocuments(beam.PTransform):
 
     def expand(self, docs):
         out = docs | "Images and sentences" >> beam.ParDo(_Explode(self.cfg)).with_outputs(
-            "dropped", _Explode.SENTENCES, main="images")
+            "dropped", _Explode.SENTENCES, main="images"
+        )
         return out.images, out[_Explode.SENTENCES], out.dropped
-
-
-def hamming(a: str, b: str) -> int:
-    return bin(int(a, 16) ^ int(b, 16)).count("1")
 
 
 class _Assemble(beam.DoFn):
@@ -190,8 +216,11 @@ class _Assemble(beam.DoFn):
             return np.zeros((0, n_sentences))
         if images[0].image_embedding is None:  # clip.enabled: false -> mmc4's released ViT-L/14 scores
             return np.asarray(source["similarity_matrix"], dtype=np.float64)[[s.position for s in images]]
-        return np.round(np.stack([s.image_embedding for s in images]).astype(np.float64)
-                        @ np.stack([t.text_embedding for t in sentences]).astype(np.float64).T, SIMILARITY_DECIMALS)
+        return np.round(
+            np.stack([s.image_embedding for s in images]).astype(np.float64)
+            @ np.stack([t.text_embedding for t in sentences]).astype(np.float64).T,
+            SIMILARITY_DECIMALS,
+        )
 
     def _weak_and_duplicate(self, images: List[Sample], sim: np.ndarray):
         """Images below the best-sentence floor, and perceptual repeats within the document."""
@@ -202,7 +231,9 @@ class _Assemble(beam.DoFn):
             if floor is not None and best[i] < floor:
                 drops.append(drop(images[i].replace(similarity=float(best[i])), "low_similarity", ALIGN))
                 continue
-            twin = next((k for k in kept if hamming(images[k].phash, images[i].phash) <= self.cfg.phash_max_distance), None)
+            twin = next(
+                (k for k in kept if hamming(images[k].phash, images[i].phash) <= self.cfg.phash_max_distance), None
+            )
             if twin is not None:
                 drops.append(drop(images[i], "duplicate_in_document", ALIGN, duplicate_of=images[twin].id))
                 continue
@@ -225,14 +256,21 @@ class _Assemble(beam.DoFn):
             s = images[i]
             original = source["image_info"][s.position]
             entry = {k: v for k, v in original.items() if k not in RECOMPUTED}
-            entry.update(matched_text_index=assigned[i][0], matched_sim=assigned[i][1],
-                         image_base64=base64.b64encode(s.image_bytes).decode("ascii"),
-                         width=s.width, height=s.height, sha256=s.sha256, phash=s.phash)
+            entry.update(
+                matched_text_index=assigned[i][0],
+                matched_sim=assigned[i][1],
+                image_base64=base64.b64encode(s.image_bytes).decode("ascii"),
+                width=s.width,
+                height=s.height,
+                sha256=s.sha256,
+                phash=s.phash,
+            )
             image_info.append(entry)
         out = {k: v for k, v in source.items() if k not in ("image_info", "similarity_matrix")}
         out.update(image_info=image_info, similarity_matrix=sim[order].tolist(), id=doc_sample.id)
-        children = [IndexRow.from_sample(images[i].replace(similarity=assigned[i][1]), KEPT, stage="shard")
-                    for i in order]
+        children = [
+            IndexRow.from_sample(images[i].replace(similarity=assigned[i][1]), KEPT, stage="shard") for i in order
+        ]
         return doc_sample.replace(document=out, children=children)
 
 

@@ -9,6 +9,7 @@ lines that are not JSON, :func:`validate_document` reports JSON that is not an M
 :func:`checked_documents` does both.  Unknown fields (``could_have_url_duplicate``,
 ``face_detections``, ...) are kept untouched.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,9 +87,11 @@ def validate_document(doc: Any) -> Optional[str]:
 
 
 def _is_matrix(value: Any, rows: int, columns: int) -> bool:
-    return (isinstance(value, list) and len(value) == rows
-            and all(isinstance(row, list) and len(row) == columns and all(map(_is_number, row))
-                    for row in value))
+    return (
+        isinstance(value, list)
+        and len(value) == rows
+        and all(isinstance(row, list) and len(row) == columns and all(map(_is_number, row)) for row in value)
+    )
 
 
 def _is_number(value: Any) -> bool:
@@ -108,5 +111,5 @@ def reason_token(error: str) -> str:
 
 
 def document_id(source_name: str, line_number: int) -> str:
-    """``"<source name>:<line>"``, the source name as ``sources.source_names`` gives it (unique in a build)."""
+    """``"<source name>:<line>"``, the source name as ``inputs.source_names`` gives it (unique in a build)."""
     return f"{source_name}:{line_number}"

@@ -2,11 +2,12 @@
 
 The work of ``flamingo-corpus realign``: mmc4 v1.0 stored wrong ``matched_text_index`` values for
 part of its documents; this streams a shard, realigns every valid document
-(:func:`pipeline.align.realign_document`) and writes it as one JSON line.  Invalid lines are
+(:func:`flamingo_corpus.mmc4.align.realign_document`) and writes it as one JSON line.  Invalid lines are
 counted by reason and reported, never written.  Lines are written as mmc4 wrote them
 (``json.dumps`` defaults, keys in their order), so a released document whose assignment was
 right comes out byte for byte.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from typing import Callable, Optional
 from apache_beam.io.filesystems import FileSystems
 
 from .align import realign_document
-from .mmc4 import checked_documents, reason_token
+from .files import checked_documents, reason_token
 
 
 @dataclass
@@ -28,14 +29,19 @@ class RealignStats:
     invalid: Counter = field(default_factory=Counter)  # reason token -> documents
 
     def summary(self) -> str:
-        lines = [f"documents read: {self.read}", f"written: {self.written}",
-                 f"changed: {self.changed}", f"invalid: {sum(self.invalid.values())}"]
+        lines = [
+            f"documents read: {self.read}",
+            f"written: {self.written}",
+            f"changed: {self.changed}",
+            f"invalid: {sum(self.invalid.values())}",
+        ]
         lines += [f"  {reason}: {n}" for reason, n in sorted(self.invalid.items())]
         return "\n".join(lines)
 
 
-def realign_file(source: str, destination: str, leftover: str = "argmax",
-                 on_invalid: Optional[Callable[[int, str], None]] = None) -> RealignStats:
+def realign_file(
+    source: str, destination: str, leftover: str = "argmax", on_invalid: Optional[Callable[[int, str], None]] = None
+) -> RealignStats:
     """Realign every document of ``source`` (jsonl or zipped jsonl) into ``destination`` (jsonl).
 
     ``on_invalid(line_number, error)`` is called for each invalid line (line 0: the whole file).

@@ -5,6 +5,7 @@ reason).  The index is written as parquet files under ``index/``; the counts per
 (status, reason) and the shard list are written as small JSON files under ``_build/`` that the
 launcher turns into manifest.json once the pipeline has finished.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,21 +15,40 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from .records import IndexRow
+from ..records import IndexRow
 
 INDEX_DIR = "index"
 WORK_DIR = "_build"
 
-INDEX_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source_index", pa.int64()), ("row", pa.int64()),
-    ("status", pa.string()), ("kind", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("stage", pa.string()),
-    ("key", pa.string()), ("shard", pa.string()), ("url", pa.string()), ("caption", pa.string()),
-    ("doc_id", pa.string()), ("position", pa.int64()), ("language", pa.string()),
-    ("original_width", pa.int64()), ("original_height", pa.int64()),
-    ("width", pa.int64()), ("height", pa.int64()), ("bytes", pa.int64()),
-    ("similarity", pa.float64()), ("sha256", pa.string()), ("phash", pa.string()),
-    ("duplicate_of", pa.string()), ("nsfw", pa.float64()),
-])
+INDEX_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source_index", pa.int64()),
+        ("row", pa.int64()),
+        ("status", pa.string()),
+        ("kind", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("stage", pa.string()),
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("doc_id", pa.string()),
+        ("position", pa.int64()),
+        ("language", pa.string()),
+        ("original_width", pa.int64()),
+        ("original_height", pa.int64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("bytes", pa.int64()),
+        ("similarity", pa.float64()),
+        ("sha256", pa.string()),
+        ("phash", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("nsfw", pa.float64()),
+    ]
+)
 assert set(INDEX_SCHEMA.names) == set(IndexRow.__dataclass_fields__), "index schema and IndexRow disagree"
 
 
@@ -53,14 +73,21 @@ class WriteIndex(beam.PTransform):
     def expand(self, rows):
         dicts = rows | "Index rows as dicts" >> beam.Map(_index_dict)
         dicts | "Write index parquet" >> beam.io.WriteToParquet(
-            posixpath.join(self.output_dir, INDEX_DIR, "index"), INDEX_SCHEMA,
-            file_name_suffix=".parquet", num_shards=self.num_shards)
+            posixpath.join(self.output_dir, INDEX_DIR, "index"),
+            INDEX_SCHEMA,
+            file_name_suffix=".parquet",
+            num_shards=self.num_shards,
+        )
         return (
             rows
             | "Status and reason" >> beam.Map(lambda r: ((r.kind, r.stage or "", r.status, r.reason or ""), 1))
             | "Count per reason" >> beam.CombinePerKey(sum)
-            | "Counts as JSON" >> beam.MapTuple(lambda k, n: _json_line(
-                {"kind": k[0], "stage": k[1], "status": k[2], "reason": k[3] or None, "count": n}))
+            | "Counts as JSON"
+            >> beam.MapTuple(
+                lambda k, n: _json_line(
+                    {"kind": k[0], "stage": k[1], "status": k[2], "reason": k[3] or None, "count": n}
+                )
+            )
             | "Write counts" >> WriteJsonLines(posixpath.join(self.output_dir, WORK_DIR, "counts.jsonl"))
         )
 
@@ -83,9 +110,7 @@ class WriteJsonLines(beam.PTransform):
         self.path = path
 
     def expand(self, lines):
-        return (lines
-                | "Gather lines" >> beam.combiners.ToList()
-                | "Write file" >> beam.Map(_write_lines, self.path))
+        return lines | "Gather lines" >> beam.combiners.ToList() | "Write file" >> beam.Map(_write_lines, self.path)
 
 
 class WriteShardList(beam.PTransform):

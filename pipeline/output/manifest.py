@@ -4,6 +4,7 @@ Two builds of the same recipe over the same inputs give the same manifest but fo
 (the only timing field), whether one of them was interrupted and resumed or not; how a build
 went (resumed, shards reused) is told in the summary, not in the manifest.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from typing import Dict, List, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from ..recipe import Recipe
 from .index import WORK_DIR
-from .recipe import Recipe
 
 MANIFEST = "manifest.json"
 SIZES = "sizes.json"
@@ -35,8 +36,13 @@ def code_version() -> str:
     except PackageNotFoundError:
         v = "unknown"
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev = ""
     return f"{v}+{rev}" if rev else v
@@ -114,14 +120,16 @@ class BuildResult:
         return sorted({c.get("kind", "row") for c in self.counts} | {self.kind}, key=list(UNITS).index)
 
     def downloaded_of(self, kind: str) -> int:
-        return sum(c["count"] for c in self._counts(kind)
-                   if c["status"] == "kept" or c["stage"] not in BEFORE_DOWNLOAD)
+        return sum(c["count"] for c in self._counts(kind) if c["status"] == "kept" or c["stage"] not in BEFORE_DOWNLOAD)
 
     def _totals(self, kind: str) -> dict:
         unit = UNITS[kind]
-        totals = {f"{unit}_in": self.rows_in if kind == self.kind else None,
-                  "accounted": self.accounted_of(kind), "kept": self.kept_of(kind),
-                  "dropped": self.accounted_of(kind) - self.kept_of(kind)}
+        totals = {
+            f"{unit}_in": self.rows_in if kind == self.kind else None,
+            "accounted": self.accounted_of(kind),
+            "kept": self.kept_of(kind),
+            "dropped": self.accounted_of(kind) - self.kept_of(kind),
+        }
         if kind != "document":
             totals["downloaded"] = self.downloaded_of(kind)
         return totals
@@ -137,11 +145,13 @@ class BuildResult:
             "shards": shards,
             "totals": {**self._totals(self.kind), "shards": len(shards), "bytes": sum(s["bytes"] for s in shards)},
             "drops": self.drops,
-            **{f"{UNITS[k]}": {"totals": self._totals(k), "drops": self.drops_of(k)}
-               for k in self.kinds if k != self.kind},
+            **{
+                f"{UNITS[k]}": {"totals": self._totals(k), "drops": self.drops_of(k)}
+                for k in self.kinds
+                if k != self.kind
+            },
             "seconds": round(self.seconds, 3),
         }
-
 
     @classmethod
     def from_manifest(cls, output_dir: str, recipe: Recipe, manifest: dict) -> "BuildResult":
@@ -154,14 +164,23 @@ class BuildResult:
             section = manifest if k == kind else manifest.get(unit)
             if not section:
                 continue
-            counts.append({"kind": k, "stage": "shard", "status": "kept", "reason": None,
-                           "count": section["totals"]["kept"]})
+            counts.append(
+                {"kind": k, "stage": "shard", "status": "kept", "reason": None, "count": section["totals"]["kept"]}
+            )
             for stage_reason, n in section["drops"].items():
                 stage, _, reason = stage_reason.partition("/")
                 counts.append({"kind": k, "stage": stage, "status": "dropped", "reason": reason, "count": n})
-        return cls(output_dir, recipe, manifest["totals"].get(f"{UNITS[kind]}_in"), counts,
-                   manifest.get("shards", []), manifest.get("seconds", 0.0), kind=kind,
-                   inputs=manifest.get("inputs"), already_complete=True)
+        return cls(
+            output_dir,
+            recipe,
+            manifest["totals"].get(f"{UNITS[kind]}_in"),
+            counts,
+            manifest.get("shards", []),
+            manifest.get("seconds", 0.0),
+            kind=kind,
+            inputs=manifest.get("inputs"),
+            already_complete=True,
+        )
 
 
 def read_manifest(output_dir: str) -> Optional[dict]:
@@ -186,7 +205,9 @@ def write_manifest(result: BuildResult) -> None:
     """sizes.json, then manifest.json, then the work folder goes: a kill at any point leaves
     either no manifest (the build resumes) or a complete output with some leftovers in _build/."""
     d = result.output_dir
-    _write_json(posixpath.join(d, SIZES), {s["name"]: s["count"] for s in sorted(result.shards, key=lambda s: s["name"])})
+    _write_json(
+        posixpath.join(d, SIZES), {s["name"]: s["count"] for s in sorted(result.shards, key=lambda s: s["name"])}
+    )
     _write_json(posixpath.join(d, MANIFEST), result.manifest())
     work = posixpath.join(d, WORK_DIR)
     if FileSystems.exists(work):

@@ -20,13 +20,14 @@ sample count, bytes, sha256) is written under ``_build/complete/``: a build that
 started again reuses a shard only when its record is there, the tar on disk matches it, and the
 tar this run would write is that same tar (see ``_WriteShard``).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
-import io
 import posixpath
 import tarfile
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -35,9 +36,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from ..records import KEPT, IndexRow, Sample
+from ..stage import DROPPED_TAG, DedupRule, drop, input_order
 from .index import WORK_DIR
-from .records import KEPT, IndexRow, Sample
-from .stage import DROPPED_TAG, DedupRule, drop, input_order
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,10 @@ class NumberSamples(beam.PTransform):
         else:
             decided = (
                 samples
-                | "Dedup key and block" >> beam.Map(
-                    lambda s: (rule.key(s), (rule.order(s), s.id, block_of(s, rows))))
+                | "Dedup key and block" >> beam.Map(lambda s: (rule.key(s), (rule.order(s), s.id, block_of(s, rows))))
                 | "Group dedup key" >> beam.GroupByKey()
-                | "Keep first per key" >> beam.ParDo(_KeepFirstRecord()).with_outputs(
-                    _KeepFirstRecord.DUPLICATE_TAG, main="kept")
+                | "Keep first per key"
+                >> beam.ParDo(_KeepFirstRecord()).with_outputs(_KeepFirstRecord.DUPLICATE_TAG, main="kept")
             )
             blocks = decided.kept
             side["duplicates"] = beam.pvalue.AsMultiMap(decided[_KeepFirstRecord.DUPLICATE_TAG])
@@ -164,8 +164,10 @@ class NumberSamples(beam.PTransform):
             samples
             | "Key by block" >> beam.Map(lambda s: (block_of(s, rows), s))
             | "Group block" >> beam.GroupByKey()
-            | "Rank block" >> beam.ParDo(_RankBlock(rule), layout=beam.pvalue.AsSingleton(layout), **side)
-            .with_outputs(DROPPED_TAG, main="shards")
+            | "Rank block"
+            >> beam.ParDo(_RankBlock(rule), layout=beam.pvalue.AsSingleton(layout), **side).with_outputs(
+                DROPPED_TAG, main="shards"
+            )
         )
         return out.shards, out[DROPPED_TAG]
 
@@ -334,8 +336,9 @@ class _WriteShard(beam.DoFn):
             Metrics.counter("shards", "written").inc()
         for r, s in ranked:
             key = sample_key(r)
-            yield beam.pvalue.TaggedOutput(self.INDEX_TAG, IndexRow.from_sample(
-                s, KEPT, stage=self.stage, key=key, shard=name))
+            yield beam.pvalue.TaggedOutput(
+                self.INDEX_TAG, IndexRow.from_sample(s, KEPT, stage=self.stage, key=key, shard=name)
+            )
             for child in s.children:  # MMC4: the images kept inside the document
                 yield beam.pvalue.TaggedOutput(self.INDEX_TAG, dataclasses.replace(child, key=key, shard=name))
         yield {**info, "skipped": record is not None}
@@ -353,9 +356,14 @@ class WriteShards(beam.PTransform):
     members of one sample: the LAION and MMC4 paths share everything here but that function.
     """
 
-    def __init__(self, output_dir: str, samples_per_shard: int,
-                 to_members: Callable[[str, Sample], dict], stage: str = "shard",
-                 dedup: Optional[DedupRule] = None):
+    def __init__(
+        self,
+        output_dir: str,
+        samples_per_shard: int,
+        to_members: Callable[[str, Sample], dict],
+        stage: str = "shard",
+        dedup: Optional[DedupRule] = None,
+    ):
         super().__init__()
         self.output_dir = output_dir
         self.samples_per_shard = samples_per_shard
@@ -365,8 +373,9 @@ class WriteShards(beam.PTransform):
 
     def expand(self, samples):
         shards, duplicates = samples | "Number samples" >> NumberSamples(self.samples_per_shard, self.dedup)
-        out = shards | "Write tar" >> beam.ParDo(_WriteShard(self.output_dir, self.to_members, self.stage)).with_outputs(
-            _WriteShard.INDEX_TAG, main="shards")
+        out = shards | "Write tar" >> beam.ParDo(
+            _WriteShard(self.output_dir, self.to_members, self.stage)
+        ).with_outputs(_WriteShard.INDEX_TAG, main="shards")
         if self.dedup is None:
             return out.shards, out[_WriteShard.INDEX_TAG]
         return out.shards, (out[_WriteShard.INDEX_TAG], duplicates) | "Index rows" >> beam.Flatten()

@@ -11,6 +11,7 @@ Problems are collected, not raised: the report names each one.
 their listed sizes, no stray or partial tars, index rows adding up to the manifest's totals.  A
 build started again on a complete output uses it to say "complete" without reading every byte.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -102,8 +103,9 @@ def _check_shard(output_dir: str, shard: dict, unit: str, seen: Set[str], report
 
 
 def _index_files(output_dir: str) -> List[str]:
-    return sorted(m.path for r in FileSystems.match([posixpath.join(output_dir, INDEX_DIR, "*.parquet")])
-                  for m in r.metadata_list)
+    return sorted(
+        m.path for r in FileSystems.match([posixpath.join(output_dir, INDEX_DIR, "*.parquet")]) for m in r.metadata_list
+    )
 
 
 def _check_index_counts(files: List[str], manifest: dict, report: Report) -> None:
@@ -119,7 +121,8 @@ def _check_index_counts(files: List[str], manifest: dict, report: Report) -> Non
     unit = manifest.get("unit", "rows")
     totals = manifest.get("totals", {})
     accounted = totals.get("accounted", 0) + sum(
-        (manifest.get(u) or {}).get("totals", {}).get("accounted", 0) for u in UNITS.values() if u != unit)
+        (manifest.get(u) or {}).get("totals", {}).get("accounted", 0) for u in UNITS.values() if u != unit
+    )
     if rows != accounted:
         report.problems.append(f"index: {rows} rows, the manifest accounts for {accounted}")
     n_in = totals.get(f"{unit}_in")
@@ -152,8 +155,11 @@ def _check_index(output_dir: str, kept_keys: Set[str], unit: str, report: Report
 
 
 def _check_shard_sizes(output_dir: str, shards: List[dict], report: Report) -> None:
-    sizes = {posixpath.basename(m.path): m.size_in_bytes
-             for r in FileSystems.match([posixpath.join(output_dir, "*.tar")]) for m in r.metadata_list}
+    sizes = {
+        posixpath.basename(m.path): m.size_in_bytes
+        for r in FileSystems.match([posixpath.join(output_dir, "*.tar")])
+        for m in r.metadata_list
+    }
     for shard in shards:
         if shard["name"] not in sizes:
             report.problems.append(f"{shard['name']}: missing")
@@ -172,8 +178,11 @@ def verify(output_dir: str, quick: bool = False) -> Report:
     unit = manifest.get("unit", "rows")
     shards = manifest.get("shards", [])
     report.shards = len(shards)
-    on_disk = {posixpath.basename(m.path) for r in FileSystems.match([posixpath.join(output_dir, "*.tar")])
-               for m in r.metadata_list}
+    on_disk = {
+        posixpath.basename(m.path)
+        for r in FileSystems.match([posixpath.join(output_dir, "*.tar")])
+        for m in r.metadata_list
+    }
     listed = {s["name"] for s in shards}
     for extra in sorted(on_disk - listed):
         report.problems.append(f"{extra}: a tar the manifest does not list")
@@ -194,7 +203,8 @@ def verify(output_dir: str, quick: bool = False) -> Report:
     for shard in sorted(shards, key=lambda s: s["name"]):
         _check_shard(output_dir, shard, unit, seen, report)
     if manifest.get("totals", {}).get("kept") != report.samples:
-        report.problems.append(f"manifest totals.kept is {manifest.get('totals', {}).get('kept')}, "
-                               f"the tars hold {report.samples}")
+        report.problems.append(
+            f"manifest totals.kept is {manifest.get('totals', {}).get('kept')}, the tars hold {report.samples}"
+        )
     _check_index(output_dir, seen, unit, report)
     return report

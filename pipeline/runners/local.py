@@ -10,10 +10,11 @@ pipelines.  A build asking for the DirectRunner therefore gets that FnApiRunner 
 same options (``direct_running_mode``, ``direct_num_workers``) and the pipeline options passed
 to its workers as the DirectRunner passes them.  Any other runner is left to Beam.
 
-Its worker processes (``multi_processing``) run ``pipeline.local_worker``, Beam's worker main
+Its worker processes (``multi_processing``) run ``flamingo_corpus.runners.local_worker``, Beam's worker main
 that skips the interpreter's teardown once the harness is done: the FnApiRunner waits for each
 worker to end, one after another, at the end of every run.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,7 +59,7 @@ def worker_command(module: str) -> str:
 
 
 class LocalFnApiRunner(fn_runner.FnApiRunner):
-    """The FnApiRunner, its subprocess workers started as ``pipeline.local_worker``.
+    """The FnApiRunner, its subprocess workers started as ``flamingo_corpus.runners.local_worker``.
 
     ``FnApiRunner.run_pipeline`` sets the command of a ``multi_processing`` worker itself, so the
     command is swapped in the pipeline proto it hands on; an environment with any other command
@@ -70,7 +71,7 @@ class LocalFnApiRunner(fn_runner.FnApiRunner):
 
     @staticmethod
     def use_local_worker(pipeline_proto) -> int:
-        """Start ``pipeline_proto``'s Beam subprocess workers as ``pipeline.local_worker``, in place;
+        """Start ``pipeline_proto``'s Beam subprocess workers as ``flamingo_corpus.runners.local_worker``, in place;
         returns how many environments changed."""
         from apache_beam.portability import python_urns
 

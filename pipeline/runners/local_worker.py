@@ -2,7 +2,7 @@
 
 With ``direct_running_mode=multi_processing`` the FnApiRunner starts its workers as
 ``python -m apache_beam.runners.worker.sdk_worker_main``; a local build starts this module
-instead (``pipeline.local_runner``), which runs the same ``main`` and then leaves with
+instead (``flamingo_corpus.runners.local``), which runs the same ``main`` and then leaves with
 ``os._exit``.  When ``main`` returns, the harness is done: every bundle's output was sent back,
 every DoFn torn down, its files closed and its log handler flushed.  The exit handlers
 (``atexit``: logging's flush, and the finalizers of temporary folders that libraries make at
@@ -14,6 +14,7 @@ at the end of every local build with two workers, with the cores idle (measured;
 docs/benchmarks.md).  A harness that fails raises, and exits the normal way with its traceback and
 a non-zero status.
 """
+
 from __future__ import annotations
 
 import atexit

@@ -23,6 +23,7 @@ without it, which on a cluster means a default machine or no GPU); so is a value
 (``YOUR-PROJECT``, ``YOUR-BUCKET``, ...) are refused when a build starts, unless the command line
 replaces them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-RUNNERS_DIR = Path(__file__).resolve().parent.parent / "manifests" / "runners"
+from ..paths import CHECKOUT_MANIFESTS
+
+RUNNERS_DIR = CHECKOUT_MANIFESTS / "runners"
 # The shipped files name what a user must fill in with this marker (YOUR-PROJECT, YOUR-BUCKET).
 PLACEHOLDER = re.compile(r"YOUR-[A-Z]+")
 
@@ -120,14 +123,14 @@ def _split(args: Sequence[str], parser: argparse.ArgumentParser) -> List[_Arg]:
     return out
 
 
-def merge_args(base: Sequence[str], override: Sequence[str],
-               parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
+def merge_args(
+    base: Sequence[str], override: Sequence[str], parser: Optional[argparse.ArgumentParser] = None
+) -> List[str]:
     """``base`` (an option file's arguments) with ``override`` (the command line's) winning."""
     parser = parser or beam_parser()
     over = _split(override, parser)
     single = {a.dest for a in over if a.dest and not a.is_list}
-    entries = {(a.dest, _entry_name(v)) for a in over if a.is_list and a.value is not None
-               for v in a.value.split(",")}
+    entries = {(a.dest, _entry_name(v)) for a in over if a.is_list and a.value is not None for v in a.value.split(",")}
     kept = []
     for a in _split(base, parser):
         if a.dest in single:
@@ -149,8 +152,9 @@ def resolve_path(name_or_path: str) -> Path:
     return path
 
 
-def _value_tokens(option: str, value, action: argparse.Action, actions: Dict[str, argparse.Action],
-                  where: str) -> List[str]:
+def _value_tokens(
+    option: str, value, action: argparse.Action, actions: Dict[str, argparse.Action], where: str
+) -> List[str]:
     """The command-line tokens of one file entry."""
     if value is None:  # written out to show the option; leaves Beam's default
         return []
@@ -170,8 +174,9 @@ def _value_tokens(option: str, value, action: argparse.Action, actions: Dict[str
     tokens = []
     for v in values:
         if isinstance(v, bool) or isinstance(v, (dict, list)) or v is None:
-            raise RunnerOptionsError(f"{where}: {option}: {v!r} is not a value Beam takes; quote it as a string "
-                                     "if that is what you mean")
+            raise RunnerOptionsError(
+                f"{where}: {option}: {v!r} is not a value Beam takes; quote it as a string if that is what you mean"
+            )
         tokens.append(f"--{option}={v}")
     return tokens
 
@@ -224,7 +229,8 @@ def runner_args(options_file: Optional[str], cli_args: Sequence[str], check_plac
     if left:
         raise RunnerOptionsError(
             f"{resolve_path(options_file)}: fill in the placeholders ({', '.join(left)}) in the file "
-            "or give those options on the command line")
+            "or give those options on the command line"
+        )
     return args
 
 
@@ -238,13 +244,19 @@ def local_paths(recipe, output_dir: str) -> List[str]:
     CLIP checkpoint) themselves, in pipeline steps or DoFn setup, so such a path names a file on
     the launching machine that no worker has."""
     clip = recipe.clip
-    checkpoint = clip.pretrained if clip.pretrained and ("/" in clip.pretrained or clip.pretrained.startswith(".")) else None
-    named = [("--output", output_dir), ("input.path", recipe.input.path),
-             ("safety.blocklist", recipe.safety.blocklist), ("safety.nsfw_head", recipe.safety.nsfw_head),
-             ("decontamination.index", recipe.decontamination.index),
-             ("filters.language.model_path", recipe.filters.language.model_path),
-             ("clip.pretrained", checkpoint if clip.enabled else None),
-             ("clip.model_config", clip.model_config if clip.enabled else None)]
+    checkpoint = (
+        clip.pretrained if clip.pretrained and ("/" in clip.pretrained or clip.pretrained.startswith(".")) else None
+    )
+    named = [
+        ("--output", output_dir),
+        ("input.path", recipe.input.path),
+        ("safety.blocklist", recipe.safety.blocklist),
+        ("safety.nsfw_head", recipe.safety.nsfw_head),
+        ("decontamination.index", recipe.decontamination.index),
+        ("filters.language.model_path", recipe.filters.language.model_path),
+        ("clip.pretrained", checkpoint if clip.enabled else None),
+        ("clip.model_config", clip.model_config if clip.enabled else None),
+    ]
     return [f"{what}: {path}" for what, path in named if _local(path)]
 
 
@@ -258,9 +270,21 @@ def check_cluster_paths(recipe, output_dir: str, args: Sequence[str]) -> None:
         return
     local = local_paths(recipe, output_dir)
     if local:
-        raise RunnerOptionsError(f"{runner} workers cannot read local paths; put these on gs:// (or another "
-                                 f"filesystem the workers reach): {'; '.join(local)}")
+        raise RunnerOptionsError(
+            f"{runner} workers cannot read local paths; put these on gs:// (or another "
+            f"filesystem the workers reach): {'; '.join(local)}"
+        )
 
 
-__all__ = ["RunnerOptionsError", "beam_parser", "check_cluster_paths", "load_runner_options", "local_paths",
-           "merge_args", "runner_args", "placeholders", "resolve_path", "RUNNERS_DIR"]
+__all__ = [
+    "RunnerOptionsError",
+    "beam_parser",
+    "check_cluster_paths",
+    "load_runner_options",
+    "local_paths",
+    "merge_args",
+    "runner_args",
+    "placeholders",
+    "resolve_path",
+    "RUNNERS_DIR",
+]

@@ -19,18 +19,19 @@ cluster:
 Work is counted as if every row were downloaded and processed: rows that fail early cost less,
 so these are upper bounds on work and lower bounds on nothing but wall-clock.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import List, Optional
 
-from .recipe import Recipe
+from ..paths import ASSETS
+from ..recipe import Recipe
 
-MEASURED = Path(__file__).resolve().parent / "assets" / "measured.json"  # shipped in the package
+MEASURED = ASSETS / "measured.json"  # shipped in the package
 
 
 class PlanError(ValueError):
@@ -126,12 +127,21 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {
-            "recipe": self.recipe, "corpus": self.corpus, "rows": self.rows, "cluster": asdict(self.cluster),
+            "recipe": self.recipe,
+            "corpus": self.corpus,
+            "rows": self.rows,
+            "cluster": asdict(self.cluster),
             "stages": [{**asdict(s), "hours": s.hours, "alone_hours": self.alone_hours(s)} for s in self.stages],
-            "core_hours": self.core_hours, "gpu_busy_hours": self.gpu_busy_hours, "wall_hours": self.wall_hours,
-            "worker_hours": self.worker_hours, "gpu_hours": self.gpu_hours, "bound": self.bound,
-            "bottleneck": self.bottleneck.name, "download_bytes": self.download_bytes,
-            "output_bytes": self.output_bytes, "notes": self.notes,
+            "core_hours": self.core_hours,
+            "gpu_busy_hours": self.gpu_busy_hours,
+            "wall_hours": self.wall_hours,
+            "worker_hours": self.worker_hours,
+            "gpu_hours": self.gpu_hours,
+            "bound": self.bound,
+            "bottleneck": self.bottleneck.name,
+            "download_bytes": self.download_bytes,
+            "output_bytes": self.output_bytes,
+            "notes": self.notes,
         }
 
 
@@ -144,8 +154,10 @@ def _clip_figures(table: dict, model: str, where: str) -> dict:
     try:
         return table["clip"][model][where]
     except KeyError:
-        raise PlanError(f"no measured {where.upper()} throughput for CLIP model {model!r} in the table; "
-                        "run benchmarks/clip_throughput.py on the machine and add it to pipeline/assets/measured.json") from None
+        raise PlanError(
+            f"no measured {where.upper()} throughput for CLIP model {model!r} in the table; "
+            "run benchmarks/clip_throughput.py on the machine and add it to pipeline/assets/measured.json"
+        ) from None
 
 
 def _clip_where(recipe: Recipe, cluster: Cluster) -> str:
@@ -163,8 +175,10 @@ def _near_rate(table: dict, distance: int, notes: List[str]) -> float:
     by = {int(k): v for k, v in table["stages"]["dedup_near"]["per_s_by_distance"].items()}
     above = [k for k in sorted(by) if k >= distance]
     if not above:
-        notes.append(f"dedup.near at distance {distance}: only distances up to {max(by)} were measured; "
-                     f"the figure of {max(by)} is used and the real cost is higher")
+        notes.append(
+            f"dedup.near at distance {distance}: only distances up to {max(by)} were measured; "
+            f"the figure of {max(by)} is used and the real cost is higher"
+        )
         return by[max(by)]
     return by[above[0]]
 
@@ -189,9 +203,16 @@ def _value(table: dict, key: str) -> float:
     return float(table["corpus"][key]["value"])
 
 
-def make_plan(recipe: Recipe, rows: int, cluster: Cluster, table: Optional[dict] = None, *,
-              images_per_document: Optional[float] = None, sentences_per_document: Optional[float] = None,
-              mean_image_bytes: Optional[float] = None) -> Plan:
+def make_plan(
+    recipe: Recipe,
+    rows: int,
+    cluster: Cluster,
+    table: Optional[dict] = None,
+    *,
+    images_per_document: Optional[float] = None,
+    sentences_per_document: Optional[float] = None,
+    mean_image_bytes: Optional[float] = None,
+) -> Plan:
     """The plan of ``recipe`` over ``rows`` input rows (LAION) or documents (MMC4) on ``cluster``."""
     table = table if table is not None else load_table()
     if rows < 1 or cluster.workers < 1 or cluster.cores_per_worker < 1 or cluster.gpus_per_worker < 0:
@@ -208,8 +229,10 @@ def make_plan(recipe: Recipe, rows: int, cluster: Cluster, table: Optional[dict]
         t = stages_t[key]
         return StagePlan(name, t["unit"], items, "cpu", float(t["per_s"]), t["basis"])
 
-    stages = [cpu_stage("download", "download", images),
-              cpu_stage("process", "process_mmc4" if mmc4 else "process_laion", images)]
+    stages = [
+        cpu_stage("download", "download", images),
+        cpu_stage("process", "process_mmc4" if mmc4 else "process_laion", images),
+    ]
     if recipe.clip.enabled:
         where = _clip_where(recipe, cluster)
         fig = _clip_figures(table, recipe.clip.model, where)
@@ -221,27 +244,39 @@ def make_plan(recipe: Recipe, rows: int, cluster: Cluster, table: Optional[dict]
         label = f"clip {recipe.clip.model}"
         if mmc4:
             stages.append(StagePlan(f"{label} images", "image", images, where, fig["images_per_s"] * scale, basis))
-            stages.append(StagePlan(f"{label} sentences", "sentence", rows * spd, where,
-                                    fig["sentences_per_s"] * scale, basis))
+            stages.append(
+                StagePlan(f"{label} sentences", "sentence", rows * spd, where, fig["sentences_per_s"] * scale, basis)
+            )
         else:
             pair = fig.get("pairs_per_s") or 1 / (1 / fig["images_per_s"] + 1 / fig["captions_per_s"])
             stages.append(StagePlan(f"{label} image+caption", "row", images, where, pair * scale, basis))
     if recipe.dedup.near and not mmc4:
         rate = _near_rate(table, recipe.dedup.near_max_distance, notes)
-        stages.append(StagePlan(f"dedup near (distance {recipe.dedup.near_max_distance})", "row", images, "cpu",
-                                rate, stages_t["dedup_near"]["basis"]))
+        stages.append(
+            StagePlan(
+                f"dedup near (distance {recipe.dedup.near_max_distance})",
+                "row",
+                images,
+                "cpu",
+                rate,
+                stages_t["dedup_near"]["basis"],
+            )
+        )
     left = _unmeasured(recipe)
     if left:
         notes.append(f"not measured, so not counted: {', '.join(left)}")
     image_bytes = mean_image_bytes if mean_image_bytes is not None else _value(table, "download_bytes_per_image")
     if mmc4:
-        out = rows * (ipd * _value(table, "mmc4_output_bytes_per_image") + _value(table, "mmc4_output_bytes_per_document"))
+        out = rows * (
+            ipd * _value(table, "mmc4_output_bytes_per_image") + _value(table, "mmc4_output_bytes_per_document")
+        )
     else:
         out = rows * _value(table, "laion_output_bytes_per_sample")
     return Plan(recipe.name, recipe.input.corpus, rows, cluster, stages, images * image_bytes, out, notes)
 
 
 # -- printing -------------------------------------------------------------------------------
+
 
 def _si(n: float, unit: str = "") -> str:
     for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -266,8 +301,11 @@ def format_plan(plan: Plan, table: Optional[dict] = None) -> str:
     c = plan.cluster
     unit = "documents" if plan.corpus == "mmc4" else "rows"
     gpu_txt = f", {c.gpus_per_worker} GPU ({c.gpu}) each" if c.gpus_per_worker else ", no GPU"
-    lines = [f"plan: {plan.recipe} ({plan.corpus}), {plan.rows:,} {unit}",
-             f"cluster: {c.workers} worker{'s' if c.workers > 1 else ''} x {c.cores_per_worker} cores{gpu_txt}", ""]
+    lines = [
+        f"plan: {plan.recipe} ({plan.corpus}), {plan.rows:,} {unit}",
+        f"cluster: {c.workers} worker{'s' if c.workers > 1 else ''} x {c.cores_per_worker} cores{gpu_txt}",
+        "",
+    ]
     width = max(len(s.name) for s in plan.stages) + 2
     head = f"  {'stage':<{width}}{'items':>10}  {'rate':>22}  {'work':>16}  {'alone':>16}  basis"
     lines += [head, "  " + "-" * (len(head) + 8)]
@@ -281,20 +319,30 @@ def format_plan(plan: Plan, table: Optional[dict] = None) -> str:
     lines.append(f"CPU: {_num(plan.core_hours)} core-hours on {c.cores:,} cores -> {_hours(plan.cpu_wall_hours)}")
     if plan.gpu_busy_hours:
         busy = plan.gpu_busy_hours / plan.gpu_hours if plan.gpu_hours else 0
-        lines.append(f"GPU: {_num(plan.gpu_busy_hours)} GPU-hours of work on {c.gpus:,} GPUs -> "
-                     f"{_hours(plan.gpu_wall_hours)} (busy {busy:.0%} of the run)")
+        lines.append(
+            f"GPU: {_num(plan.gpu_busy_hours)} GPU-hours of work on {c.gpus:,} GPUs -> "
+            f"{_hours(plan.gpu_wall_hours)} (busy {busy:.0%} of the run)"
+        )
     b = plan.bottleneck
-    lines.append(f"wall-clock: {_hours(plan.wall_hours)} at least, bound by the {plan.bound.upper()}s; "
-                 f"bottleneck stage: {b.name}")
-    lines.append(f"worker-hours: {_num(plan.worker_hours)}" +
-                 (f"; GPU-hours paid: {_num(plan.gpu_hours)}" if c.gpus_per_worker else ""))
+    lines.append(
+        f"wall-clock: {_hours(plan.wall_hours)} at least, bound by the {plan.bound.upper()}s; "
+        f"bottleneck stage: {b.name}"
+    )
+    lines.append(
+        f"worker-hours: {_num(plan.worker_hours)}"
+        + (f"; GPU-hours paid: {_num(plan.gpu_hours)}" if c.gpus_per_worker else "")
+    )
     per_worker = plan.download_bytes * 8 / (plan.wall_hours * 3600 * c.workers) if plan.wall_hours else 0
-    lines.append(f"network: {_si(plan.download_bytes, 'B')} downloaded from the web "
-                 f"({_si(per_worker, 'bit/s')} per worker), {_si(plan.output_bytes, 'B')} written "
-                 f"(every {unit[:-1]} kept: an upper bound)")
+    lines.append(
+        f"network: {_si(plan.download_bytes, 'B')} downloaded from the web "
+        f"({_si(per_worker, 'bit/s')} per worker), {_si(plan.output_bytes, 'B')} written "
+        f"(every {unit[:-1]} kept: an upper bound)"
+    )
     for note in plan.notes:
         lines.append(f"note: {note}")
-    lines.append("figures: pipeline/assets/measured.json (derived, extrapolated and assumed ones are marked in 'basis')")
+    lines.append(
+        "figures: pipeline/assets/measured.json (derived, extrapolated and assumed ones are marked in 'basis')"
+    )
     return "\n".join(lines)
 
 
@@ -312,5 +360,14 @@ def parse_count(text: str) -> int:
     return int(round(value))
 
 
-__all__ = ["Cluster", "Plan", "PlanError", "StagePlan", "format_plan", "load_table", "make_plan", "parse_count",
-           "MEASURED"]
+__all__ = [
+    "Cluster",
+    "Plan",
+    "PlanError",
+    "StagePlan",
+    "format_plan",
+    "load_table",
+    "make_plan",
+    "parse_count",
+    "MEASURED",
+]

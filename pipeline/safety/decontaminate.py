@@ -2,7 +2,7 @@
 
 A model scored on COCO, Flickr30K, VQAv2, ... must not have trained on those images, and web
 crawls hold many copies of them (recompressed, resized, framed).  The stage compares every
-sample with the eval index (``flamingo-corpus index-eval``, pipeline/eval_index.py):
+sample with the eval index (``flamingo-corpus index-eval``, pipeline/safety/eval_index.py):
 
 - perceptual hash within ``decontamination.phash_distance`` of an eval image's (the same framed-
   picture-aware pHash the image stage stores);
@@ -21,6 +21,7 @@ MMC4: the stage screens images only.  Sentences are not dropped: removing one wo
 sentence indices the similarity matrix and the image assignments refer to, and a sentence that
 happens to equal an eval caption is not what leaks an eval image.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,10 +30,10 @@ from typing import List, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from ..recipe import ClipConfig, DecontaminationConfig
+from ..records import Sample
+from ..stage import apply_with_drops, drop
 from .eval_index import EvalIndex, load_index, read_header
-from .recipe import ClipConfig, DecontaminationConfig
-from .records import Sample
-from .stage import apply_with_drops, drop
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class _MatchBatch(beam.DoFn):
             [s.caption if s.kind == "row" else None for s in batch],
             phash_distance=self.cfg.phash_distance,
             min_cosine=self.cfg.min_cosine if self.use_embeddings else None,
-            check_captions=self.cfg.captions)
+            check_captions=self.cfg.captions,
+        )
         self.checked.inc(len(batch))
         for s, m in zip(batch, matches):
             yield drop(s, REASON, STAGE, detail=m.detail) if m else s
@@ -74,13 +76,17 @@ class Decontaminate(beam.PTransform):
         # it starts, not in every worker.
         header = read_header(cfg.index)
         header.check_phash()
-        self.use_embeddings = bool(clip_cfg is not None and clip_cfg.enabled and cfg.min_cosine is not None
-                                   and header.has_embeddings)
+        self.use_embeddings = bool(
+            clip_cfg is not None and clip_cfg.enabled and cfg.min_cosine is not None and header.has_embeddings
+        )
         if self.use_embeddings:
             header.check_clip(clip_cfg)
         elif clip_cfg is not None and clip_cfg.enabled and cfg.min_cosine is not None:
-            log.warning("eval index %s has no CLIP embeddings: matching by perceptual hash%s only",
-                        cfg.index, " and caption" if cfg.captions else "")
+            log.warning(
+                "eval index %s has no CLIP embeddings: matching by perceptual hash%s only",
+                cfg.index,
+                " and caption" if cfg.captions else "",
+            )
         self.cfg = cfg
 
     def expand(self, samples):

@@ -4,7 +4,7 @@
 TextVQA, VizWiz, Hateful Memes: whatever the user has on disk) and reads caption files, and
 writes one parquet file.  A build whose recipe names it (``decontamination.index``) drops every
 training image within the recipe's distance of an eval image and every caption equal to an eval
-caption (pipeline/decontaminate.py).
+caption (pipeline/safety/decontaminate.py).
 
 The file holds two kinds of rows:
 
@@ -24,6 +24,7 @@ Eval images are hashed and embedded the way the build treats a training image (t
 decode and ``perceptual.phash``; with a recipe, its resize and encode before CLIP), so the same
 picture found on the web lands on the same hash and a near-identical embedding.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,10 +41,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from filters.text import match_key
-
-from . import perceptual
-from .recipe import ClipConfig, ImageConfig, Recipe, RecipeError
+from ..filters.text import match_key
+from ..images import perceptual
+from ..recipe import ClipConfig, ImageConfig, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,16 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 CAPTION_EXTENSIONS = (".json", ".jsonl", ".txt")
 IMAGE, CAPTION = "image", "caption"
 
-SCHEMA = pa.schema([
-    ("kind", pa.string()), ("eval_set", pa.string()), ("item", pa.string()),
-    ("phash", pa.string()), ("embedding", pa.list_(pa.float32())), ("caption", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("eval_set", pa.string()),
+        ("item", pa.string()),
+        ("phash", pa.string()),
+        ("embedding", pa.list_(pa.float32())),
+        ("caption", pa.string()),
+    ]
+)
 
 # Cells (training samples x eval images) compared at once: bounds the memory of one comparison
 # (uint64 XOR or float32 product) to some tens of MB whatever the size of the eval index.
@@ -75,11 +81,14 @@ def clip_identity(cfg: ClipConfig) -> Dict[str, str]:
     """What makes two sets of embeddings comparable: the model name and the weights.  Weights given
     as a local checkpoint are named by file name, so two paths to one checkpoint agree (and the
     tiny ``synthetic-world`` model is named by its checkpoint, whose name holds its settings hash)."""
-    from .clip_model import resolve_pretrained
+    from ..clip.model import resolve_pretrained
 
     pretrained = resolve_pretrained(cfg) or ""
-    weights = posixpath.basename(pretrained.replace(os.sep, "/")) if (
-        "/" in pretrained or os.sep in pretrained) else pretrained
+    weights = (
+        posixpath.basename(pretrained.replace(os.sep, "/"))
+        if ("/" in pretrained or os.sep in pretrained)
+        else pretrained
+    )
     return {"clip_model": cfg.model, "clip_pretrained": cfg.pretrained or "", "clip_weights": weights}
 
 
@@ -112,15 +121,21 @@ class IndexHeader:
                 f"eval index {self.path} holds embeddings of CLIP {self.clip_model} ({self.clip_pretrained}), "
                 f"the recipe embeds with {cfg.model} ({cfg.pretrained}): they do not compare. Rebuild the index "
                 f"with `flamingo-corpus index-eval ... --recipe` and this recipe, or set "
-                f"decontamination.min_cosine to null to match by perceptual hash and caption only")
+                f"decontamination.min_cosine to null to match by perceptual hash and caption only"
+            )
 
     def check_phash(self) -> None:
         """Warn when the index's perceptual hashes are of another version than the build's."""
         if self.phash_version != perceptual.VERSION:
-            log.warning("eval index %s holds perceptual hashes of version %d, this build makes version %d: "
-                        "they differ by a bit or two, so images near decontamination.phash_distance may "
-                        "match one way or the other. Rebuild the index with `flamingo-corpus index-eval` "
-                        "for hashes that agree", self.path, self.phash_version, perceptual.VERSION)
+            log.warning(
+                "eval index %s holds perceptual hashes of version %d, this build makes version %d: "
+                "they differ by a bit or two, so images near decontamination.phash_distance may "
+                "match one way or the other. Rebuild the index with `flamingo-corpus index-eval` "
+                "for hashes that agree",
+                self.path,
+                self.phash_version,
+                perceptual.VERSION,
+            )
 
 
 def _header_from_schema(path: str, schema: pa.Schema, num_rows: int) -> IndexHeader:
@@ -129,8 +144,10 @@ def _header_from_schema(path: str, schema: pa.Schema, num_rows: int) -> IndexHea
         raise EvalIndexError(f"{path} is not an eval index (made by `flamingo-corpus index-eval`)")
     meta = json.loads(raw)
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise EvalIndexError(f"{path}: eval index format {meta['format_version']} is newer than this "
-                             f"flamingo-corpus reads ({FORMAT_VERSION}); upgrade flamingo-corpus")
+        raise EvalIndexError(
+            f"{path}: eval index format {meta['format_version']} is newer than this "
+            f"flamingo-corpus reads ({FORMAT_VERSION}); upgrade flamingo-corpus"
+        )
     fields = {f.name for f in dataclasses.fields(IndexHeader)} - {"path", "num_rows"}
     return IndexHeader(path=path, num_rows=num_rows, **{k: v for k, v in meta.items() if k in fields})
 
@@ -147,8 +164,9 @@ def read_header(path: str) -> IndexHeader:
         raise EvalIndexError(f"cannot read eval index {path}: {e}") from e
 
 
-def write_index(path: str, images: Sequence[dict], captions: Sequence[dict],
-                clip: Optional[Dict[str, str]] = None) -> int:
+def write_index(
+    path: str, images: Sequence[dict], captions: Sequence[dict], clip: Optional[Dict[str, str]] = None
+) -> int:
     """Write the index: ``images`` as dicts eval_set, item, phash, embedding (array or None);
     ``captions`` as dicts eval_set, item, caption (raw: normalised here; empty keys left out).
     Rows are sorted, so the same inputs give the same file and "first" means the same everywhere.
@@ -156,14 +174,28 @@ def write_index(path: str, images: Sequence[dict], captions: Sequence[dict],
     dims = {len(im["embedding"]) for im in images if im.get("embedding") is not None}
     if len(dims) > 1:
         raise EvalIndexError(f"embeddings of several dimensions {sorted(dims)}")
-    rows = [{"kind": IMAGE, "eval_set": im["eval_set"], "item": im["item"], "phash": im["phash"],
-             "embedding": None if im.get("embedding") is None else np.asarray(im["embedding"], np.float32),
-             "caption": None} for im in sorted(images, key=lambda r: (r["eval_set"], r["item"]))]
+    rows = [
+        {
+            "kind": IMAGE,
+            "eval_set": im["eval_set"],
+            "item": im["item"],
+            "phash": im["phash"],
+            "embedding": None if im.get("embedding") is None else np.asarray(im["embedding"], np.float32),
+            "caption": None,
+        }
+        for im in sorted(images, key=lambda r: (r["eval_set"], r["item"]))
+    ]
     keyed = {(c["eval_set"], c["item"], match_key(c["caption"])) for c in captions}
-    rows += [{"kind": CAPTION, "eval_set": s, "item": i, "phash": None, "embedding": None, "caption": k}
-             for s, i, k in sorted(keyed) if k]
-    meta = {"format_version": FORMAT_VERSION, "phash_version": perceptual.VERSION,
-            "embedding_dim": dims.pop() if dims else None}
+    rows += [
+        {"kind": CAPTION, "eval_set": s, "item": i, "phash": None, "embedding": None, "caption": k}
+        for s, i, k in sorted(keyed)
+        if k
+    ]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "phash_version": perceptual.VERSION,
+        "embedding_dim": dims.pop() if dims else None,
+    }
     if meta["embedding_dim"]:
         if not clip:
             raise EvalIndexError("embeddings without the CLIP model that made them (see clip_identity)")
@@ -207,9 +239,16 @@ class EvalIndex:
     def num_images(self) -> int:
         return len(self.items)
 
-    def match(self, phashes: Sequence[Optional[str]], embeddings: Sequence[Optional[np.ndarray]] = (),
-              captions: Sequence[Optional[str]] = (), *, phash_distance: int = 6,
-              min_cosine: Optional[float] = None, check_captions: bool = True) -> List[Optional[Match]]:
+    def match(
+        self,
+        phashes: Sequence[Optional[str]],
+        embeddings: Sequence[Optional[np.ndarray]] = (),
+        captions: Sequence[Optional[str]] = (),
+        *,
+        phash_distance: int = 6,
+        min_cosine: Optional[float] = None,
+        check_captions: bool = True,
+    ) -> List[Optional[Match]]:
         """The match of each training sample, or None.  A perceptual-hash match wins over an
         embedding match, which wins over a caption match; within a kind the closest eval image
         (then the first in index order) is named."""
@@ -235,30 +274,38 @@ class EvalIndex:
             return [], []
         query = np.array([int(phashes[i], 16) for i in rows], dtype=np.uint64)
         # Hamming distance of every pair at once: XOR, then the popcount numpy does natively.
-        best, dist = _nearest(len(query), self.num_images,
-                              lambda a, b: np.bitwise_count(query[:, None] ^ self.phashes[None, a:b]))
+        best, dist = _nearest(
+            len(query), self.num_images, lambda a, b: np.bitwise_count(query[:, None] ^ self.phashes[None, a:b])
+        )
         hits = np.flatnonzero(dist <= distance)
         return [rows[k] for k in hits], [
-            Match(self.sets[best[k]], self.items[best[k]], f"phash_distance={int(dist[k])}") for k in hits]
+            Match(self.sets[best[k]], self.items[best[k]], f"phash_distance={int(dist[k])}") for k in hits
+        ]
 
     def _by_embedding(self, embeddings, min_cosine):
-        from .clip import SIMILARITY_DECIMALS
+        from ..clip.stage import SIMILARITY_DECIMALS
 
         rows = [i for i, e in enumerate(embeddings) if e is not None]
         if not rows or not len(self.embeddings):
             return [], []
         query = np.stack([np.asarray(embeddings[i], np.float32) for i in rows])
         if query.shape[1] != self.embeddings.shape[1]:
-            raise EvalIndexError(f"training embeddings have {query.shape[1]} dimensions, the eval index "
-                                 f"{self.header.path} {self.embeddings.shape[1]}")
+            raise EvalIndexError(
+                f"training embeddings have {query.shape[1]} dimensions, the eval index "
+                f"{self.header.path} {self.embeddings.shape[1]}"
+            )
         # Rounded as the CLIP stage rounds similarities: float32 products differ in the last bits
         # with the batch's shape, the decision and the reported value must not.
-        best, neg = _nearest(len(query), len(self.embeddings),
-                             lambda a, b: -np.round(query @ self.embeddings[a:b].T, SIMILARITY_DECIMALS))
+        best, neg = _nearest(
+            len(query),
+            len(self.embeddings),
+            lambda a, b: -np.round(query @ self.embeddings[a:b].T, SIMILARITY_DECIMALS),
+        )
         hits = np.flatnonzero(-neg >= min_cosine)
         return [rows[k] for k in hits], [
             Match(self.sets[j], self.items[j], f"cosine={-neg[k]:.4f}")
-            for k, j in ((k, int(self.embedding_rows[best[k]])) for k in hits)]
+            for k, j in ((k, int(self.embedding_rows[best[k]])) for k in hits)
+        ]
 
 
 def _nearest(n_query: int, n_eval: int, cost: Callable[[int, int], np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
@@ -306,8 +353,9 @@ def load_index(path: str) -> EvalIndex:
         embedding_rows = np.flatnonzero(has)
         embeddings = values.astype(np.float32).reshape(len(embedding_rows), header.embedding_dim)
     captions: Dict[str, Tuple[str, str]] = {}
-    for s, i, c in sorted(zip(caps.column("eval_set").to_pylist(), caps.column("item").to_pylist(),
-                              caps.column("caption").to_pylist())):
+    for s, i, c in sorted(
+        zip(caps.column("eval_set").to_pylist(), caps.column("item").to_pylist(), caps.column("caption").to_pylist())
+    ):
         captions.setdefault(c, (s, i))
     return EvalIndex(header, sets, items, phashes, embeddings, embedding_rows, captions)
 
@@ -373,8 +421,12 @@ def read_captions(path: str) -> List[Tuple[str, str]]:
         raise EvalIndexError(f"{path}: not JSON ({e}); caption files are .json, .jsonl or .txt") from e
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         names = {im.get("id"): im.get("file_name") for im in data.get("images") or [] if isinstance(im, dict)}
-        return [(str(names.get(a.get("image_id")) or a.get("image_id")), c)
-                for a in data["annotations"] if isinstance(a, dict) for c in _as_captions(a.get("caption"))]
+        return [
+            (str(names.get(a.get("image_id")) or a.get("image_id")), c)
+            for a in data["annotations"]
+            if isinstance(a, dict)
+            for c in _as_captions(a.get("caption"))
+        ]
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         out = []
         for im in data["images"]:
@@ -386,10 +438,16 @@ def read_captions(path: str) -> List[Tuple[str, str]]:
                     out.append((item, sent.get("raw") or " ".join(sent["tokens"])))
         return out
     if isinstance(data, list):
-        return [(_item_of(obj, f"entry {n}"), c) for n, obj in enumerate(data, start=1) if isinstance(obj, dict)
-                for c in _as_captions(obj.get("caption"))]
-    raise EvalIndexError(f"{path}: not a caption file this reads (COCO annotations, Karpathy split, "
-                         f"json/jsonl objects with a 'caption', or .txt)")
+        return [
+            (_item_of(obj, f"entry {n}"), c)
+            for n, obj in enumerate(data, start=1)
+            if isinstance(obj, dict)
+            for c in _as_captions(obj.get("caption"))
+        ]
+    raise EvalIndexError(
+        f"{path}: not a caption file this reads (COCO annotations, Karpathy split, "
+        f"json/jsonl objects with a 'caption', or .txt)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,7 +484,7 @@ def _relaxed(cfg: ImageConfig) -> ImageConfig:
 
 def prepare_image(path: str, cfg: ImageConfig) -> Tuple[str, bytes]:
     """(phash, the bytes the build would embed) of one eval image, through the image stage."""
-    from .images import process_image
+    from ..images.process import process_image
 
     p = process_image(_read_bytes(path), _relaxed(cfg))
     return p.phash, p.data
@@ -458,20 +516,28 @@ class IndexSummary:
         lines = [f"eval index {self.output}: {self.rows:,} rows"]
         for name, s in sorted(self.sets.items()):
             lines.append(f"  {name:<24}{s.images:>9,} images{s.unreadable:>7,} unreadable{s.captions:>9,} captions")
-        lines.append(f"  embeddings: CLIP {self.clip['clip_model']} ({self.clip['clip_pretrained']}), "
-                     f"{self.embedding_dim} dims" if self.clip else "  embeddings: none (perceptual hashes only)")
+        lines.append(
+            f"  embeddings: CLIP {self.clip['clip_model']} ({self.clip['clip_pretrained']}), {self.embedding_dim} dims"
+            if self.clip
+            else "  embeddings: none (perceptual hashes only)"
+        )
         return "\n".join(lines)
 
 
 def _batches(xs: Sequence, n: int) -> Iterator[Sequence]:
     for i in range(0, len(xs), n):
-        yield xs[i:i + n]
+        yield xs[i : i + n]
 
 
-def build_index(folders: Sequence[Tuple[str, str]], caption_files: Sequence[Tuple[str, str]], output: str,
-                recipe: Optional[Recipe] = None, *,
-                on_unreadable: Callable[[str, str], None] = lambda path, why: None,
-                progress: bool = True) -> IndexSummary:
+def build_index(
+    folders: Sequence[Tuple[str, str]],
+    caption_files: Sequence[Tuple[str, str]],
+    output: str,
+    recipe: Optional[Recipe] = None,
+    *,
+    on_unreadable: Callable[[str, str], None] = lambda path, why: None,
+    progress: bool = True,
+) -> IndexSummary:
     """Index ``folders`` ((eval set, folder)) and ``caption_files`` ((eval set, file)) into ``output``.
     With a recipe whose CLIP is enabled, images get embeddings of that model (after the recipe's
     image stage, as training images are embedded); an unreadable image is reported through
@@ -494,7 +560,7 @@ def build_index(folders: Sequence[Tuple[str, str]], caption_files: Sequence[Tupl
     use_clip = recipe is not None and recipe.clip.enabled
     model = None
     if use_clip:
-        from .clip_model import load_clip
+        from ..clip.model import load_clip
 
         model = load_clip(recipe.clip)
     batch = recipe.clip.batch_size if use_clip else 256
@@ -513,8 +579,10 @@ def build_index(folders: Sequence[Tuple[str, str]], caption_files: Sequence[Tupl
                         else:
                             good.append((item, *r))
                     emb = model.embed_encoded([data for _, _, data in good]) if model and good else [None] * len(good)
-                    images += [{"eval_set": name, "item": item, "phash": ph, "embedding": e}
-                               for (item, ph, _), e in zip(good, emb)]
+                    images += [
+                        {"eval_set": name, "item": item, "phash": ph, "embedding": e}
+                        for (item, ph, _), e in zip(good, emb)
+                    ]
                     summary.images += len(good)
                     bar.update(len(chunk))
     clip = clip_identity(recipe.clip) if use_clip and images else None
@@ -535,5 +603,16 @@ def parse_named(arg: str) -> Tuple[str, str]:
     return base, arg
 
 
-__all__ = ["EvalIndex", "EvalIndexError", "IndexHeader", "Match", "build_index", "load_index", "read_header",
-           "read_captions", "write_index", "clip_identity", "parse_named"]
+__all__ = [
+    "EvalIndex",
+    "EvalIndexError",
+    "IndexHeader",
+    "Match",
+    "build_index",
+    "load_index",
+    "read_header",
+    "read_captions",
+    "write_index",
+    "clip_identity",
+    "parse_named",
+]

@@ -12,6 +12,7 @@ Rows whose metadata carries a ``punsafe`` value were already screened by the met
 (``filters.max_punsafe``, before any download), so the head scores only images without one: MMC4
 images and LAION rows with a null punsafe.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,10 +23,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from filters import safety
-
-from .records import Sample
-from .stage import apply_with_drops, drop
+from ..filters import safety
+from ..records import Sample
+from ..stage import apply_with_drops, drop
 
 STAGE = "safety"
 
@@ -84,8 +84,9 @@ def load_head(path: str, expected_dim: Optional[int] = None) -> NsfwHead:
         raise NsfwHeadError(f"NSFW head {path}: the last layer must give 1 logit or 2 classes")
     head = NsfwHead(weights, biases)
     if expected_dim is not None and head.input_dim != expected_dim:
-        raise NsfwHeadError(f"NSFW head {path} takes {head.input_dim}-d embeddings, "
-                            f"the CLIP model gives {expected_dim}-d")
+        raise NsfwHeadError(
+            f"NSFW head {path} takes {head.input_dim}-d embeddings, the CLIP model gives {expected_dim}-d"
+        )
     return head
 
 
@@ -101,8 +102,10 @@ class _Score(beam.DoFn):
             yield s
             return
         if len(s.image_embedding) != self._head.input_dim:
-            raise NsfwHeadError(f"NSFW head {self.path} takes {self._head.input_dim}-d embeddings, "
-                                f"got {len(s.image_embedding)}-d: it was trained for another CLIP model")
+            raise NsfwHeadError(
+                f"NSFW head {self.path} takes {self._head.input_dim}-d embeddings, "
+                f"got {len(s.image_embedding)}-d: it was trained for another CLIP model"
+            )
         score = round(float(self._head.score(np.asarray(s.image_embedding)[None, :])[0]), 4)
         reason = safety.nsfw(score, self.max_nsfw)
         if reason:

@@ -5,6 +5,7 @@ The list (``filters.blocklist``) is read from any Beam filesystem (a gs:// list 
 Dataflow job) by one step of the pipeline and reaches the screening DoFns as a side input: small
 lookup data, broadcast to the workers by the runner, never shared through a process.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,11 +14,10 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from filters.blocklist import Blocklist
-
-from .recipe import SafetyConfig
-from .records import Sample
-from .stage import Stages, apply_with_drops, drop
+from ..filters.removal_list import Blocklist
+from ..recipe import SafetyConfig
+from ..records import Sample
+from ..stage import Stages, apply_with_drops, drop
 
 STAGE = "safety"
 WHAT = ("url", "download", "image")
@@ -57,8 +57,9 @@ class ApplyBlocklist(beam.PTransform):
         self.removal, self.what = removal, what
 
     def expand(self, samples):
-        return apply_with_drops(samples, f"Screen {self.what}s", _Screen(self.what),
-                                blocklist=beam.pvalue.AsSingleton(self.removal))
+        return apply_with_drops(
+            samples, f"Screen {self.what}s", _Screen(self.what), blocklist=beam.pvalue.AsSingleton(self.removal)
+        )
 
 
 def read_removal_list(p: beam.Pipeline, safety: SafetyConfig) -> Optional[beam.PCollection]:
@@ -68,8 +69,11 @@ def read_removal_list(p: beam.Pipeline, safety: SafetyConfig) -> Optional[beam.P
     if not safety.blocklist:
         return None
     load_blocklist(safety.blocklist, safety.blocklist_phash_distance)
-    return (p | "Removal list path" >> beam.Create([safety.blocklist])
-            | "Read removal list" >> beam.Map(load_blocklist, safety.blocklist_phash_distance))
+    return (
+        p
+        | "Removal list path" >> beam.Create([safety.blocklist])
+        | "Read removal list" >> beam.Map(load_blocklist, safety.blocklist_phash_distance)
+    )
 
 
 def screen(samples, removal: Optional[beam.PCollection], stage: Stages, what: str):

@@ -1,6 +1,6 @@
 """The bundled LAION sample: synthetic images and a metadata parquet that points at them.
 
-``python -m pipeline.sample_data`` regenerates ``pipeline/assets/sample/laion`` deterministically.
+``python -m flamingo_corpus.sample.laion_data`` regenerates ``pipeline/assets/sample/laion`` deterministically.
 The rows mix good image-caption pairs with every kind of trouble the pipeline must record:
 wrong captions (CLIP similarity filter), other languages, short captions, unsafe and watermark
 scores, bad schemes, repeated URLs, repeated images, 404s, server errors, timeouts, HTML served
@@ -9,6 +9,7 @@ as an image, truncated and undecodable files, images too small or too elongated,
 longer than their Content-Length, 429, a redirect loop, gzip and PNG decompression bombs).  The
 URLs point at the embedded loopback web server of the sample recipe.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,12 @@ from typing import Callable, Dict, List
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..paths import ASSETS as PACKAGE_ASSETS
 from . import synthetic
 
 SAMPLE_PORT = 8741
 BASE_URL = f"http://127.0.0.1:{SAMPLE_PORT}"
-ASSETS = Path(__file__).parent / "assets" / "sample" / "laion"
+ASSETS = PACKAGE_ASSETS / "sample" / "laion"
 SEED = 20240611
 
 FOREIGN = [
@@ -64,8 +66,17 @@ class _Writer:
         return rel
 
     def row(self, url: str, caption, width=None, height=None, punsafe=0.01, pwatermark=0.05, similarity=0.31):
-        self.rows.append({"URL": url, "TEXT": caption, "WIDTH": width, "HEIGHT": height,
-                          "similarity": similarity, "punsafe": punsafe, "pwatermark": pwatermark})
+        self.rows.append(
+            {
+                "URL": url,
+                "TEXT": caption,
+                "WIDTH": width,
+                "HEIGHT": height,
+                "similarity": similarity,
+                "punsafe": punsafe,
+                "pwatermark": pwatermark,
+            }
+        )
 
 
 def _size(rng: random.Random):
@@ -95,6 +106,7 @@ def _with_caption(caption) -> Callable[[_Writer], None]:
     def make(w: _Writer) -> None:
         rel = w.image_file(synthetic.random_scene(w.rng), 256, 256)
         w.row(f"{BASE_URL}/{rel}", caption)
+
     return make
 
 
@@ -103,12 +115,14 @@ def _scores(**scores) -> Callable[[_Writer], None]:
         scene = synthetic.random_scene(w.rng)
         rel = w.image_file(scene, 256, 256)
         w.row(f"{BASE_URL}/{rel}", synthetic.caption(scene, w.rng), **scores)
+
     return make
 
 
 def _url(url: str) -> Callable[[_Writer], None]:
     def make(w: _Writer) -> None:
         w.row(url.format(n=len(w.rows), base=BASE_URL), synthetic.caption(synthetic.random_scene(w.rng), w.rng))
+
     return make
 
 
@@ -117,12 +131,14 @@ def _geometry(width: int, height: int) -> Callable[[_Writer], None]:
         scene = synthetic.random_scene(w.rng)
         rel = w.image_file(scene, width, height)
         w.row(f"{BASE_URL}/{rel}", synthetic.caption(scene, w.rng), width, height)
+
     return make
 
 
 def _served_as(prefix: str) -> Callable[[_Writer], None]:
     def make(w: _Writer) -> None:
         _good(w, prefix)
+
     return make
 
 
@@ -155,7 +171,7 @@ def _truncated(w: _Writer) -> None:
     w.row(f"{BASE_URL}/{rel}", synthetic.caption(synthetic.random_scene(w.rng), w.rng))
 
 
-# Rows that exercise the fault web's connection, framing and size faults (pipeline/sample_web.py),
+# Rows that exercise the fault web's connection, framing and size faults (pipeline/sample/web.py),
 # with the download reason each must get.  They come after the shuffled rows and draw their
 # captions from a random stream of their own, so the rows above keep their order and pictures.
 FAULT_URLS = [
@@ -212,9 +228,20 @@ def generate(root: Path = ASSETS, seed: int = SEED) -> Path:
     for make in makers:
         make(w)
     fault_rows(w, seed)
-    table = pa.Table.from_pylist(w.rows, schema=pa.schema([
-        ("URL", pa.string()), ("TEXT", pa.string()), ("WIDTH", pa.int64()), ("HEIGHT", pa.int64()),
-        ("similarity", pa.float64()), ("punsafe", pa.float64()), ("pwatermark", pa.float64())]))
+    table = pa.Table.from_pylist(
+        w.rows,
+        schema=pa.schema(
+            [
+                ("URL", pa.string()),
+                ("TEXT", pa.string()),
+                ("WIDTH", pa.int64()),
+                ("HEIGHT", pa.int64()),
+                ("similarity", pa.float64()),
+                ("punsafe", pa.float64()),
+                ("pwatermark", pa.float64()),
+            ]
+        ),
+    )
     out = root / "metadata.parquet"
     pq.write_table(table, out, row_group_size=64)
     return out

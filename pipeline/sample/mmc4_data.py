@@ -1,6 +1,6 @@
 """The bundled MMC4 sample: real mmc4 text, images of the project's own, served from loopback.
 
-``python -m pipeline.sample_mmc4 --source ../shared/data/mmc4/docs_no_face_shard_151_v3.sample.jsonl``
+``python -m flamingo_corpus.sample.mmc4_data --source ../shared/data/mmc4/docs_no_face_shard_151_v3.sample.jsonl``
 regenerates ``pipeline/assets/sample/mmc4`` deterministically from the first documents of a real
 mmc4-core-ff shard.  Each document keeps its URL and sentences; each of its images becomes a
 synthetic image served by the sample web server, and a sentence describing that image is inserted
@@ -10,6 +10,7 @@ a 404, a URL naming a logo, a .gif, images too small, too elongated or too few b
 image, an image that matches nothing, a document whose images all fail, a repeated document, a
 line that is not JSON and a matrix of the wrong shape.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..paths import ASSETS as PACKAGE_ASSETS
+from ..paths import CHECKOUT_MANIFESTS
 from . import synthetic
-from .sample_data import BASE_URL
+from .laion_data import BASE_URL
 
-ASSETS = Path(__file__).parent / "assets" / "sample" / "mmc4"
-DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmc4" / "docs_no_face_shard_151_v3.sample.jsonl"
+ASSETS = PACKAGE_ASSETS / "sample" / "mmc4"
+DEFAULT_SOURCE = (
+    CHECKOUT_MANIFESTS.parent.parent / "shared" / "data" / "mmc4" / "docs_no_face_shard_151_v3.sample.jsonl"
+)
 DOCUMENTS = 30
 SEED = 151
 SIZES = [(400, 300), (360, 270), (300, 400), (320, 320)]

@@ -3,7 +3,7 @@
 Every image shows one coloured shape on a textured background.  A ``Scene`` names everything
 that is drawn, ``render`` draws it and ``caption`` describes it, so an image and its caption
 agree by construction; ``wrong_caption`` describes a different scene.  The world exists for
-the tiny CLIP model in ``pipeline.tiny_clip`` (which is trained on it) and for tests and
+the tiny CLIP model in ``flamingo_corpus.sample.tiny_clip`` (which is trained on it) and for tests and
 local sample builds, where no real images or pretrained weights are available.
 
 Layout: the scene is composed inside the *central square* of the canvas (side = the shorter
@@ -11,6 +11,7 @@ image side); on a non-square canvas the extra width or height is background only
 shortest-side resize followed by a centre crop, which is what CLIP preprocessing does, keeps
 the whole scene, and "left" still means left of the image centre.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -203,8 +204,7 @@ def _tiles(width: int, height: int, period: float) -> Iterator[Tuple[int, int, f
             yield col, row, x0 + col * period, y0 + row * period
 
 
-def _draw_background(draw: ImageDraw.ImageDraw, scene: Scene, width: int, height: int,
-                     period: float) -> None:
+def _draw_background(draw: ImageDraw.ImageDraw, scene: Scene, width: int, height: int, period: float) -> None:
     """Draw the background texture (vertical stripes, a dot grid or a checkerboard)."""
     if scene.background == "plain":
         return
@@ -223,12 +223,13 @@ def _polygon(centre: Point, radii: Sequence[float], start_angle: float = -math.p
     """Vertices at evenly spaced angles around ``centre``, cycling through ``radii``."""
     cx, cy = centre
     n = len(radii)
-    return [(cx + r * math.cos(start_angle + 2 * math.pi * i / n),
-             cy + r * math.sin(start_angle + 2 * math.pi * i / n)) for i, r in enumerate(radii)]
+    return [
+        (cx + r * math.cos(start_angle + 2 * math.pi * i / n), cy + r * math.sin(start_angle + 2 * math.pi * i / n))
+        for i, r in enumerate(radii)
+    ]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: Point, radius: float,
-                fill: RGB) -> None:
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: Point, radius: float, fill: RGB) -> None:
     """Draw ``shape`` of roughly ``radius`` around ``centre``."""
     cx, cy = centre
     circle_box = [cx - radius, cy - radius, cx + radius, cy + radius]

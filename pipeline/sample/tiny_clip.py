@@ -3,7 +3,7 @@
 No pretrained CLIP weights can be downloaded in tests or offline builds, yet the CLIP stage
 needs similarity scores that mean something.  This module defines a small open_clip
 architecture (``TINY_MODEL_NAME``), trains it for about 90 s on 2 CPU cores on images and
-captions from ``pipeline.synthetic`` and caches the checkpoint, so that matched image/caption
+captions from ``flamingo_corpus.sample.synthetic`` and caches the checkpoint, so that matched image/caption
 pairs score clearly higher than wrong captions.
 
 The checkpoint is a plain ``state_dict`` saved with ``torch.save``; it loads through the same
@@ -16,8 +16,9 @@ path as real weights::
 Training renders images at varied sizes and passes them through that validation
 ``preprocess``, so the model sees the same input distribution as the pipeline.
 
-``python -m pipeline.tiny_clip [--cache-dir DIR]`` builds the checkpoint and prints its metrics.
+``python -m flamingo_corpus.sample.tiny_clip [--cache-dir DIR]`` builds the checkpoint and prints its metrics.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
-from pipeline import synthetic
+from . import synthetic
 
 TINY_MODEL_NAME = "flamingo-tiny-clip"
 
@@ -78,6 +79,7 @@ DEFAULT_SETTINGS = TrainSettings()
 
 # --- open_clip registration and cache paths -------------------------------------------------
 
+
 def default_cache_dir() -> pathlib.Path:
     """``$FLAMINGO_CORPUS_CACHE`` if set, else ``~/.cache/flamingo-corpus``."""
     env = os.environ.get("FLAMINGO_CORPUS_CACHE")
@@ -105,11 +107,13 @@ def register_tiny_config(cache_dir: Optional[pathlib.Path] = None) -> None:
 
 def settings_hash(settings: TrainSettings = DEFAULT_SETTINGS) -> str:
     """Short hash of the model config, the training settings and the synthetic world version."""
-    return _short_hash({
-        "model": TINY_MODEL_CONFIG,
-        "settings": dataclasses.asdict(settings),
-        "world": synthetic.WORLD_VERSION,
-    })
+    return _short_hash(
+        {
+            "model": TINY_MODEL_CONFIG,
+            "settings": dataclasses.asdict(settings),
+            "world": synthetic.WORLD_VERSION,
+        }
+    )
 
 
 def _short_hash(value) -> str:
@@ -129,8 +133,10 @@ def metrics_path(checkpoint: pathlib.Path) -> pathlib.Path:
 
 # --- building the checkpoint once -----------------------------------------------------------
 
-def ensure_tiny_clip(cache_dir: Optional[pathlib.Path] = None, log: Log = print,
-                     settings: TrainSettings = DEFAULT_SETTINGS) -> pathlib.Path:
+
+def ensure_tiny_clip(
+    cache_dir: Optional[pathlib.Path] = None, log: Log = print, settings: TrainSettings = DEFAULT_SETTINGS
+) -> pathlib.Path:
     """Return the path of the trained checkpoint, training and saving it first if missing.
 
     Safe to call from several processes at once: one trains while holding a file lock, the
@@ -216,12 +222,11 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 # --- data ---------------------------------------------------------------------------------
 
-def _images(scene_list: Sequence[synthetic.Scene], preprocess, rng: random.Random,
-            sides: Tuple[int, int]):
+
+def _images(scene_list: Sequence[synthetic.Scene], preprocess, rng: random.Random, sides: Tuple[int, int]):
     """Render each scene with width and height drawn from ``sides``; stack the preprocessed tensors."""
     torch = _torch()
-    return torch.stack([preprocess(synthetic.render(s, rng.randint(*sides), rng.randint(*sides)))
-                        for s in scene_list])
+    return torch.stack([preprocess(synthetic.render(s, rng.randint(*sides), rng.randint(*sides))) for s in scene_list])
 
 
 def _training_set(preprocess, tokenizer, settings: TrainSettings):
@@ -233,6 +238,7 @@ def _training_set(preprocess, tokenizer, settings: TrainSettings):
 
 
 # --- training -------------------------------------------------------------------------------
+
 
 def _param_groups(model, weight_decay: float) -> List[dict]:
     """AdamW groups as in open_clip's trainer: no decay on gains, biases and the logit scale."""
@@ -294,19 +300,24 @@ def train_tiny_clip(settings: TrainSettings = DEFAULT_SETTINGS, log: Log = print
         log(f"rendered {len(images)} training pairs in {time.monotonic() - start:.1f}s")
         final_loss = _train_loop(model, images, texts, settings, log)
         train_seconds = time.monotonic() - start
-        metrics = evaluate(model, preprocess, tokenizer, settings.eval_seed, settings.eval_pairs,
-                           settings.image_sides)
-    metrics.update(final_loss=round(final_loss, 4), train_seconds=round(train_seconds, 1),
-                   settings_hash=settings_hash(settings), settings=dataclasses.asdict(settings),
-                   model_config=TINY_MODEL_CONFIG)
+        metrics = evaluate(model, preprocess, tokenizer, settings.eval_seed, settings.eval_pairs, settings.image_sides)
+    metrics.update(
+        final_loss=round(final_loss, 4),
+        train_seconds=round(train_seconds, 1),
+        settings_hash=settings_hash(settings),
+        settings=dataclasses.asdict(settings),
+        model_config=TINY_MODEL_CONFIG,
+    )
     log("metrics " + json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
     return model.state_dict(), metrics
 
 
 # --- evaluation -----------------------------------------------------------------------------
 
-def evaluate(model, preprocess, tokenizer, seed: int, pairs: int,
-             image_sides: Tuple[int, int] = DEFAULT_SETTINGS.image_sides) -> dict:
+
+def evaluate(
+    model, preprocess, tokenizer, seed: int, pairs: int, image_sides: Tuple[int, int] = DEFAULT_SETTINGS.image_sides
+) -> dict:
     """Score ``pairs`` held-out scenes drawn with ``seed`` (switches ``model`` to eval mode).
 
     Returns the mean (and worst-case) cosine similarity of matched image/caption pairs and of
@@ -341,8 +352,12 @@ def evaluate(model, preprocess, tokenizer, seed: int, pairs: int,
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Command line: build (or find) the checkpoint and print its metrics."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=pathlib.Path, default=None,
-                        help="cache directory (default: $FLAMINGO_CORPUS_CACHE or ~/.cache/flamingo-corpus)")
+    parser.add_argument(
+        "--cache-dir",
+        type=pathlib.Path,
+        default=None,
+        help="cache directory (default: $FLAMINGO_CORPUS_CACHE or ~/.cache/flamingo-corpus)",
+    )
     args = parser.parse_args(argv)
     path = ensure_tiny_clip(args.cache_dir)
     print(path)

@@ -48,8 +48,9 @@ Add a behaviour by writing a handler ``(request, params, rest)`` and a row in ``
 Behaviours do not combine.  Answers are HTTP/1.0: one request per connection.  ``SampleWeb``
 counts the requests and the body bytes it sent per path, for tests to check what a client did.
 
-Run ``python -m pipeline.sample_web ROOT [--port N]`` to serve a folder until Ctrl-C.
+Run ``python -m flamingo_corpus.sample.web ROOT [--port N]`` to serve a folder until Ctrl-C.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,10 @@ EXTRA_BYTES = 1024  # what /extra/ sends past the Content-Length
 ENDLESS_LIMIT = 1 << 30  # /endless/ gives up after this many bytes
 MAX_PNG_BOMB_SIDE = 20_000
 MAX_GZIP_BOMB_MIB = 1024
-HTML_PAGE = (b"<!doctype html>\n<html><head><title>Image not found</title></head>\n"
-             b"<body><h1>Sorry</h1><p>This picture has moved. Have a look at our gallery.</p></body></html>\n")
+HTML_PAGE = (
+    b"<!doctype html>\n<html><head><title>Image not found</title></head>\n"
+    b"<body><h1>Sorry</h1><p>This picture has moved. Have a look at our gallery.</p></body></html>\n"
+)
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -142,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour is None:
             self.send_file(segments)
             return
-        params, rest = segments[1:1 + behaviour.params], segments[1 + behaviour.params:]
+        params, rest = segments[1 : 1 + behaviour.params], segments[1 + behaviour.params :]
         if len(params) < behaviour.params:
             raise _BadRequest(f"/{segments[0]}/ takes {behaviour.params} parameter(s)")
         behaviour.handle(self, params, rest)
@@ -163,8 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer 302 to ``location``."""
         self.send_text(302, f"see {location}\n", {"Location": location})
 
-    def send_file(self, segments: list[str], content_type: Optional[str] = None,
-                  headers: Optional[dict] = None) -> None:
+    def send_file(
+        self, segments: list[str], content_type: Optional[str] = None, headers: Optional[dict] = None
+    ) -> None:
         """Serve the file at ``segments`` under the root, or answer 404."""
         path = self.web.file_at(segments)
         if path is None:
@@ -172,19 +176,22 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_body(200, path.read_bytes(), content_type or media_type_of(path), headers)
 
-    def send_body(self, status: int, body: bytes, content_type: Optional[str],
-                  headers: Optional[dict] = None) -> None:
+    def send_body(self, status: int, body: bytes, content_type: Optional[str], headers: Optional[dict] = None) -> None:
         """Send the answer.  ``headers`` are added after Content-Type and Content-Length and may
         replace them; a header whose value is None is left out."""
         self.send_head(status, content_type, len(body), headers)
         if status not in _NO_BODY_STATUSES:
             self.write_body(body)
 
-    def send_head(self, status: int, content_type: Optional[str], length: Optional[int],
-                  headers: Optional[dict] = None) -> None:
+    def send_head(
+        self, status: int, content_type: Optional[str], length: Optional[int], headers: Optional[dict] = None
+    ) -> None:
         """Send the status line and headers (Content-Length ``length`` when not None)."""
-        fields = {"Content-Type": content_type, "Content-Length": None if length is None else str(length),
-                  **(headers or {})}
+        fields = {
+            "Content-Type": content_type,
+            "Content-Length": None if length is None else str(length),
+            **(headers or {}),
+        }
         self.send_response(status)
         for name, value in fields.items():
             if value is not None:
@@ -317,7 +324,7 @@ def _answer_drip(request: _Handler, params: list[str], rest: list[str]) -> None:
         return
     request.send_head(200, media_type_of(Path(rest[-1])), len(data))
     for i in range(len(data)):
-        if not request.write_body(data[i:i + 1]) or not request.web.pause(interval):
+        if not request.write_body(data[i : i + 1]) or not request.web.pause(interval):
             return
 
 
@@ -357,7 +364,7 @@ def _answer_truncated(request: _Handler, params: list[str], rest: list[str]) -> 
         request.send_body(200, data, media_type_of(Path(rest[-1])))
         return
     request.send_head(200, media_type_of(Path(rest[-1])), len(data))
-    request.write_body(data[:len(data) // 2])  # HTTP/1.0: the connection closes after this
+    request.write_body(data[: len(data) // 2])  # HTTP/1.0: the connection closes after this
 
 
 def _answer_extra(request: _Handler, params: list[str], rest: list[str]) -> None:
@@ -400,8 +407,9 @@ def _answer_gzip(request: _Handler, params: list[str], rest: list[str]) -> None:
     """The file, gzip-compressed."""
     data = request.file_bytes(rest)
     if data is not None:
-        request.send_body(200, gzip.compress(data, mtime=0), media_type_of(Path(rest[-1])),
-                          {"Content-Encoding": "gzip"})
+        request.send_body(
+            200, gzip.compress(data, mtime=0), media_type_of(Path(rest[-1])), {"Content-Encoding": "gzip"}
+        )
 
 
 def _answer_gzip_bomb(request: _Handler, params: list[str], rest: list[str]) -> None:
@@ -447,6 +455,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
 
 # -- generated fault bodies -------------------------------------------------------------------
 
+
 def corrupt(data: bytes) -> bytes:
     """``data`` with every 7th byte after its headers set to 0xFF.
 
@@ -457,9 +466,9 @@ def corrupt(data: bytes) -> bytes:
     start = len(data) // 8
     scan = data.find(b"\xff\xda") if data.startswith(b"\xff\xd8") else -1
     if scan >= 0 and scan + 4 <= len(data):
-        start = scan + 2 + int.from_bytes(data[scan + 2:scan + 4], "big")
+        start = scan + 2 + int.from_bytes(data[scan + 2 : scan + 4], "big")
     out = bytearray(data)
-    out[start:len(out) - 2:7] = b"\xff" * len(range(start, len(out) - 2, 7))
+    out[start : len(out) - 2 : 7] = b"\xff" * len(range(start, len(out) - 2, 7))
     return bytes(out)
 
 
@@ -488,6 +497,7 @@ def gzip_bomb(mib: int) -> bytes:
 
 
 # -- the server ---------------------------------------------------------------------------------
+
 
 class SampleWeb:
     """A loopback web server in a background thread.
@@ -520,8 +530,12 @@ class SampleWeb:
             raise RuntimeError("SampleWeb is already running")
         self._stopping.clear()
         self._server = _Server((self.host, self._requested_port), self)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"sample-web-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"sample-web-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -600,7 +614,7 @@ class SampleWeb:
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Serve a folder on loopback until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sample_web", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m flamingo_corpus.sample.web", description=__doc__.split("\n")[0])
     parser.add_argument("root", help="folder to serve")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     args = parser.parse_args(argv)

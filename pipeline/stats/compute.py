@@ -13,9 +13,10 @@ documents (``document_sample``: sentences per document, sentence lengths, and wh
 among the sentences, i.e. ``matched_text_index``).  Both stream only the first members of a few
 shards.
 
-Results are small: pyarrow Tables, plain dicts and ``Histogram``s.  ``pipeline.report`` draws
+Results are small: pyarrow Tables, plain dicts and ``Histogram``s.  ``flamingo_corpus.stats.report`` draws
 them, for the notebooks under ``notebooks/`` and for ``flamingo-corpus stats``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,14 +38,27 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from .index import INDEX_DIR
-from .manifest import BEFORE_DOWNLOAD, MANIFEST, UNITS
+from ..output.index import INDEX_DIR
+from ..output.manifest import BEFORE_DOWNLOAD, MANIFEST, UNITS
 
-# The order the stages drop rows in (pipeline/laion.py, pipeline/mmc4_pipeline.py), for the
+# The order the stages drop rows in (pipeline/laion/pipeline.py, pipeline/mmc4.pipeline.py), for the
 # funnel.  ``safety`` runs at several points (URL, download, image, NSFW); it is listed at its
 # first.  A stage not named here goes just before ``shard``.
-STAGE_ORDER = ("read", "document", "metadata", "safety", "download", "image", "clip", "decontaminate",
-               "dedup", "near_dup", "sem_dedup", "align", "shard")
+STAGE_ORDER = (
+    "read",
+    "document",
+    "metadata",
+    "safety",
+    "download",
+    "image",
+    "clip",
+    "decontaminate",
+    "dedup",
+    "near_dup",
+    "sem_dedup",
+    "align",
+    "shard",
+)
 NO_LANGUAGE = "(none)"
 NO_HOST = "(no host)"
 # scheme://[user@]host[:port]/... -> host (an IPv6 host keeps its brackets).  RE2 syntax (Arrow's).
@@ -111,9 +125,15 @@ class Build:
     def is_mmc4(self) -> bool:
         return self.kind == "document"
 
-    def aggregate(self, columns: Sequence[str], project: Dict[str, pc.Expression], keys: Sequence[str],
-                  aggregates: Sequence[Tuple[str, str]] = ((None, "count_all"),), where: Optional[pc.Expression] = None,
-                  then: Sequence[ac.Declaration] = ()) -> pa.Table:
+    def aggregate(
+        self,
+        columns: Sequence[str],
+        project: Dict[str, pc.Expression],
+        keys: Sequence[str],
+        aggregates: Sequence[Tuple[str, str]] = ((None, "count_all"),),
+        where: Optional[pc.Expression] = None,
+        then: Sequence[ac.Declaration] = (),
+    ) -> pa.Table:
         """One streaming pass over the index: read ``columns``, keep rows matching ``where``,
         compute ``project`` (name -> expression), group by ``keys`` and aggregate.
 
@@ -126,8 +146,10 @@ class Build:
             nodes.append(ac.Declaration("filter", ac.FilterNodeOptions(where)))
         nodes.append(ac.Declaration("project", ac.ProjectNodeOptions(list(project.values()), list(project))))
         prefix = "hash_" if keys else ""
-        specs = [([] if col is None else col, prefix + fn, None, "n" if col is None else f"{col}_{fn}")
-                 for col, fn in aggregates]
+        specs = [
+            ([] if col is None else col, prefix + fn, None, "n" if col is None else f"{col}_{fn}")
+            for col, fn in aggregates
+        ]
         nodes.append(ac.Declaration("aggregate", ac.AggregateNodeOptions(specs, keys=list(keys))))
         return ac.Declaration.from_sequence(nodes + list(then)).to_table(use_threads=True)
 
@@ -155,6 +177,7 @@ def open_build(path) -> Build:
 
 # --- counts, headline, funnel -------------------------------------------------------------
 
+
 def stage_rank(stage: Optional[str]) -> int:
     return STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER) - 1
 
@@ -165,10 +188,14 @@ def outcomes(build, kind: Optional[str] = None) -> pa.Table:
     kind = kind or b.kind
     rows = [r for r in b.counts.to_pylist() if r["kind"] == kind]
     rows.sort(key=lambda r: (r["status"] == "kept", stage_rank(r["stage"]), -r["n"], r["reason"] or ""))
-    return pa.table({
-        "stage": [r["stage"] for r in rows], "status": [r["status"] for r in rows],
-        "reason": [r["reason"] for r in rows], "count": pa.array([r["n"] for r in rows], pa.int64()),
-    })
+    return pa.table(
+        {
+            "stage": [r["stage"] for r in rows],
+            "status": [r["status"] for r in rows],
+            "reason": [r["reason"] for r in rows],
+            "count": pa.array([r["n"] for r in rows], pa.int64()),
+        }
+    )
 
 
 def headline(build) -> Dict[str, float]:
@@ -183,8 +210,9 @@ def headline(build) -> Dict[str, float]:
         kept = sum(r["n"] for r in rows if r["status"] == "kept")
         out[f"{unit} in"] = total
         if kind != "document":
-            out[f"{unit} downloaded"] = sum(r["n"] for r in rows
-                                            if r["status"] == "kept" or r["stage"] not in BEFORE_DOWNLOAD)
+            out[f"{unit} downloaded"] = sum(
+                r["n"] for r in rows if r["status"] == "kept" or r["stage"] not in BEFORE_DOWNLOAD
+            )
         out[f"{unit} kept"] = kept
         out[f"{unit} kept %"] = round(100.0 * kept / total, 1) if total else 0.0
         out[f"{unit} dropped"] = total - kept
@@ -212,11 +240,16 @@ def funnel(build, kind: Optional[str] = None) -> pa.Table:
     kept = sum(r["count"] for r in rows if r["status"] == "kept")
     steps.append(("kept", None, None, kept, kept))
     names = ("step", "stage", "reason", "count", "remaining")
-    return pa.table({n: pa.array([s[i] for s in steps], pa.int64() if n in ("count", "remaining") else pa.string())
-                     for i, n in enumerate(names)})
+    return pa.table(
+        {
+            n: pa.array([s[i] for s in steps], pa.int64() if n in ("count", "remaining") else pa.string())
+            for i, n in enumerate(names)
+        }
+    )
 
 
 # --- histograms --------------------------------------------------------------------------
+
 
 @dataclass
 class Histogram:
@@ -268,11 +301,21 @@ def _edges(lo: float, hi: float, bins: int, integer: bool) -> np.ndarray:
     return np.linspace(lo, hi, bins + 1)
 
 
-def _histogram(b: Build, what: str, columns: Sequence[str], where: pc.Expression,
-               series: Dict[str, Tuple[pc.Expression, Optional[pc.Expression]]] = None, *,
-               value: Optional[pc.Expression] = None, by: Optional[str] = None, bins: int = 40,
-               log: bool = False, integer: bool = False, cap: Optional[float] = None,
-               value_range: Optional[Tuple[float, float]] = None) -> Histogram:
+def _histogram(
+    b: Build,
+    what: str,
+    columns: Sequence[str],
+    where: pc.Expression,
+    series: Dict[str, Tuple[pc.Expression, Optional[pc.Expression]]] = None,
+    *,
+    value: Optional[pc.Expression] = None,
+    by: Optional[str] = None,
+    bins: int = 40,
+    log: bool = False,
+    integer: bool = False,
+    cap: Optional[float] = None,
+    value_range: Optional[Tuple[float, float]] = None,
+) -> Histogram:
     """A histogram over the index in two streaming passes (the range, then the bins).
 
     Either ``value`` split into series by the column ``by`` (e.g. status -> kept, dropped), or
@@ -331,8 +374,9 @@ def similarity_histogram(build, kind: Optional[str] = None, bins: int = 40) -> H
     before CLIP have no similarity and are not counted."""
     b = open_build(build)
     _, where = _of_kind(b, kind)
-    return _histogram(b, "CLIP similarity", ["kind", "status", "similarity"], where,
-                      value=f("similarity"), by="status", bins=bins)
+    return _histogram(
+        b, "CLIP similarity", ["kind", "status", "similarity"], where, value=f("similarity"), by="status", bins=bins
+    )
 
 
 def similarity_threshold(build) -> Optional[float]:
@@ -349,9 +393,15 @@ def image_sides(build, kind: Optional[str] = None, bins: int = 30) -> Histogram:
     b = open_build(build)
     _, where = _of_kind(b, kind)
     cols = ["kind", "original_width", "original_height"]
-    return _histogram(b, "original side (px)", cols, where,
-                      {"width": (f("original_width"), None), "height": (f("original_height"), None)},
-                      bins=bins, log=True)
+    return _histogram(
+        b,
+        "original side (px)",
+        cols,
+        where,
+        {"width": (f("original_width"), None), "height": (f("original_height"), None)},
+        bins=bins,
+        log=True,
+    )
 
 
 def aspect_ratios(build, kind: Optional[str] = None, bins: int = 30) -> Histogram:
@@ -360,20 +410,37 @@ def aspect_ratios(build, kind: Optional[str] = None, bins: int = 30) -> Histogra
     b = open_build(build)
     _, where = _of_kind(b, kind)
     ratio = pc.divide(f("original_width").cast(pa.float64()), f("original_height").cast(pa.float64()))
-    return _histogram(b, "aspect ratio (width / height)", ["kind", "status", "original_width", "original_height"],
-                      where & (f("original_height") > 0), value=ratio, by="status", bins=bins, log=True)
+    return _histogram(
+        b,
+        "aspect ratio (width / height)",
+        ["kind", "status", "original_width", "original_height"],
+        where & (f("original_height") > 0),
+        value=ratio,
+        by="status",
+        bins=bins,
+        log=True,
+    )
 
 
 def encoded_bytes(build, kind: Optional[str] = None, bins: int = 30) -> Histogram:
     """Bytes of the images as written into the tars (kept rows; log-spaced bins)."""
     b = open_build(build)
     _, where = _of_kind(b, kind)
-    return _histogram(b, "encoded image bytes", ["kind", "status", "bytes"], where & (f("status") == "kept"),
-                      value=f("bytes"), by="status", bins=bins, log=True)
+    return _histogram(
+        b,
+        "encoded image bytes",
+        ["kind", "status", "bytes"],
+        where & (f("status") == "kept"),
+        value=f("bytes"),
+        by="status",
+        bins=bins,
+        log=True,
+    )
 
 
-def caption_lengths(build, kind: Optional[str] = None, bins: int = 40,
-                    max_words: int = 100) -> Tuple[Histogram, Histogram]:
+def caption_lengths(
+    build, kind: Optional[str] = None, bins: int = 40, max_words: int = 100
+) -> Tuple[Histogram, Histogram]:
     """(words, characters) per caption, kept vs dropped.  Words are split at Unicode whitespace; captions
     longer than ``max_words`` words land in the last bin.  Empty for MMC4 (sentences are not in the
     index: see ``document_sample``)."""
@@ -381,14 +448,24 @@ def caption_lengths(build, kind: Optional[str] = None, bins: int = 40,
     _, where = _of_kind(b, kind)
     cols = ["kind", "status", "caption"]
     n_words = pc.list_value_length(pc.utf8_split_whitespace(f("caption")))
-    words = _histogram(b, "words per caption", cols, where, value=n_words,
-                       by="status", bins=bins, integer=True, cap=max_words)
-    chars = _histogram(b, "characters per caption", cols, where & (pc.utf8_length(f("caption")) > 0),
-                       value=pc.utf8_length(f("caption")), by="status", bins=bins, log=True)
+    words = _histogram(
+        b, "words per caption", cols, where, value=n_words, by="status", bins=bins, integer=True, cap=max_words
+    )
+    chars = _histogram(
+        b,
+        "characters per caption",
+        cols,
+        where & (pc.utf8_length(f("caption")) > 0),
+        value=pc.utf8_length(f("caption")),
+        by="status",
+        bins=bins,
+        log=True,
+    )
     return words, chars
 
 
 # --- languages, duplicates, download errors, shards ---------------------------------------------
+
 
 def languages(build, kind: Optional[str] = None, top: int = 12) -> pa.Table:
     """(language, kept, dropped, total) of the ``top`` languages by rows, the rest summed in one
@@ -396,8 +473,9 @@ def languages(build, kind: Optional[str] = None, top: int = 12) -> pa.Table:
     b = open_build(build)
     _, where = _of_kind(b, kind)
     lang = pc.coalesce(f("language"), pa.scalar(NO_LANGUAGE))
-    t = b.aggregate(["kind", "status", "language"], {"language": lang, "status": f("status")},
-                    ["language", "status"], where=where)
+    t = b.aggregate(
+        ["kind", "status", "language"], {"language": lang, "status": f("status")}, ["language", "status"], where=where
+    )
     per: Dict[str, Dict[str, int]] = {}
     for r in t.to_pylist():
         per.setdefault(r["language"], {"kept": 0, "dropped": 0})[r["status"]] = r["n"]
@@ -405,12 +483,14 @@ def languages(build, kind: Optional[str] = None, top: int = 12) -> pa.Table:
     head, rest = ranked[:top], ranked[top:]
     if rest:
         head.append((f"(other: {len(rest)})", {s: sum(v[s] for _, v in rest) for s in ("kept", "dropped")}))
-    return pa.table({
-        "language": [k for k, _ in head],
-        "kept": pa.array([v["kept"] for _, v in head], pa.int64()),
-        "dropped": pa.array([v["dropped"] for _, v in head], pa.int64()),
-        "total": pa.array([v["kept"] + v["dropped"] for _, v in head], pa.int64()),
-    })
+    return pa.table(
+        {
+            "language": [k for k, _ in head],
+            "kept": pa.array([v["kept"] for _, v in head], pa.int64()),
+            "dropped": pa.array([v["dropped"] for _, v in head], pa.int64()),
+            "total": pa.array([v["kept"] + v["dropped"] for _, v in head], pa.int64()),
+        }
+    )
 
 
 def duplicate_groups(build, kind: Optional[str] = None) -> pa.Table:
@@ -422,16 +502,25 @@ def duplicate_groups(build, kind: Optional[str] = None) -> pa.Table:
     where = where & f("duplicate_of").is_valid()
     keys = ["stage", "reason", "duplicate_of"]
     by_size = [
-        ac.Declaration("project", ac.ProjectNodeOptions(
-            [f("stage"), f("reason"), pc.add(f("n"), pa.scalar(1, pa.int64())), f("n")],
-            ["stage", "reason", "group_size", "copies"])),
-        ac.Declaration("aggregate", ac.AggregateNodeOptions(
-            [([], "hash_count_all", None, "groups"), ("copies", "hash_sum", None, "rows_dropped")],
-            keys=["stage", "reason", "group_size"])),
+        ac.Declaration(
+            "project",
+            ac.ProjectNodeOptions(
+                [f("stage"), f("reason"), pc.add(f("n"), pa.scalar(1, pa.int64())), f("n")],
+                ["stage", "reason", "group_size", "copies"],
+            ),
+        ),
+        ac.Declaration(
+            "aggregate",
+            ac.AggregateNodeOptions(
+                [([], "hash_count_all", None, "groups"), ("copies", "hash_sum", None, "rows_dropped")],
+                keys=["stage", "reason", "group_size"],
+            ),
+        ),
     ]
     t = b.aggregate(["kind", *keys], {k: f(k) for k in keys}, keys, where=where, then=by_size)
     return t.select(["stage", "reason", "group_size", "groups", "rows_dropped"]).sort_by(
-        [("stage", "ascending"), ("reason", "ascending"), ("group_size", "ascending")])
+        [("stage", "ascending"), ("reason", "ascending"), ("group_size", "ascending")]
+    )
 
 
 def download_errors(build, kind: Optional[str] = None) -> pa.Table:
@@ -445,8 +534,9 @@ def download_errors(build, kind: Optional[str] = None) -> pa.Table:
 def host_of(url: pc.Expression) -> pc.Expression:
     """The lower-cased host of a URL expression; "(no host)" where there is none."""
     host = pc.utf8_lower(pc.replace_substring_regex(url, pattern=_HOST, replacement=r"\1"))
-    return pc.if_else(pc.match_substring_regex(pc.coalesce(url, pa.scalar("")), pattern=_URL_WITH_HOST),
-                      host, pa.scalar(NO_HOST))
+    return pc.if_else(
+        pc.match_substring_regex(pc.coalesce(url, pa.scalar("")), pattern=_URL_WITH_HOST), host, pa.scalar(NO_HOST)
+    )
 
 
 def download_errors_by_domain(build, kind: Optional[str] = None, top: int = 15) -> pa.Table:
@@ -456,8 +546,12 @@ def download_errors_by_domain(build, kind: Optional[str] = None, top: int = 15) 
     b = open_build(build)
     _, where = _of_kind(b, kind)
     where = where & (f("stage") == "download") & (f("status") == "dropped")
-    t = b.aggregate(["kind", "stage", "status", "reason", "url"], {"domain": host_of(f("url")), "reason": f("reason")},
-                    ["domain", "reason"], where=where)
+    t = b.aggregate(
+        ["kind", "stage", "status", "reason", "url"],
+        {"domain": host_of(f("url")), "reason": f("reason")},
+        ["domain", "reason"],
+        where=where,
+    )
     per: Dict[str, Dict[str, int]] = {}
     reason_total: Dict[str, int] = {}
     for r in t.to_pylist():
@@ -467,10 +561,11 @@ def download_errors_by_domain(build, kind: Optional[str] = None, top: int = 15) 
     ranked = sorted(per.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
     head, rest = ranked[:top], ranked[top:]
     if rest:
-        head.append((f"(other: {len(rest)} domains)",
-                     {r: sum(v.get(r, 0) for _, v in rest) for r in reasons}))
-    cols = {"domain": pa.array([d for d, _ in head], pa.string()),
-            "total": pa.array([sum(v.values()) for _, v in head], pa.int64())}
+        head.append((f"(other: {len(rest)} domains)", {r: sum(v.get(r, 0) for _, v in rest) for r in reasons}))
+    cols = {
+        "domain": pa.array([d for d, _ in head], pa.string()),
+        "total": pa.array([sum(v.values()) for _, v in head], pa.int64()),
+    }
     cols.update({r: pa.array([v.get(r, 0) for _, v in head], pa.int64()) for r in reasons})
     return pa.table(cols)
 
@@ -479,12 +574,17 @@ def shards(build) -> pa.Table:
     """(name, count, bytes) of every shard, from the manifest."""
     b = open_build(build)
     items = sorted(b.manifest.get("shards") or [], key=lambda s: s["name"])
-    return pa.table({"name": pa.array([s["name"] for s in items], pa.string()),
-                     "count": pa.array([s.get("count") for s in items], pa.int64()),
-                     "bytes": pa.array([s.get("bytes") for s in items], pa.int64())})
+    return pa.table(
+        {
+            "name": pa.array([s["name"] for s in items], pa.string()),
+            "count": pa.array([s.get("count") for s in items], pa.int64()),
+            "bytes": pa.array([s.get("bytes") for s in items], pa.int64()),
+        }
+    )
 
 
 # --- MMC4 documents ------------------------------------------------------------------------
+
 
 def images_per_document(build) -> pa.Table:
     """(images, documents_in, documents_kept): how many documents had that many input images
@@ -496,11 +596,19 @@ def images_per_document(build) -> pa.Table:
     kept = pc.if_else(f("status") == "kept", pa.scalar(1, pa.int64()), pa.scalar(0, pa.int64()))
     per_size = [
         ac.Declaration("project", ac.ProjectNodeOptions([f("n"), f("kept_sum")], ["images_in", "images_kept"])),
-        ac.Declaration("aggregate", ac.AggregateNodeOptions([([], "hash_count_all", None, "documents")],
-                                                            keys=["images_in", "images_kept"])),
+        ac.Declaration(
+            "aggregate",
+            ac.AggregateNodeOptions([([], "hash_count_all", None, "documents")], keys=["images_in", "images_kept"]),
+        ),
     ]
-    t = b.aggregate(["kind", "status", *doc_keys], {"source_index": f("source_index"), "row": f("row"), "kept": kept},
-                    doc_keys, [(None, "count_all"), ("kept", "sum")], where=f("kind") == "image", then=per_size)
+    t = b.aggregate(
+        ["kind", "status", *doc_keys],
+        {"source_index": f("source_index"), "row": f("row"), "kept": kept},
+        doc_keys,
+        [(None, "count_all"), ("kept", "sum")],
+        where=f("kind") == "image",
+        then=per_size,
+    )
     docs_in: Dict[int, int] = {}
     docs_kept: Dict[int, int] = {}
     for r in t.to_pylist():
@@ -508,9 +616,13 @@ def images_per_document(build) -> pa.Table:
         if r["images_kept"]:
             docs_kept[r["images_kept"]] = docs_kept.get(r["images_kept"], 0) + r["documents"]
     sizes = sorted(set(docs_in) | set(docs_kept))
-    return pa.table({"images": pa.array(sizes, pa.int64()),
-                     "documents_in": pa.array([docs_in.get(s, 0) for s in sizes], pa.int64()),
-                     "documents_kept": pa.array([docs_kept.get(s, 0) for s in sizes], pa.int64())})
+    return pa.table(
+        {
+            "images": pa.array(sizes, pa.int64()),
+            "documents_in": pa.array([docs_in.get(s, 0) for s in sizes], pa.int64()),
+            "documents_kept": pa.array([docs_kept.get(s, 0) for s in sizes], pa.int64()),
+        }
+    )
 
 
 @dataclass
@@ -567,15 +679,26 @@ def document_sample(build, documents: int = 200, per_shard: int = 50, seed: int 
         return DocumentSample([], docs)
     for shard, doc in _documents(b, per_shard, _shard_order(b, seed)):
         info = [i for i in doc.get("image_info") or [] if isinstance(i, dict)]
-        docs.append({"key": doc["key"], "shard": shard, "sentences": [str(s) for s in doc.get("text_list") or []],
-                     "matched": [(i.get("matched_text_index"), i.get("matched_sim")) for i in info]})
+        docs.append(
+            {
+                "key": doc["key"],
+                "shard": shard,
+                "sentences": [str(s) for s in doc.get("text_list") or []],
+                "matched": [(i.get("matched_text_index"), i.get("matched_sim")) for i in info],
+            }
+        )
         if len(docs) >= documents:
             break
     return DocumentSample(sorted({d["shard"] for d in docs}), docs)
 
 
-def _from_values(what: str, values: Dict[str, Sequence[float]], bins: int, integer: bool = False,
-                 value_range: Optional[Tuple[float, float]] = None) -> Histogram:
+def _from_values(
+    what: str,
+    values: Dict[str, Sequence[float]],
+    bins: int,
+    integer: bool = False,
+    value_range: Optional[Tuple[float, float]] = None,
+) -> Histogram:
     """A Histogram of values already in memory (the document sample), binned as the index ones."""
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
     nonempty = [a for a in arrays.values() if a.size]
@@ -588,8 +711,9 @@ def _from_values(what: str, values: Dict[str, Sequence[float]], bins: int, integ
 
 
 def sentences_per_document(sample: DocumentSample, bins: int = 40) -> Histogram:
-    return _from_values("sentences per document", {"documents": [len(d["sentences"]) for d in sample.documents]},
-                        bins, integer=True)
+    return _from_values(
+        "sentences per document", {"documents": [len(d["sentences"]) for d in sample.documents]}, bins, integer=True
+    )
 
 
 def sentence_lengths(sample: DocumentSample, bins: int = 40, max_words: int = 100) -> Histogram:
@@ -600,13 +724,19 @@ def sentence_lengths(sample: DocumentSample, bins: int = 40, max_words: int = 10
 def image_landing(sample: DocumentSample, bins: int = 10) -> Histogram:
     """Where images land in their document: the matched sentence's place in the text, 0 for the
     first sentence and 1 for the last (a one-sentence document counts as 0)."""
-    where = [(j / (len(d["sentences"]) - 1)) if len(d["sentences"]) > 1 else 0.0
-             for d in sample.documents for j, _ in d["matched"] if isinstance(j, int)]
-    return _from_values("matched sentence position (0 = first, 1 = last)", {"images": where}, bins,
-                        value_range=(0.0, 1.0))
+    where = [
+        (j / (len(d["sentences"]) - 1)) if len(d["sentences"]) > 1 else 0.0
+        for d in sample.documents
+        for j, _ in d["matched"]
+        if isinstance(j, int)
+    ]
+    return _from_values(
+        "matched sentence position (0 = first, 1 = last)", {"images": where}, bins, value_range=(0.0, 1.0)
+    )
 
 
 # --- sample images ------------------------------------------------------------------------
+
 
 @dataclass
 class SampleItem:

@@ -1,6 +1,6 @@
 """Figures of a build's statistics, and ``flamingo-corpus stats``'s one-file HTML report.
 
-``pipeline.stats`` computes; this module draws.  Each ``plot_*`` takes what a stats function
+``flamingo_corpus.stats.compute`` computes; this module draws.  Each ``plot_*`` takes what a stats function
 returned and gives a matplotlib Figure, made without pyplot (no global figure state, no GUI
 backend: the CLI runs headless and the notebooks show the same Figure objects).  ``sections``
 lists what the report shows, in order; the notebooks call the same stats and plot functions cell
@@ -9,6 +9,7 @@ by cell, so there is one implementation of every number and every picture.
 The HTML report is one file: the figures are PNGs embedded as ``data:`` URIs, the style sheet is
 inline, and nothing is linked, so it can be mailed or attached to an issue as it is.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,13 +30,26 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from . import stats
-from .stats import Build, Histogram, SampleItem
+from . import compute as stats
+from .compute import Build, Histogram, SampleItem
 
 KEPT_COLOR, DROPPED_COLOR, IN_COLOR = "#2a9d8f", "#e76f51", "#6c757d"
 SERIES_COLORS = {"kept": KEPT_COLOR, "dropped": DROPPED_COLOR}
-PALETTE = ("#264653", "#e9c46a", "#f4a261", "#8ab17d", "#b5838d", "#457b9d", "#e63946", "#6d597a",
-           "#9c6644", "#588157", "#bc6c25", "#3a86ff", "#ff006e")
+PALETTE = (
+    "#264653",
+    "#e9c46a",
+    "#f4a261",
+    "#8ab17d",
+    "#b5838d",
+    "#457b9d",
+    "#e63946",
+    "#6d597a",
+    "#9c6644",
+    "#588157",
+    "#bc6c25",
+    "#3a86ff",
+    "#ff006e",
+)
 DPI = 100
 
 
@@ -78,8 +92,9 @@ def plot_funnel(table: pa.Table, title: str = "Filter funnel") -> Figure:
     ax.set_xlabel("count")
     ax.set_title(title)
     if colors:
-        ax.legend(handles=[Patch(color=c, label=s) for s, c in colors.items()], title="stage", fontsize=8,
-                  loc="lower right")
+        ax.legend(
+            handles=[Patch(color=c, label=s) for s, c in colors.items()], title="stage", fontsize=8, loc="lower right"
+        )
     return fig
 
 
@@ -96,7 +111,7 @@ def _log_axis(ax, lo: float, hi: float) -> None:
     ax.set_xscale("log")
     k0, k1 = math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1
     for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
-        ticks = [m * 10.0 ** k for k in range(k0, k1 + 1) for m in mantissas if lo <= m * 10.0 ** k <= hi]
+        ticks = [m * 10.0**k for k in range(k0, k1 + 1) for m in mantissas if lo <= m * 10.0**k <= hi]
         if len(ticks) >= 4:
             break
     ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
@@ -104,8 +119,13 @@ def _log_axis(ax, lo: float, hi: float) -> None:
     ax.xaxis.set_minor_locator(ticker.NullLocator())
 
 
-def plot_histograms(hists: Sequence[Histogram], title: str = "", threshold: Optional[float] = None,
-                    threshold_label: str = "threshold", titles: Optional[Sequence[str]] = None) -> Figure:
+def plot_histograms(
+    hists: Sequence[Histogram],
+    title: str = "",
+    threshold: Optional[float] = None,
+    threshold_label: str = "threshold",
+    titles: Optional[Sequence[str]] = None,
+) -> Figure:
     """One panel per histogram, one outline per series (kept, dropped, ...)."""
     fig = _figure(4.6 * len(hists) + 0.6, 3.6, len(hists))
     for i, (ax, h) in enumerate(zip(fig.axes, hists)):
@@ -130,8 +150,9 @@ def plot_histograms(hists: Sequence[Histogram], title: str = "", threshold: Opti
     return fig
 
 
-def plot_histogram(h: Histogram, title: str = "", threshold: Optional[float] = None,
-                   threshold_label: str = "threshold") -> Figure:
+def plot_histogram(
+    h: Histogram, title: str = "", threshold: Optional[float] = None, threshold_label: str = "threshold"
+) -> Figure:
     return plot_histograms([h], title, threshold, threshold_label)
 
 
@@ -153,8 +174,12 @@ def plot_languages(table: pa.Table, title: str = "Language mix") -> Figure:
         _no_data(ax, "no rows")
         ax.set_title(title)
         return fig
-    _stacked_barh(ax, [r["language"] for r in rows], {"kept": [r["kept"] for r in rows],
-                                                     "dropped": [r["dropped"] for r in rows]}, SERIES_COLORS)
+    _stacked_barh(
+        ax,
+        [r["language"] for r in rows],
+        {"kept": [r["kept"] for r in rows], "dropped": [r["dropped"] for r in rows]},
+        SERIES_COLORS,
+    )
     ax.set_xlabel("rows")
     ax.legend(fontsize=8)
     ax.set_title(title)
@@ -175,8 +200,13 @@ def plot_duplicate_groups(table: pa.Table, title: str = "Duplicate groups") -> F
     width = 0.8 / len(reasons)
     for i, reason in enumerate(reasons):
         per = {r["group_size"]: r["groups"] for r in rows if f"{r['stage']}/{r['reason']}" == reason}
-        ax.bar(np.arange(len(sizes)) + (i - (len(reasons) - 1) / 2) * width, [per.get(s, 0) for s in sizes],
-               width=width, label=reason, color=PALETTE[i % len(PALETTE)])
+        ax.bar(
+            np.arange(len(sizes)) + (i - (len(reasons) - 1) / 2) * width,
+            [per.get(s, 0) for s in sizes],
+            width=width,
+            label=reason,
+            color=PALETTE[i % len(PALETTE)],
+        )
     ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
     ax.set_xlabel("group size (kept copy + dropped copies)")
     ax.set_ylabel("groups")
@@ -204,8 +234,12 @@ def plot_download_errors(by_reason: pa.Table, by_domain: pa.Table, title: str = 
     ax_r.set_xlabel("rows")
     ax_r.set_title("by reason", fontsize=10)
     names = [c for c in by_domain.column_names if c not in ("domain", "total")]
-    _stacked_barh(ax_d, [d["domain"] for d in domains], {n: [d[n] for d in domains] for n in names},
-                  {n: colors.get(n, IN_COLOR) for n in names})
+    _stacked_barh(
+        ax_d,
+        [d["domain"] for d in domains],
+        {n: [d[n] for d in domains] for n in names},
+        {n: colors.get(n, IN_COLOR) for n in names},
+    )
     ax_d.set_xlabel("rows")
     ax_d.set_title("by domain", fontsize=10)
     ax_d.legend(fontsize=7)
@@ -244,10 +278,16 @@ def plot_images_per_document(table: pa.Table, title: str = "Images per document"
         ax.set_title(title)
         return fig
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["documents_in"] for r in rows], width=0.4, color=IN_COLOR,
-           label="input images per document that reached the image stages")
-    ax.bar(x + 0.2, [r["documents_kept"] for r in rows], width=0.4, color=KEPT_COLOR,
-           label="kept images per kept document")
+    ax.bar(
+        x - 0.2,
+        [r["documents_in"] for r in rows],
+        width=0.4,
+        color=IN_COLOR,
+        label="input images per document that reached the image stages",
+    )
+    ax.bar(
+        x + 0.2, [r["documents_kept"] for r in rows], width=0.4, color=KEPT_COLOR, label="kept images per kept document"
+    )
     ax.set_xticks(x, [str(r["images"]) for r in rows])
     ax.set_xlabel("images")
     ax.set_ylabel("documents")
@@ -283,6 +323,7 @@ def plot_sample_grid(items: Sequence[SampleItem], columns: int = 4, title: str =
 
 # --- tables --------------------------------------------------------------------------------
 
+
 def _cell(v) -> str:
     if v is None:
         return ""
@@ -314,8 +355,10 @@ def html_table(obj, max_rows: int = 60) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = []
     for r in rows[:max_rows]:
-        cells = "".join(f"<td class='{'num' if isinstance(r[c], (int, float)) else 'txt'}'>"
-                        f"{html.escape(_cell(r[c]))}</td>" for c in cols)
+        cells = "".join(
+            f"<td class='{'num' if isinstance(r[c], (int, float)) else 'txt'}'>{html.escape(_cell(r[c]))}</td>"
+            for c in cols
+        )
         body.append(f"<tr>{cells}</tr>")
     more = f"<p class='more'>... {len(rows) - max_rows:,} more rows</p>" if len(rows) > max_rows else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}"
@@ -341,6 +384,7 @@ def table(obj, max_rows: int = 60) -> Table:
 
 # --- the report ----------------------------------------------------------------------------
 
+
 @dataclass
 class Section:
     name: str  # file stem of its PNG (--png-dir)
@@ -361,35 +405,81 @@ def sections(build, samples: int = 12, documents: int = 200) -> List[Section]:
     out = [Section("headline", "Headline", table=stats.headline(b))]
     for kind in b.kinds:
         f = stats.funnel(b, kind)
-        out.append(Section(f"funnel-{stats.UNITS[kind]}", f"Filter funnel: {stats.UNITS[kind]}",
-                           plot_funnel(f, f"Filter funnel: {stats.UNITS[kind]}"), f))
+        out.append(
+            Section(
+                f"funnel-{stats.UNITS[kind]}",
+                f"Filter funnel: {stats.UNITS[kind]}",
+                plot_funnel(f, f"Filter funnel: {stats.UNITS[kind]}"),
+                f,
+            )
+        )
     sim = stats.similarity_histogram(b)
-    out.append(Section("similarity", "Matched CLIP similarity" if b.is_mmc4 else "CLIP similarity",
-                       plot_histogram(sim, f"CLIP similarity of {unit}, kept vs dropped", stats.similarity_threshold(b),
-                                      _similarity_label(b)),
-                       note="Rows dropped before CLIP scoring have no similarity and are not counted."
-                       + (" Kept images: similarity with their matched sentence; images dropped at alignment: "
-                          "with their best sentence." if b.is_mmc4 else "")))
-    out.append(Section("image-sizes", "Image sizes and aspect ratios", plot_histograms(
-        [stats.image_sides(b), stats.aspect_ratios(b), stats.encoded_bytes(b)], f"Image sizes ({unit})",
-        titles=["original width and height", "original aspect ratio", "bytes in the tars (kept)"]),
-        note="Original sizes of the images that decoded; images dropped by the size and aspect-ratio "
-             "checks carry no dimensions in the index."))
+    out.append(
+        Section(
+            "similarity",
+            "Matched CLIP similarity" if b.is_mmc4 else "CLIP similarity",
+            plot_histogram(
+                sim, f"CLIP similarity of {unit}, kept vs dropped", stats.similarity_threshold(b), _similarity_label(b)
+            ),
+            note="Rows dropped before CLIP scoring have no similarity and are not counted."
+            + (
+                " Kept images: similarity with their matched sentence; images dropped at alignment: "
+                "with their best sentence."
+                if b.is_mmc4
+                else ""
+            ),
+        )
+    )
+    out.append(
+        Section(
+            "image-sizes",
+            "Image sizes and aspect ratios",
+            plot_histograms(
+                [stats.image_sides(b), stats.aspect_ratios(b), stats.encoded_bytes(b)],
+                f"Image sizes ({unit})",
+                titles=["original width and height", "original aspect ratio", "bytes in the tars (kept)"],
+            ),
+            note="Original sizes of the images that decoded; images dropped by the size and aspect-ratio "
+            "checks carry no dimensions in the index.",
+        )
+    )
     if b.is_mmc4:
         per_doc = stats.images_per_document(b)
         out.append(Section("images-per-document", "Images per document", plot_images_per_document(per_doc), per_doc))
         sample = stats.document_sample(b, documents)
-        note = (f"From {len(sample):,} kept documents read from {len(sample.shards)} shard(s): the index "
-                "holds no sentences, so these read the first documents of a few shards.")
-        out.append(Section("sentences", "Sentences per document and their lengths", plot_histograms(
-            [stats.sentences_per_document(sample), stats.sentence_lengths(sample)], "Sentences (document sample)",
-            titles=["sentences per document", "words per sentence"]), note=note))
-        out.append(Section("image-landing", "Where images land in the document", plot_histogram(
-            stats.image_landing(sample), "Matched sentence of each kept image (document sample)"), note=note))
+        note = (
+            f"From {len(sample):,} kept documents read from {len(sample.shards)} shard(s): the index "
+            "holds no sentences, so these read the first documents of a few shards."
+        )
+        out.append(
+            Section(
+                "sentences",
+                "Sentences per document and their lengths",
+                plot_histograms(
+                    [stats.sentences_per_document(sample), stats.sentence_lengths(sample)],
+                    "Sentences (document sample)",
+                    titles=["sentences per document", "words per sentence"],
+                ),
+                note=note,
+            )
+        )
+        out.append(
+            Section(
+                "image-landing",
+                "Where images land in the document",
+                plot_histogram(stats.image_landing(sample), "Matched sentence of each kept image (document sample)"),
+                note=note,
+            )
+        )
     else:
         words, chars = stats.caption_lengths(b)
-        out.append(Section("caption-lengths", "Caption length", plot_histograms(
-            [words, chars], "Caption length, kept vs dropped", titles=["words", "characters"])))
+        out.append(
+            Section(
+                "caption-lengths",
+                "Caption length",
+                plot_histograms([words, chars], "Caption length, kept vs dropped", titles=["words", "characters"]),
+            )
+        )
     langs = stats.languages(b)
     if langs.num_rows and set(langs.column("language").to_pylist()) != {stats.NO_LANGUAGE}:
         out.append(Section("languages", "Language mix", plot_languages(langs), langs))
@@ -401,9 +491,15 @@ def sections(build, samples: int = 12, documents: int = 200) -> List[Section]:
     out.append(Section("shards", "Shards", plot_shards(sh), sh if sh.num_rows <= 20 else None))
     if samples > 0:
         items = stats.sample_items(b, samples)
-        out.append(Section("samples", "Sample images", plot_sample_grid(items),
-                           note=f"{len(items)} kept samples, the first ones of a few shards: the only section "
-                                "that reads the tars (those members only)."))
+        out.append(
+            Section(
+                "samples",
+                "Sample images",
+                plot_sample_grid(items),
+                note=f"{len(items)} kept samples, the first ones of a few shards: the only section "
+                "that reads the tars (those members only).",
+            )
+        )
     return out
 
 
@@ -426,13 +522,18 @@ img { max-width: 100%; } .note, .meta { color: #555; font-size: 0.85em; }
 
 def render_html(b: Build, parts: Sequence[Section]) -> str:
     m = b.manifest
-    meta = (f"build <code>{html.escape(b.path)}</code> &middot; recipe <b>{html.escape(b.name)}</b> "
-            f"(sha256 {html.escape(str(m.get('recipe_sha256', ''))[:12])}) &middot; "
-            f"code {html.escape(str(m.get('code_version', '')))}"
-            f" &middot; report written {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
-    body = [f"<h1>Dataset statistics: {html.escape(b.name)}</h1>", f"<p class='meta'>{meta}</p>",
-            "<p class='note'>Computed from manifest.json and the per-row index; only the sample images "
-            "(and, for MMC4, the sentence statistics) read a few tar members.</p>"]
+    meta = (
+        f"build <code>{html.escape(b.path)}</code> &middot; recipe <b>{html.escape(b.name)}</b> "
+        f"(sha256 {html.escape(str(m.get('recipe_sha256', ''))[:12])}) &middot; "
+        f"code {html.escape(str(m.get('code_version', '')))}"
+        f" &middot; report written {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"
+    )
+    body = [
+        f"<h1>Dataset statistics: {html.escape(b.name)}</h1>",
+        f"<p class='meta'>{meta}</p>",
+        "<p class='note'>Computed from manifest.json and the per-row index; only the sample images "
+        "(and, for MMC4, the sentence statistics) read a few tar members.</p>",
+    ]
     for s in parts:
         body.append(f"<h2 id='{html.escape(s.name)}'>{html.escape(s.title)}</h2>")
         if s.note:
@@ -442,9 +543,11 @@ def render_html(b: Build, parts: Sequence[Section]) -> str:
             body.append(f"<img alt='{html.escape(s.title)}' src='data:image/png;base64,{data}'>")
         if s.table is not None:
             body.append(html_table(s.table))
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{html.escape(b.name)}: dataset statistics</title><style>{STYLE}</style></head>"
-            f"<body>{''.join(body)}</body></html>\n")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(b.name)}: dataset statistics</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
 
 
 def write_report(build, output: str, samples: int = 12, png_dir: Optional[str] = None) -> Dict[str, float]:

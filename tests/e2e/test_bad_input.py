@@ -5,6 +5,7 @@ Reader-level cases already tested elsewhere (a zip with several jsonl, a file th
 each MMC4 validation reason, a missing column, a parquet that is not parquet) are not repeated
 here; this file builds whole outputs over inputs that mix the bad with the good.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.build import run_build
-from pipeline.manifest import summary
-from pipeline.recipe import recipe_from_dict
-from pipeline.sample_web import SampleWeb
-from pipeline.verify import verify
+from flamingo_corpus.build import run_build
+from flamingo_corpus.output.manifest import summary
+from flamingo_corpus.output.verify import verify
+from flamingo_corpus.recipe import recipe_from_dict
+from flamingo_corpus.sample.web import SampleWeb
 
-from .loopback_build import BASE_RECIPE, jpeg_bytes, smooth_photo
+from ..loopback_build import BASE_RECIPE, jpeg_bytes, smooth_photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -46,7 +47,7 @@ def _corrupt_first_row_group(path: Path) -> None:
     for c in range(meta.num_columns):
         col = meta.row_group(0).column(c)
         start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
-        data[start:start + col.total_compressed_size] = b"\xff" * col.total_compressed_size
+        data[start : start + col.total_compressed_size] = b"\xff" * col.total_compressed_size
     path.write_bytes(bytes(data))
 
 
@@ -71,8 +72,11 @@ def _laion_inputs(folder: Path, web: str) -> dict:
         (f"{web}/1.jpg?empty-caption", "", "no_caption"),
         ("file:///etc/passwd", caption, "bad_scheme"),
         ("ftp://127.0.0.1/pub/picture.jpg", caption, "bad_scheme"),
-        ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg==",
-         caption, "bad_scheme"),
+        (
+            "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg==",
+            caption,
+            "bad_scheme",
+        ),
         (f"{web}/1.jpg?enormous", ("word " * (ENORMOUS // 5)), "caption_too_long"),
         ("http://[::1/broken-ipv6.jpg", caption, "bad_url"),
         (f"{web}/missing.jpg", caption, "http_404"),
@@ -80,27 +84,48 @@ def _laion_inputs(folder: Path, web: str) -> dict:
     ]
     punsafe = ["0.01", "high", None, None, None, None, None, None, None, None, None, "n/a", "0.99"]
     width = ["320", "wide", None, None, None, None, None, None, None, None, None, None, "320"]
-    table("a-strings.parquet", {"URL": [r[0] for r in rows], "TEXT": [r[1] for r in rows],
-                                "punsafe": punsafe, "WIDTH": width}, [r[2] for r in rows])
+    table(
+        "a-strings.parquet",
+        {"URL": [r[0] for r in rows], "TEXT": [r[1] for r in rows], "punsafe": punsafe, "WIDTH": width},
+        [r[2] for r in rows],
+    )
     # Binary columns: decoded as UTF-8 where they are, dropped with a reason where not.
-    table("b-binary.parquet", {
-        "URL": pa.array([good[1].encode(), good[2].encode() + b"?x", f"{web}/\xff.jpg".encode("latin-1")], pa.binary()),
-        "TEXT": pa.array(["a café picture".encode(), b"caption with \xff\xfe bytes", caption.encode()], pa.binary()),
-    }, [None, "caption_not_utf8", "url_not_utf8"])
+    table(
+        "b-binary.parquet",
+        {
+            "URL": pa.array(
+                [good[1].encode(), good[2].encode() + b"?x", f"{web}/\xff.jpg".encode("latin-1")], pa.binary()
+            ),
+            "TEXT": pa.array(
+                ["a café picture".encode(), b"caption with \xff\xfe bytes", caption.encode()], pa.binary()
+            ),
+        },
+        [None, "caption_not_utf8", "url_not_utf8"],
+    )
     # A string column holding bytes that are not UTF-8 (some writers do not check): pyarrow would
     # raise on the whole row group when converting it.
-    table("c-bad-string.parquet", {
-        "URL": [good[2], good[3] + "?y"],
-        "TEXT": pa.array([caption.encode(), b"not \xc3\x28 utf-8"], pa.binary()).view(pa.string()),
-    }, [None, "caption_not_utf8"])
+    table(
+        "c-bad-string.parquet",
+        {
+            "URL": [good[2], good[3] + "?y"],
+            "TEXT": pa.array([caption.encode(), b"not \xc3\x28 utf-8"], pa.binary()).view(pa.string()),
+        },
+        [None, "caption_not_utf8"],
+    )
     # Wrong column types: URL as integers, caption as a list of strings.
-    table("d-wrong-types.parquet", {"URL": pa.array([1, 2], pa.int64()),
-                                    "TEXT": pa.array([["a", "b"], ["c"]], pa.list_(pa.string()))},
-          ["bad_column_type", "bad_column_type"])
+    table(
+        "d-wrong-types.parquet",
+        {"URL": pa.array([1, 2], pa.int64()), "TEXT": pa.array([["a", "b"], ["c"]], pa.list_(pa.string()))},
+        ["bad_column_type", "bad_column_type"],
+    )
     # A corrupt row group among good ones: its rows are dropped, the next group's are read.
-    table("e-corrupt-group.parquet", {"URL": [f"{web}/9.jpg", f"{web}/9.jpg?b", good[3], good[4]],
-                                      "TEXT": [caption] * 4},
-          ["unreadable_row_group", "unreadable_row_group", None, None], row_group_size=2, compression="none")
+    table(
+        "e-corrupt-group.parquet",
+        {"URL": [f"{web}/9.jpg", f"{web}/9.jpg?b", good[3], good[4]], "TEXT": [caption] * 4},
+        ["unreadable_row_group", "unreadable_row_group", None, None],
+        row_group_size=2,
+        compression="none",
+    )
     _corrupt_first_row_group(folder / "e-corrupt-group.parquet")
     # A truncated file (no footer) and an empty one: one row each, as their rows cannot be told apart.
     buf = io.BytesIO()
@@ -112,8 +137,13 @@ def _laion_inputs(folder: Path, web: str) -> dict:
 
 
 def _recipe(tmp_path: Path, corpus: str, path: str, **sections) -> object:
-    data = {**BASE_RECIPE, "name": f"bad-{corpus}", "input": {"corpus": corpus, "path": path},
-            "shard": {"samples_per_shard": 2}, **sections}
+    data = {
+        **BASE_RECIPE,
+        "name": f"bad-{corpus}",
+        "input": {"corpus": corpus, "path": path},
+        "shard": {"samples_per_shard": 2},
+        **sections,
+    }
     return recipe_from_dict(data, base_dir=tmp_path)
 
 
@@ -170,14 +200,25 @@ def _assert_complete_again(recipe, out: Path, result) -> None:
         assert (again.kept_of(kind), again.accounted_of(kind)) == (result.kept_of(kind), result.accounted_of(kind))
 
 
-def _doc(web: str, images: list, texts=("A first sentence here.", "A second sentence there."), matrix=None,
-         url="http://example.com/page") -> dict:
+def _doc(
+    web: str,
+    images: list,
+    texts=("A first sentence here.", "A second sentence there."),
+    matrix=None,
+    url="http://example.com/page",
+) -> dict:
     n, m = len(images), len(texts)
     if matrix is None:
         matrix = [[0.3 if i == j else 0.1 for j in range(m)] for i in range(n)]
-    return {"url": url, "text_list": list(texts), "similarity_matrix": matrix,
-            "image_info": [{"image_name": f"img{i}.jpg", "raw_url": u, "matched_text_index": 0,
-                            "matched_sim": 0.3} for i, u in enumerate(images)]}
+    return {
+        "url": url,
+        "text_list": list(texts),
+        "similarity_matrix": matrix,
+        "image_info": [
+            {"image_name": f"img{i}.jpg", "raw_url": u, "matched_text_index": 0, "matched_sim": 0.3}
+            for i, u in enumerate(images)
+        ],
+    }
 
 
 def test_bad_mmc4_input_is_dropped_with_reasons(tmp_path):
@@ -187,15 +228,20 @@ def test_bad_mmc4_input_is_dropped_with_reasons(tmp_path):
     with SampleWeb(tmp_path / "web") as web:
         w = web.url
         lines = [
-            json.dumps(_doc(w, [f"{w}/0.jpg", f"{w}/1.jpg"])).encode(),       # 1: kept, both images
-            b"{not json",                                                     # 2
+            json.dumps(_doc(w, [f"{w}/0.jpg", f"{w}/1.jpg"])).encode(),  # 1: kept, both images
+            b"{not json",  # 2
             b'{"url": "\xff\xfe", "text_list": ["bytes that are not UTF-8"]}',  # 3
             json.dumps(_doc(w, [f"{w}/2.jpg"], matrix=[[0.3, 0.2, 0.1]])).encode(),  # 4: 1x3 for 1x2
-            json.dumps(_doc(w, ["file:///etc/passwd.jpg", "data:image/jpeg;base64,AAAA", None,
-                                "ftp://127.0.0.1/a.jpg"], texts=["Other text.", "More text."],
-                            url=12345)).encode(),                             # 5: no image fetchable
-            b"",                                                              # 6: blank, no document
-            b"[1, 2]",                                                        # 7
+            json.dumps(
+                _doc(
+                    w,
+                    ["file:///etc/passwd.jpg", "data:image/jpeg;base64,AAAA", None, "ftp://127.0.0.1/a.jpg"],
+                    texts=["Other text.", "More text."],
+                    url=12345,
+                )
+            ).encode(),  # 5: no image fetchable
+            b"",  # 6: blank, no document
+            b"[1, 2]",  # 7
         ]
         (folder / "a-docs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
         with zipfile.ZipFile(folder / "b-no-jsonl.zip", "w") as z:
@@ -223,9 +269,12 @@ def test_bad_mmc4_input_is_dropped_with_reasons(tmp_path):
     }
     images = {r["id"]: (r["status"], r["reason"]) for r in rows if r["kind"] == "image"}
     assert images == {
-        "a-docs.jsonl:1#0": ("kept", None), "a-docs.jsonl:1#1": ("kept", None),
-        "a-docs.jsonl:5#0": ("dropped", "bad_scheme"), "a-docs.jsonl:5#1": ("dropped", "bad_scheme"),
-        "a-docs.jsonl:5#2": ("dropped", "no_url"), "a-docs.jsonl:5#3": ("dropped", "bad_scheme"),
+        "a-docs.jsonl:1#0": ("kept", None),
+        "a-docs.jsonl:1#1": ("kept", None),
+        "a-docs.jsonl:5#0": ("dropped", "bad_scheme"),
+        "a-docs.jsonl:5#1": ("dropped", "bad_scheme"),
+        "a-docs.jsonl:5#2": ("dropped", "no_url"),
+        "a-docs.jsonl:5#3": ("dropped", "bad_scheme"),
     }
     assert docs["a-docs.jsonl:5"]["url"] is None  # a non-text document URL is not carried as one
     _assert_counts_add_up(out, rows, "documents", 8)

@@ -1,4 +1,5 @@
 """The command line: help texts, clear errors for bad recipes and occupied outputs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline import cli
+from flamingo_corpus import cli
 
 
 @pytest.mark.parametrize("command", [[], ["build"], ["sample"], ["tiny-clip"], ["realign"], ["verify"]])
@@ -21,7 +22,7 @@ def test_help_explains_itself(command, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "flamingo_corpus.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "build" in out.stdout and "sample" in out.stdout
 
 

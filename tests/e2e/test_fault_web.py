@@ -1,10 +1,11 @@
 """The fault web end to end: every misbehaviour ends as a recorded reason, never a crash.
 
-Each fault of the loopback fault web (pipeline/sample_web.py) is fetched through the Fetcher,
+Each fault of the loopback fault web (pipeline/sample/web.py) is fetched through the Fetcher,
 which must give its exact reason token; then all of them together go through a small LAION build
 (tests/loopback_build.py), where every input row must end in the index exactly once with a status
 and, when dropped, the stage and reason, and the manifest's counts must add up to the input.
 """
+
 from __future__ import annotations
 
 import collections
@@ -16,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.fetch import REASONS, TRANSIENT, FetchPolicy, Fetcher, known_reason
-from pipeline.sample_web import SampleWeb
+from flamingo_corpus.download.fetch import REASONS, TRANSIENT, Fetcher, FetchPolicy, known_reason
+from flamingo_corpus.sample.web import SampleWeb
 
-from .loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
+from ..loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -62,12 +63,20 @@ FAULTS = [
     ("redirect-chain-too-long", "/redirect/9/{f}", "too_many_redirects", ("download", "too_many_redirects")),
     ("redirect-loop", "/redirect-loop/{f}", "redirect_loop", ("download", "redirect_loop")),
     ("redirect-other-host", "/redirect-to?url={other}", None, (None, None)),
-    ("redirect-to-file", "/redirect-to?url=file%3A%2F%2F%2Fetc%2Fpasswd&r={f}", "bad_scheme",
-     ("download", "bad_scheme")),
+    (
+        "redirect-to-file",
+        "/redirect-to?url=file%3A%2F%2F%2Fetc%2Fpasswd&r={f}",
+        "bad_scheme",
+        ("download", "bad_scheme"),
+    ),
 ]
 # Rows refused by the metadata filters before any download.
-BAD_URLS = [("file-url", "file:///etc/passwd", "bad_scheme"), ("ftp-url", "ftp://127.0.0.1/a.jpg", "bad_scheme"),
-            ("data-url", "data:image/png;base64,iVBORw0KGgo=", "bad_scheme"), ("no-host", "http:///a.jpg", "bad_url")]
+BAD_URLS = [
+    ("file-url", "file:///etc/passwd", "bad_scheme"),
+    ("ftp-url", "ftp://127.0.0.1/a.jpg", "bad_scheme"),
+    ("data-url", "data:image/png;base64,iVBORw0KGgo=", "bad_scheme"),
+    ("no-host", "http:///a.jpg", "bad_url"),
+]
 # Generous for a loaded machine, short enough for the slow faults to end fast.
 DOWNLOAD = dict(timeout_s=2.0, deadline_s=8.0, retries=1, backoff_s=0.05, max_backoff_s=0.2, max_bytes=5_000_000)
 
@@ -125,8 +134,22 @@ def test_each_fault_gives_its_reason_through_the_fetcher(fault_site, name, path,
 def _random_urls(rng, base_port, count):
     """URLs made of pieces of good and bad URLs: schemes, hosts, ports, fault paths, odd bytes."""
     schemes = ["http", "https", "HTTP", "ftp", "file", "data", "javascript", "", "http:", "gopher"]
-    hosts = ["127.0.0.1", "images.example", "[::1]", "10.0.0.1", "169.254.169.254", "0", "[::ffff:10.0.0.1]",
-             "xn--bcher-kva.example", "b\u00fccher.example", "a..b", "", "user:pw@127.0.0.1", "%00", "[::1"]
+    hosts = [
+        "127.0.0.1",
+        "images.example",
+        "[::1]",
+        "10.0.0.1",
+        "169.254.169.254",
+        "0",
+        "[::ffff:10.0.0.1]",
+        "xn--bcher-kva.example",
+        "b\u00fccher.example",
+        "a..b",
+        "",
+        "user:pw@127.0.0.1",
+        "%00",
+        "[::1",
+    ]
     ports = [f":{base_port}", "", ":0", ":99999", ":abc", f":{base_port}"]
     paths = [path.split("?")[0] for _, path, _, _ in FAULTS] + ["/", "", "/%zz", "/a b.jpg", "/\x00", "/..%2f..%2f"]
     tails = ["", "?x=1", "#frag", "?url=file%3A%2F%2F%2Fetc%2Fpasswd", "\r\nX-Injected: 1", " "]
@@ -143,8 +166,9 @@ def test_no_url_makes_the_fetcher_raise(fault_site):
 
     web, _ = fault_site
     policy = FetchPolicy(**{**DOWNLOAD, "allow_private": False, "timeout_s": 1.0, "deadline_s": 2.0})
-    with Fetcher(policy, resolver=lambda host, port: ["127.0.0.1"],
-                 forbidden_address=lambda address: address != "127.0.0.1") as fetcher:
+    with Fetcher(
+        policy, resolver=lambda host, port: ["127.0.0.1"], forbidden_address=lambda address: address != "127.0.0.1"
+    ) as fetcher:
         urls = list(_random_urls(random.Random(7), web.port, 300))
         results = fetcher.fetch_many(urls, threads=16)
     assert len(results) == len(urls)
@@ -160,8 +184,15 @@ def _index(out):
 
 
 def _rewrite_rows(path, urls):
-    pq.write_table(pa.table({"URL": pa.array(urls, pa.string()),
-                             "TEXT": [f"picture number {i} of the fault web" for i in range(len(urls))]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "URL": pa.array(urls, pa.string()),
+                "TEXT": [f"picture number {i} of the fault web" for i in range(len(urls))],
+            }
+        ),
+        path,
+    )
 
 
 @pytest.mark.slow
@@ -170,6 +201,7 @@ def test_no_fault_stops_the_build_and_every_row_is_accounted_for(tmp_path):
 
     # The other host serves tmp_path, where the helper puts the pictures under web/.
     with SampleWeb(tmp_path, host=OTHER_HOST) as other:
+
         def prepare(base):
             # The helper wrote one plain row per file; the build reads the fault URLs instead.
             urls = fault_urls(base, other.url + "/web")
@@ -179,8 +211,9 @@ def test_no_fault_stops_the_build_and_every_row_is_accounted_for(tmp_path):
                 expected[url] = ("metadata", reason)
             _rewrite_rows(tmp_path / "rows.parquet", list(expected))
 
-        _, result = build_over_loopback(tmp_path, site_files(), {"download": {**DOWNLOAD, "threads": 8}},
-                                        prepare=prepare)
+        _, result = build_over_loopback(
+            tmp_path, site_files(), {"download": {**DOWNLOAD, "threads": 8}}, prepare=prepare
+        )
         assert other.count(f"/web/{picture('redirect-other-host')}") == 1
     index = _index(tmp_path / "out")
     by_url = {r["url"]: r for r in index}
@@ -203,11 +236,18 @@ def test_no_fault_stops_the_build_and_every_row_is_accounted_for(tmp_path):
 def test_a_build_that_forbids_private_addresses_requests_nothing_there(tmp_path):
     files = {f"{i}.jpg": jpeg_bytes(smooth_photo(i)) for i in range(3)}
     with SampleWeb(tmp_path) as web:  # the rows point here; it must see no request at all
-        urls = [f"{web.url}/web/0.jpg", f"{web.url}/redirect/2/web/1.jpg",
-                f"http://localhost:{web.port}/web/2.jpg", f"http://[::1]:{web.port}/web/2.jpg"]
+        urls = [
+            f"{web.url}/web/0.jpg",
+            f"{web.url}/redirect/2/web/1.jpg",
+            f"http://localhost:{web.port}/web/2.jpg",
+            f"http://[::1]:{web.port}/web/2.jpg",
+        ]
         _, result = build_over_loopback(
-            tmp_path, files, {"download": {**DOWNLOAD, "allow_private": False}},
-            prepare=lambda base: _rewrite_rows(tmp_path / "rows.parquet", urls))
+            tmp_path,
+            files,
+            {"download": {**DOWNLOAD, "allow_private": False}},
+            prepare=lambda base: _rewrite_rows(tmp_path / "rows.parquet", urls),
+        )
         assert web.counts() == {}
     index = _index(tmp_path / "out")
     assert sorted(r["url"] for r in index) == sorted(urls)
@@ -218,7 +258,7 @@ def test_a_build_that_forbids_private_addresses_requests_nothing_there(tmp_path)
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_sample_build_records_its_fault_rows(sample_build):
-    from pipeline.sample_data import BASE_URL, FAULT_URLS
+    from flamingo_corpus.sample.laion_data import BASE_URL, FAULT_URLS
 
     out, _ = sample_build
     by_url = {r["url"]: r for r in _index(out)}

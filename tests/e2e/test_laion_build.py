@@ -1,4 +1,5 @@
 """The local sample build end to end: what the OpenFlamingo loader reads, and the bookkeeping."""
+
 from __future__ import annotations
 
 import collections
@@ -11,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.build import run_build
-from pipeline.shard import KEY_DIGITS
+from flamingo_corpus.build import run_build
+from flamingo_corpus.output.shard import KEY_DIGITS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -32,9 +33,12 @@ def _input_rows(recipe) -> int:
 def test_openflamingo_loader_reads_every_kept_sample(sample_build):
     out, result = sample_build
     # The loader's own pipeline (DESIGN.md section 4), with plain webdataset.
-    ds = (wds.WebDataset(_tars(out), shardshuffle=False)
-          .select(lambda s: "txt" in s and any(k in s for k in ("jpg", "png", "jpeg")))
-          .decode("pilrgb").to_tuple("__key__", "jpg;png;jpeg", "txt"))
+    ds = (
+        wds.WebDataset(_tars(out), shardshuffle=False)
+        .select(lambda s: "txt" in s and any(k in s for k in ("jpg", "png", "jpeg")))
+        .decode("pilrgb")
+        .to_tuple("__key__", "jpg;png;jpeg", "txt")
+    )
     samples = list(ds)
     kept = [r for r in _index(out) if r["status"] == "kept"]
     assert len(samples) == result.kept == len(kept) > 0
@@ -59,7 +63,11 @@ def test_keys_and_members_follow_the_contract(sample_build, sample_recipe):
                 assert exts == {"jpg", "txt", "json"}, (tar, key, exts)
                 meta = json.loads(tf.extractfile(f"{key}.json").read())
                 assert meta["key"] == key and meta["url"].startswith("http://127.0.0.1:")
-                assert meta["similarity"] >= sample_recipe.clip.min_similarity and meta["sha256"] and len(meta["phash"]) == 16
+                assert (
+                    meta["similarity"] >= sample_recipe.clip.min_similarity
+                    and meta["sha256"]
+                    and len(meta["phash"]) == 16
+                )
                 jpg = tf.extractfile(f"{key}.jpg").read()
                 assert hashlib.sha256(jpg).hexdigest() == meta["sha256"]
             keys.extend(members)
@@ -105,9 +113,23 @@ def test_every_kind_of_trouble_has_its_reason(sample_build, sample_recipe):
     out, _ = sample_build
     rows = _index(out)
     reasons = collections.Counter(r["reason"] for r in rows if r["status"] == "dropped")
-    for reason in ("http_404", "http_503", "timeout", "not_image", "not_an_image", "too_small",
-                   "bad_aspect_ratio", "robots_disallowed", "low_similarity", "duplicate_image",
-                   "duplicate_url", "wrong_language", "bad_scheme", "unsafe", "watermark"):
+    for reason in (
+        "http_404",
+        "http_503",
+        "timeout",
+        "not_image",
+        "not_an_image",
+        "too_small",
+        "bad_aspect_ratio",
+        "robots_disallowed",
+        "low_similarity",
+        "duplicate_image",
+        "duplicate_url",
+        "wrong_language",
+        "bad_scheme",
+        "unsafe",
+        "watermark",
+    ):
         assert reasons[reason] > 0, reason
     by_id = {r["id"]: r for r in rows}
     for r in rows:
@@ -123,7 +145,8 @@ def test_every_kind_of_trouble_has_its_reason(sample_build, sample_recipe):
 def test_multiprocess_build_gives_identical_shards(sample_build, sample_recipe, tmp_path):
     """Separate worker processes, as on a cluster, and the determinism that makes reruns safe."""
     out, first = sample_build
-    again = run_build(sample_recipe, str(tmp_path / "laion"),
-                      ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    again = run_build(
+        sample_recipe, str(tmp_path / "laion"), ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    )
     assert sorted(again.shards, key=lambda s: s["name"]) == sorted(first.shards, key=lambda s: s["name"])
     assert again.drops == first.drops

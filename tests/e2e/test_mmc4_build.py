@@ -1,4 +1,5 @@
 """The MMC4 sample build end to end: DESIGN.md section 6, as OpenFlamingo's loader reads it."""
+
 from __future__ import annotations
 
 import base64
@@ -14,8 +15,8 @@ import pytest
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.align import loader_view
-from pipeline.build import run_build
+from flamingo_corpus.build import run_build
+from flamingo_corpus.mmc4.align import loader_view
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -94,8 +95,11 @@ def test_every_document_and_image_is_in_the_index_once(mmc4_build, mmc4_recipe):
         except json.JSONDecodeError:
             continue
         doc_row = next(r for r in docs if r["id"] == f"docs.jsonl:{n}")
-        if doc_row["stage"] != "read" and doc_row["reason"] != "duplicate_document" and doc_row["reason"] not in (
-                "too_few_sentences", "too_many_sentences", "could_have_url_duplicate"):
+        if (
+            doc_row["stage"] != "read"
+            and doc_row["reason"] != "duplicate_document"
+            and doc_row["reason"] not in ("too_few_sentences", "too_many_sentences", "could_have_url_duplicate")
+        ):
             expected_images |= {f"docs.jsonl:{n}#{i}" for i in range(len(doc["image_info"]))}
     assert len(images) == len({r["id"] for r in images})
     assert {r["id"] for r in images} == expected_images
@@ -112,18 +116,27 @@ def test_every_kind_of_trouble_has_its_reason(mmc4_build):
     out, _ = mmc4_build
     rows = pq.read_table(sorted((out / "index").glob("*.parquet"))).to_pylist()
     reasons = collections.Counter((r["kind"], r["reason"]) for r in rows if r["status"] == "dropped")
-    for kind, reason in [("document", "bad_json"), ("document", "bad_matrix_shape"),
-                         ("document", "duplicate_document"), ("document", "too_few_images"),
-                         ("image", "http_404"), ("image", "too_small"), ("image", "bad_aspect_ratio"),
-                         ("image", "too_few_bytes"), ("image", "bad_extension"),
-                         ("image", "url_blocklisted_word"), ("image", "duplicate_in_document")]:
+    for kind, reason in [
+        ("document", "bad_json"),
+        ("document", "bad_matrix_shape"),
+        ("document", "duplicate_document"),
+        ("document", "too_few_images"),
+        ("image", "http_404"),
+        ("image", "too_small"),
+        ("image", "bad_aspect_ratio"),
+        ("image", "too_few_bytes"),
+        ("image", "bad_extension"),
+        ("image", "url_blocklisted_word"),
+        ("image", "duplicate_in_document"),
+    ]:
         assert reasons[(kind, reason)] > 0, (kind, reason)
 
 
 def test_multiprocess_build_gives_identical_shards(mmc4_build, mmc4_recipe, tmp_path):
     _, first = mmc4_build
-    again = run_build(mmc4_recipe, str(tmp_path / "mmc4"),
-                      ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    again = run_build(
+        mmc4_recipe, str(tmp_path / "mmc4"), ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    )
     assert sorted(again.shards, key=lambda s: s["name"]) == sorted(first.shards, key=lambda s: s["name"])
 
 
@@ -131,15 +144,20 @@ def test_without_clip_the_release_matrix_aligns(mmc4_recipe, tmp_path):
     """clip.enabled: false aligns with the similarity matrices the documents ship with."""
     import dataclasses
 
-    recipe = dataclasses.replace(mmc4_recipe, clip=dataclasses.replace(mmc4_recipe.clip, enabled=False),
-                                 mmc4=dataclasses.replace(mmc4_recipe.mmc4, loader_threshold=None))
+    recipe = dataclasses.replace(
+        mmc4_recipe,
+        clip=dataclasses.replace(mmc4_recipe.clip, enabled=False),
+        mmc4=dataclasses.replace(mmc4_recipe.mmc4, loader_threshold=None),
+    )
     result = run_build(recipe, str(tmp_path / "mmc4"))
     source = {f"docs.jsonl:{n}": line for n, line in enumerate(_input_lines(recipe), start=1)}
     docs = _documents(tmp_path / "mmc4")
     assert len(docs) == result.kept > 0
     for doc in docs.values():
         original = json.loads(source[doc["id"]])
-        rows = {(im["image_name"], im["raw_url"]): row
-                for im, row in zip(original["image_info"], original["similarity_matrix"])}
+        rows = {
+            (im["image_name"], im["raw_url"]): row
+            for im, row in zip(original["image_info"], original["similarity_matrix"])
+        }
         for im, row in zip(doc["image_info"], doc["similarity_matrix"]):
             assert row == rows[(im["image_name"], im["raw_url"])]

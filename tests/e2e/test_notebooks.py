@@ -4,6 +4,7 @@ Each notebook is executed with nbclient in a fresh kernel, pointed at the sessio
 through FLAMINGO_CORPUS_BUILD (the variable its first code cell reads); a cell that raises fails
 the test.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +13,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-STRIP_HINT = ("strip it before committing: jupyter nbconvert --clear-output --inplace notebooks/*.ipynb "
-              "(or Edit > Clear All Outputs, then save); see notebooks/README.md")
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+STRIP_HINT = (
+    "strip it before committing: jupyter nbconvert --clear-output --inplace notebooks/*.ipynb "
+    "(or Edit > Clear All Outputs, then save); see notebooks/README.md"
+)
 
 
 def _notebooks():
@@ -40,8 +43,9 @@ def test_committed_notebooks_carry_no_outputs(path):
 def _run(name: str, build_dir: Path, monkeypatch) -> nbformat.NotebookNode:
     monkeypatch.setenv("FLAMINGO_CORPUS_BUILD", str(build_dir))  # the kernel inherits the environment
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    client = NotebookClient(nb, timeout=600, startup_timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = NotebookClient(
+        nb, timeout=600, startup_timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     client.execute()  # raises CellExecutionError on the first cell that raises
     return nb
 
@@ -52,8 +56,9 @@ def _outputs(nb) -> list:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-@pytest.mark.parametrize("name,build", [("dataset_stats", "sample_build"), ("dataset_stats", "mmc4_build"),
-                                        ("mmc4_stats", "mmc4_build")])
+@pytest.mark.parametrize(
+    "name,build", [("dataset_stats", "sample_build"), ("dataset_stats", "mmc4_build"), ("mmc4_stats", "mmc4_build")]
+)
 def test_notebook_runs_clean_on_the_sample_build(name, build, request, monkeypatch):
     out_dir, _ = request.getfixturevalue(build)
     nb = _run(name, out_dir, monkeypatch)

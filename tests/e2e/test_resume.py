@@ -4,6 +4,7 @@ reuses the shards already complete, and ends byte-identical to a build that was 
 The pictures are served by a loopback web server in the test process, so that every run (the
 killed one, the resumed one, the uninterrupted one) reads the same URLs.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,18 +20,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.build as build_module
-from pipeline.build import OutputExists, run_build
-from pipeline.manifest import TIMING_FIELDS
-from pipeline.recipe import load_recipe
-from pipeline.sample_web import SampleWeb
-from pipeline.verify import verify
+import flamingo_corpus.build as build_module
+from flamingo_corpus.build import OutputExists, run_build
+from flamingo_corpus.output.manifest import TIMING_FIELDS
+from flamingo_corpus.output.verify import verify
+from flamingo_corpus.recipe import load_recipe
+from flamingo_corpus.sample.web import SampleWeb
 
-from .loopback_build import jpeg_bytes, smooth_photo
+from ..loopback_build import jpeg_bytes, smooth_photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PER_SHARD = 2
 
 
@@ -42,8 +43,15 @@ def _write_inputs(root: Path, web: SampleWeb, n: int, samples_per_shard: int = P
     for i in range(n):
         if not (pictures / f"{i}.jpg").exists():
             (pictures / f"{i}.jpg").write_bytes(jpeg_bytes(smooth_photo(i)))
-    pq.write_table(pa.table({"URL": [f"{web.url}/{i}.jpg" for i in range(n)],
-                             "TEXT": [f"picture number {i} of the test" for i in range(n)]}), root / "rows.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "URL": [f"{web.url}/{i}.jpg" for i in range(n)],
+                "TEXT": [f"picture number {i} of the test" for i in range(n)],
+            }
+        ),
+        root / "rows.parquet",
+    )
     recipe = root / "recipe.yaml"
     recipe.write_text(
         "name: resume\n"
@@ -51,12 +59,13 @@ def _write_inputs(root: Path, web: SampleWeb, n: int, samples_per_shard: int = P
         "filters: {language: {enabled: false}}\n"
         "download: {allow_private: true, timeout_s: 30, deadline_s: 60}\n"
         "clip: {enabled: false}\n"
-        f"shard: {{samples_per_shard: {samples_per_shard}}}\n")
+        f"shard: {{samples_per_shard: {samples_per_shard}}}\n"
+    )
     return recipe
 
 
 def _command(recipe: Path, out: Path) -> list:
-    return [sys.executable, "-m", "pipeline.cli", "build", str(recipe), "--output", str(out)]
+    return [sys.executable, "-m", "flamingo_corpus.cli", "build", str(recipe), "--output", str(out)]
 
 
 def _env() -> dict:
@@ -81,8 +90,14 @@ def _kill_part_way(recipe: Path, out: Path) -> bool:
     # A killed build cannot clean up its temporary files: they go under the test's own directory.
     scratch = out.parent / "killed-build-tmp"
     scratch.mkdir(exist_ok=True)
-    proc = subprocess.Popen(_command(recipe, out), cwd=REPO, env={**_env(), "TMPDIR": str(scratch)},
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(recipe, out),
+        cwd=REPO,
+        env={**_env(), "TMPDIR": str(scratch)},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while proc.poll() is None:
             if (out / "manifest.json").exists():
@@ -138,8 +153,7 @@ def test_a_killed_build_resumes_with_the_same_command(tmp_path):
         records = _complete_records(out)
         assert records and not (out / "manifest.json").exists()
         before = _tar_stats(out)
-        again = subprocess.run(_command(recipe, out), cwd=REPO, env=_env(), capture_output=True, text=True,
-                               timeout=600)
+        again = subprocess.run(_command(recipe, out), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr[-3000:]
         assert "resumed from an interrupted run" in again.stdout
         reused = re.search(r"reused\s+(\d+) shards", again.stdout)
@@ -153,8 +167,7 @@ def test_a_killed_build_resumes_with_the_same_command(tmp_path):
         _assert_identical(out, reference)
 
         # Once more on the complete output: it says so, exits 0, and touches nothing.
-        third = subprocess.run(_command(recipe, out), cwd=REPO, env=_env(), capture_output=True, text=True,
-                               timeout=600)
+        third = subprocess.run(_command(recipe, out), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
         assert third.returncode == 0, third.stderr[-3000:]
         assert "is complete already" in third.stdout
         assert _tar_stats(out) == after
@@ -195,15 +208,16 @@ def test_resume_reuses_only_verified_shards(tmp_path, monkeypatch):
         assert sorted(p.name for p in out.glob("*.tar")) == [f"{i:06d}.tar" for i in range(8)]
         assert len(list(records.glob("*.json"))) == 8 and not (out / "manifest.json").exists()
 
-        (out / "000001.tar").unlink()                                 # missing
-        damaged = bytearray((out / "000002.tar").read_bytes())        # a byte changed
+        (out / "000001.tar").unlink()  # missing
+        damaged = bytearray((out / "000002.tar").read_bytes())  # a byte changed
         damaged[700] ^= 0xFF
         (out / "000002.tar").write_bytes(bytes(damaged))
-        (records / "000003.tar.json").unlink()                        # renamed, record not yet written
-        (out / "000004.tar.tmp").write_bytes(b"half a tar")           # a write cut short
+        (records / "000003.tar.json").unlink()  # renamed, record not yet written
+        (out / "000004.tar.tmp").write_bytes(b"half a tar")  # a write cut short
         (out / "000099.tar").write_bytes((out / "000000.tar").read_bytes())  # beyond this run's shards
-        (records / "000099.tar.json").write_text((records / "000000.tar.json").read_text().replace(
-            "000000.tar", "000099.tar"))
+        (records / "000099.tar.json").write_text(
+            (records / "000000.tar.json").read_text().replace("000000.tar", "000099.tar")
+        )
         kept_before = _tar_stats(out)
 
         result = run_build(load_recipe(recipe), str(out))

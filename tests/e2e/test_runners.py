@@ -7,6 +7,7 @@ classes), mistakes in a file are clear errors, the command line wins, the multi-
 a real build byte-identical to the in-process one, and the Dockerfile installs what setup.cfg pins
 with the boot program of the same Beam release.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -21,33 +22,64 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions, PipelineOptions,
-                                                  PortableOptions, StandardOptions, WorkerOptions)
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+    WorkerOptions,
+)
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 from apache_beam.runners.runner import create_runner
 from PIL import Image
 
-from pipeline import cli, perceptual, synthetic
-from pipeline.build import run_build, with_cpu_threads
-from pipeline.local_runner import (LocalFnApiRunner, cpu_threads_per_worker, is_direct, local_runner, local_workers,
-                                   worker_command)
-from pipeline.recipe import recipe_from_dict
-from pipeline.runners import (RUNNERS_DIR, RunnerOptionsError, check_cluster_paths, load_runner_options, local_paths,
-                              merge_args, runner_args)
+from flamingo_corpus import cli
+from flamingo_corpus.build import run_build, with_cpu_threads
+from flamingo_corpus.images import perceptual
+from flamingo_corpus.recipe import recipe_from_dict
+from flamingo_corpus.runners.local import (
+    LocalFnApiRunner,
+    cpu_threads_per_worker,
+    is_direct,
+    local_runner,
+    local_workers,
+    worker_command,
+)
+from flamingo_corpus.runners.options import (
+    RUNNERS_DIR,
+    RunnerOptionsError,
+    check_cluster_paths,
+    load_runner_options,
+    local_paths,
+    merge_args,
+    runner_args,
+)
+from flamingo_corpus.sample import synthetic
 
-from .loopback_build import BASE_RECIPE, jpeg_bytes, serve_rows, smooth_photo
+from ..loopback_build import BASE_RECIPE, jpeg_bytes, serve_rows, smooth_photo
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FILES = sorted(RUNNERS_DIR.glob("*.yaml"))
 # What a user puts in place of the shipped placeholders, on the command line.
-FILLED = {"project": "my-project", "temp_location": "gs://my-bucket/tmp", "staging_location": "gs://my-bucket/staging",
-          "sdk_container_image": "us-central1-docker.pkg.dev/my-project/flamingo-corpus/worker:0.1.0",
-          "environment_config": "registry.example/flamingo-corpus/worker:0.1.0"}
+FILLED = {
+    "project": "my-project",
+    "temp_location": "gs://my-bucket/tmp",
+    "staging_location": "gs://my-bucket/staging",
+    "sdk_container_image": "us-central1-docker.pkg.dev/my-project/flamingo-corpus/worker:0.1.0",
+    "environment_config": "registry.example/flamingo-corpus/worker:0.1.0",
+}
 # Dataflow's accelerator option: worker_accelerator=type:GPU;count:N[;install-nvidia-driver][;...]
 ACCELERATOR = re.compile(r"worker_accelerator=type:(nvidia-[a-z0-9-]+);count:([1-9][0-9]*)((?:;[a-z0-9_:=-]+)*)")
 # Compute Engine: which machine series carries which GPU (A3 High: H100, G2: L4, A2: A100; N1 takes T4/V100/P100).
-GPU_MACHINES = {"nvidia-h100-80gb": "a3-highgpu-", "nvidia-l4": "g2-", "nvidia-tesla-a100": "a2-highgpu-",
-                "nvidia-a100-80gb": "a2-ultragpu-", "nvidia-tesla-t4": "n1-"}
+GPU_MACHINES = {
+    "nvidia-h100-80gb": "a3-highgpu-",
+    "nvidia-l4": "g2-",
+    "nvidia-tesla-a100": "a2-highgpu-",
+    "nvidia-a100-80gb": "a2-ultragpu-",
+    "nvidia-tesla-t4": "n1-",
+}
 
 
 def _filled(name: str) -> list:
@@ -62,7 +94,14 @@ def _options(name: str) -> PipelineOptions:
 
 
 def test_every_shipped_file_loads_and_names_a_runner_beam_has():
-    assert {f.stem for f in FILES} >= {"direct", "direct-multiprocess", "dataflow-gpu", "dataflow-cpu", "spark", "flink"}
+    assert {f.stem for f in FILES} >= {
+        "direct",
+        "direct-multiprocess",
+        "dataflow-gpu",
+        "dataflow-cpu",
+        "spark",
+        "flink",
+    }
     for path in FILES:
         args = load_runner_options(str(path))
         runner = PipelineOptions(args).view_as(StandardOptions).runner
@@ -117,16 +156,22 @@ def _write(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("runner: DataflowRunner\nmachine_typ: n2-standard-16\n", "unknown Beam pipeline option 'machine_typ'; did you mean machine_type"),
-    ("direct_running_mode: multiprocessing\n", "invalid choice: 'multiprocessing'"),
-    ("num_workers: many\n", "invalid int value: 'many'"),
-    ("use_public_ips: yes please\n", "use_public_ips is a switch"),
-    ("machine_type: [a, b]\n", "machine_type takes one value, not a list"),
-    ("experiments: {a: 1}\n", "experiments takes a value or a list, not a mapping"),
-    ("- runner\n", "expected a mapping"),
-    ("runner: [DirectRunner\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "runner: DataflowRunner\nmachine_typ: n2-standard-16\n",
+            "unknown Beam pipeline option 'machine_typ'; did you mean machine_type",
+        ),
+        ("direct_running_mode: multiprocessing\n", "invalid choice: 'multiprocessing'"),
+        ("num_workers: many\n", "invalid int value: 'many'"),
+        ("use_public_ips: yes please\n", "use_public_ips is a switch"),
+        ("machine_type: [a, b]\n", "machine_type takes one value, not a list"),
+        ("experiments: {a: 1}\n", "experiments takes a value or a list, not a mapping"),
+        ("- runner\n", "expected a mapping"),
+        ("runner: [DirectRunner\n", "not valid YAML"),
+    ],
+)
 def test_mistakes_in_a_file_are_clear_errors(tmp_path, text, message):
     path = _write(tmp_path, text)
     with pytest.raises(RunnerOptionsError) as e:
@@ -142,14 +187,35 @@ def test_placeholders_left_in_a_file_stop_the_build_unless_the_command_line_fill
 
 
 def test_the_command_line_wins(tmp_path):
-    path = _write(tmp_path, "\n".join([
-        "runner: DataflowRunner", "machine_type: n2-standard-16", "num_workers: 10", "use_public_ips: true",
-        "experiments: [use_runner_v2, shuffle_mode=service]",
-        "dataflow_service_options:", "  - worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
-        "  - enable_prime", "hdfs_host: null", ""]))
-    args = runner_args(path, ["--machine_type", "g2-standard-32", "--num_workers=3", "--no_use_public_ips",
-                              "--dataflow_service_options=worker_accelerator=type:nvidia-h100-80gb;count:1",
-                              "--experiments=shuffle_mode=appliance", "--not_a_beam_option=1"])
+    path = _write(
+        tmp_path,
+        "\n".join(
+            [
+                "runner: DataflowRunner",
+                "machine_type: n2-standard-16",
+                "num_workers: 10",
+                "use_public_ips: true",
+                "experiments: [use_runner_v2, shuffle_mode=service]",
+                "dataflow_service_options:",
+                "  - worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
+                "  - enable_prime",
+                "hdfs_host: null",
+                "",
+            ]
+        ),
+    )
+    args = runner_args(
+        path,
+        [
+            "--machine_type",
+            "g2-standard-32",
+            "--num_workers=3",
+            "--no_use_public_ips",
+            "--dataflow_service_options=worker_accelerator=type:nvidia-h100-80gb;count:1",
+            "--experiments=shuffle_mode=appliance",
+            "--not_a_beam_option=1",
+        ],
+    )
     opts = PipelineOptions(args)
     worker, gcp = opts.view_as(WorkerOptions), opts.view_as(GoogleCloudOptions)
     assert worker.machine_type == "g2-standard-32" and worker.num_workers == 3
@@ -167,8 +233,10 @@ def test_a_false_switch_gives_the_other_sense_and_merging_keeps_token_pairs(tmp_
     assert load_runner_options(_write(tmp_path, "no_use_public_ips: false\n")) == ["--use_public_ips"]
     assert load_runner_options(_write(tmp_path, "spark_submit_uber_jar: false\n")) == []  # Beam's default
     assert load_runner_options(_write(tmp_path, "spark_submit_uber_jar: true\n")) == ["--spark_submit_uber_jar"]
-    assert merge_args(["--runner=DirectRunner", "--direct_num_workers", "4"], ["--direct_num_workers=2"]) == \
-        ["--runner=DirectRunner", "--direct_num_workers=2"]
+    assert merge_args(["--runner=DirectRunner", "--direct_num_workers", "4"], ["--direct_num_workers=2"]) == [
+        "--runner=DirectRunner",
+        "--direct_num_workers=2",
+    ]
 
 
 def test_build_and_sample_take_runner_options(monkeypatch, tmp_path, capsys):
@@ -178,20 +246,42 @@ def test_build_and_sample_take_runner_options(monkeypatch, tmp_path, capsys):
         seen.append(list(beam_args))
         raise FileNotFoundError("stop here")
 
-    monkeypatch.setattr("pipeline.build.run_build", fake_run_build)
+    monkeypatch.setattr("flamingo_corpus.build.run_build", fake_run_build)
     recipe = str(REPO / "manifests" / "sample-laion.yaml")
-    assert cli.main(["build", recipe, "--output", str(tmp_path / "o"), "--runner-options", "direct-multiprocess",
-                     "--direct_num_workers=2"]) == 2
+    assert (
+        cli.main(
+            [
+                "build",
+                recipe,
+                "--output",
+                str(tmp_path / "o"),
+                "--runner-options",
+                "direct-multiprocess",
+                "--direct_num_workers=2",
+            ]
+        )
+        == 2
+    )
     assert seen[-1] == ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     with pytest.raises(FileNotFoundError):
-        cli.main(["sample", "--recipe", recipe, "--output", str(tmp_path / "s"), "--runner-options",
-                  str(RUNNERS_DIR / "direct.yaml")])
+        cli.main(
+            [
+                "sample",
+                "--recipe",
+                recipe,
+                "--output",
+                str(tmp_path / "s"),
+                "--runner-options",
+                str(RUNNERS_DIR / "direct.yaml"),
+            ]
+        )
     assert seen[-1] == ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
     assert cli.main(["build", recipe, "--output", str(tmp_path / "o"), "--runner-options", "dataflow-gpu"]) == 2
     assert "YOUR-PROJECT" in capsys.readouterr().err and len(seen) == 2
 
 
 # --- the worker image ----------------------------------------------------------------------
+
 
 def _setup_cfg() -> configparser.ConfigParser:
     cfg = configparser.ConfigParser()
@@ -236,12 +326,18 @@ def test_dockerfile_installs_the_project_from_setup_cfg_and_repeats_no_version()
     assert extras <= set(cfg["options.extras_require"]) and {"gcp", "aws", "hadoop"} <= extras
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     for name in _requirements(cfg):
-        assert not re.search(rf"\b{re.escape(name)}\s*(==|>=|<=|~=|<|>)", code, re.I), f"{name} pinned in the Dockerfile"
+        assert not re.search(rf"\b{re.escape(name)}\s*(==|>=|<=|~=|<|>)", code, re.I), (
+            f"{name} pinned in the Dockerfile"
+        )
     assert not re.search(r"pip install[^\n]*\b(torch|torchvision)\b", code)
     # everything `pip install .` reads is copied in and not ignored by .dockerignore
-    ignore = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
-    packages = [p.strip() for p in cfg["options.packages.find"]["include"].split() if "." not in p.strip()]
+    ignore = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # the folders the package is installed from (setup.cfg package_dir: pipeline/, filters/)
+    packages = [line.split("=")[1].strip() for line in cfg["options"]["package_dir"].strip().splitlines()]
     readme = cfg["metadata"]["long_description"].split("file:")[1].strip()
     for needed in ["setup.cfg", "pyproject.toml", readme, *packages]:
         assert re.search(rf"^COPY [^\n]*\b{re.escape(needed)}\b", text, re.M), needed
@@ -251,8 +347,14 @@ def test_dockerfile_installs_the_project_from_setup_cfg_and_repeats_no_version()
 
 # --- separate worker processes, with the dedup and safety stages on ------------------------------
 
-TINY_CLIP = {"enabled": True, "model": "flamingo-tiny-clip", "pretrained": "synthetic-world", "device": "cpu",
-             "min_similarity": None, "batch_size": 8}
+TINY_CLIP = {
+    "enabled": True,
+    "model": "flamingo-tiny-clip",
+    "pretrained": "synthetic-world",
+    "device": "cpu",
+    "min_similarity": None,
+    "batch_size": 8,
+}
 
 
 def _pictures() -> dict:
@@ -289,22 +391,38 @@ def test_multiprocess_file_builds_byte_identical_shards_with_dedup_and_safety_on
     files = _pictures()
     web = tmp_path / "web"
     with serve_rows(tmp_path, files) as server:
-        (tmp_path / "removal.txt").write_text(f"url:{server.url}/photo7.jpg\n"
-                                              f"phash:{perceptual.phash(Image.open(web / 'listed.jpg'))}\n")
-        recipe = {**BASE_RECIPE, "input": {"path": str(tmp_path / "rows.parquet")}, "clip": TINY_CLIP,
-                  "image": {"resize_mode": "center_crop", "image_size": 224},
-                  "dedup": {"exact": True, "near": True, "near_max_distance": 5, "semantic": True,
-                            "semantic_clusters": 2, "semantic_max_similarity": 0.9, "semantic_fit_rows": 100},
-                  "safety": {"blocklist": "removal.txt", "blocklist_phash_distance": 8},
-                  "shard": {"samples_per_shard": 4}}
+        (tmp_path / "removal.txt").write_text(
+            f"url:{server.url}/photo7.jpg\nphash:{perceptual.phash(Image.open(web / 'listed.jpg'))}\n"
+        )
+        recipe = {
+            **BASE_RECIPE,
+            "input": {"path": str(tmp_path / "rows.parquet")},
+            "clip": TINY_CLIP,
+            "image": {"resize_mode": "center_crop", "image_size": 224},
+            "dedup": {
+                "exact": True,
+                "near": True,
+                "near_max_distance": 5,
+                "semantic": True,
+                "semantic_clusters": 2,
+                "semantic_max_similarity": 0.9,
+                "semantic_fit_rows": 100,
+            },
+            "safety": {"blocklist": "removal.txt", "blocklist_phash_distance": 8},
+            "shard": {"samples_per_shard": 4},
+        }
         one, one_index, one_tars = _build(tmp_path, recipe, "one", [])
         multi_args = runner_args("direct-multiprocess", ["--direct_num_workers=2"])
         assert "--direct_running_mode=multi_processing" in multi_args
         two, two_index, two_tars = _build(tmp_path, recipe, "two", multi_args)
 
     # every stage had work, so equality below means something
-    for drop in ("dedup/duplicate_image", "near_dup/near_duplicate", "sem_dedup/semantic_duplicate",
-                 "safety/blocklisted"):
+    for drop in (
+        "dedup/duplicate_image",
+        "near_dup/near_duplicate",
+        "sem_dedup/semantic_duplicate",
+        "safety/blocklisted",
+    ):
         assert one.drops.get(drop, 0) > 0, (drop, one.drops)
     assert len(one_tars) >= 2 and one.kept + sum(one.drops.values()) == len(files)
     assert two_tars == one_tars  # byte-identical shards
@@ -318,8 +436,9 @@ def test_multiprocess_file_builds_byte_identical_shards_with_dedup_and_safety_on
 
 def test_dataflow_refuses_local_paths_before_the_job_starts(tmp_path, capsys):
     recipe_path = tmp_path / "r.yaml"
-    recipe_path.write_text("name: r\ninput:\n  path: gs://b/in/*.parquet\nclip:\n  enabled: false\n"
-                           "safety:\n  blocklist: removal.txt\n")
+    recipe_path.write_text(
+        "name: r\ninput:\n  path: gs://b/in/*.parquet\nclip:\n  enabled: false\nsafety:\n  blocklist: removal.txt\n"
+    )
     args = ["build", str(recipe_path), "--runner-options", "dataflow-cpu", *_filled("dataflow-cpu")]
     assert cli.main(args + ["--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -332,10 +451,19 @@ def test_dataflow_refuses_local_paths_before_the_job_starts(tmp_path, capsys):
 
 # --- the runner of local builds ------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,direct", [
-    ([], True), (["--runner=DirectRunner"], True), (["--runner=direct"], True),
-    (["--runner=apache_beam.runners.direct.direct_runner.SwitchingDirectRunner"], True),
-    (["--runner=DataflowRunner"], False), (["--runner=PortableRunner"], False), (["--runner=PrismRunner"], False)])
+
+@pytest.mark.parametrize(
+    "args,direct",
+    [
+        ([], True),
+        (["--runner=DirectRunner"], True),
+        (["--runner=direct"], True),
+        (["--runner=apache_beam.runners.direct.direct_runner.SwitchingDirectRunner"], True),
+        (["--runner=DataflowRunner"], False),
+        (["--runner=PortableRunner"], False),
+        (["--runner=PrismRunner"], False),
+    ],
+)
 def test_only_direct_runs_get_the_local_runner(args, direct):
     options = PipelineOptions(args)
     assert is_direct(options) is direct
@@ -365,16 +493,18 @@ class _WorkerMain(beam.DoFn):
 
 
 def test_local_worker_processes_run_our_worker_main_and_give_the_same_results(tmp_path):
-    """multi_processing workers are started as pipeline.local_worker (Beam's harness, without the
+    """multi_processing workers are started as flamingo_corpus.runners.local_worker (Beam's harness, without the
     interpreter teardown at its end), their results come back whole, and their exit handlers
     still run: a temporary folder held until exit is gone when the pipeline is."""
     from apache_beam.testing.util import assert_that
 
-    from .beam_util import local_pipeline
+    from ..beam_util import local_pipeline
 
-    def check(rows, main_pid=os.getpid()):  # runs in a worker: a failure fails the pipeline
+    main_pid = os.getpid()
+
+    def check(rows, main_pid=main_pid):  # runs in a worker: a failure fails the pipeline
         assert sorted(x for x, _, _ in rows) == list(range(40))
-        assert {name for _, name, _ in rows} == {"pipeline.local_worker"}
+        assert {name for _, name, _ in rows} == {"flamingo_corpus.runners.local_worker"}
         assert main_pid not in {pid for _, _, pid in rows}
 
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
@@ -400,15 +530,14 @@ def test_a_subprocess_environment_the_user_set_keeps_its_command(tmp_path, monke
     beams = proto(worker_command("apache_beam.runners.worker.sdk_worker_main"))
     assert LocalFnApiRunner.use_local_worker(beams) == 1
     commands = {e.payload.decode() for e in beams.components.environments.values() if e.payload}
-    assert worker_command("pipeline.local_worker") in commands
+    assert worker_command("flamingo_corpus.runners.local_worker") in commands
     users = proto("/opt/my-python -m my_worker")
     before = users.SerializeToString()
     assert LocalFnApiRunner.use_local_worker(users) == 0
     assert users.SerializeToString() == before
 
 
-def test_local_builds_never_start_the_prism_runner_and_the_numbering_dedup_runs_on_two_processes(
-        tmp_path, monkeypatch):
+def test_local_builds_never_start_the_prism_runner_and_the_numbering_dedup_runs_on_two_processes(tmp_path, monkeypatch):
     """Beam's DirectRunner would first try its Prism runner, which downloads a binary from GitHub:
     a local build must not (any start of it is recorded here).  The same build, exact image dedup
     applied inside the shard numbering (no near or semantic dedup), gives byte-identical shards
@@ -417,18 +546,25 @@ def test_local_builds_never_start_the_prism_runner_and_the_numbering_dedup_runs_
 
     started = []
     original = prism_runner.PrismRunner.run_pipeline
-    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline",
-                        lambda self, *a, **kw: started.append(self) or original(self, *a, **kw))
+    monkeypatch.setattr(
+        prism_runner.PrismRunner,
+        "run_pipeline",
+        lambda self, *a, **kw: started.append(self) or original(self, *a, **kw),
+    )
     files = {f"photo{i}.jpg": jpeg_bytes(smooth_photo(400 + i)) for i in range(10)}
     files["copy-of-3.jpg"] = files["photo3.jpg"]
     files["copy-of-5.jpg"] = files["photo5.jpg"]
     with serve_rows(tmp_path, files):
-        recipe = {**BASE_RECIPE, "input": {"path": str(tmp_path / "rows.parquet")},
-                  "dedup": {"exact": True, "near": False, "semantic": False},
-                  "shard": {"samples_per_shard": 4}}
+        recipe = {
+            **BASE_RECIPE,
+            "input": {"path": str(tmp_path / "rows.parquet")},
+            "dedup": {"exact": True, "near": False, "semantic": False},
+            "shard": {"samples_per_shard": 4},
+        }
         one, one_index, one_tars = _build(tmp_path, recipe, "one", [])
-        two, two_index, two_tars = _build(tmp_path, recipe, "two", runner_args("direct-multiprocess",
-                                                                              ["--direct_num_workers=2"]))
+        two, two_index, two_tars = _build(
+            tmp_path, recipe, "two", runner_args("direct-multiprocess", ["--direct_num_workers=2"])
+        )
     assert started == []
     assert one.drops == {"dedup/duplicate_image": 2} and one.kept == 10
     duplicates = {r["url"].rsplit("/", 1)[1]: r["duplicate_of"] for r in one_index if r["reason"] == "duplicate_image"}
@@ -438,12 +574,17 @@ def test_local_builds_never_start_the_prism_runner_and_the_numbering_dedup_runs_
     assert two_index == one_index and two.drops == one.drops
 
 
-@pytest.mark.parametrize("args,workers", [
-    ([], 1), (["--direct_running_mode=in_memory"], 1),
-    (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 2),
-    (["--direct_running_mode=multi_threading", "--direct_num_workers=3"], 3),
-    (["--direct_running_mode=multi_processing", "--direct_num_workers=0"], os.cpu_count()),
-    (["--runner=DataflowRunner"], None)])
+@pytest.mark.parametrize(
+    "args,workers",
+    [
+        ([], 1),
+        (["--direct_running_mode=in_memory"], 1),
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 2),
+        (["--direct_running_mode=multi_threading", "--direct_num_workers=3"], 3),
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=0"], os.cpu_count()),
+        (["--runner=DataflowRunner"], None),
+    ],
+)
 def test_local_workers_share_out_the_cores_for_torch(args, workers):
     options = PipelineOptions(args)
     assert local_workers(options) == workers
@@ -463,14 +604,15 @@ def test_local_workers_share_out_the_cores_for_torch(args, workers):
 def test_clip_on_the_cpu_runs_the_threads_it_is_given(tiny_clip_checkpoint):
     import torch
 
-    from pipeline.clip_model import load_clip
-    from pipeline.recipe import ClipConfig
+    from flamingo_corpus.clip.model import load_clip
+    from flamingo_corpus.recipe import ClipConfig
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        load_clip(ClipConfig(model="flamingo-tiny-clip", pretrained=str(tiny_clip_checkpoint), device="cpu",
-                             cpu_threads=1))
+        load_clip(
+            ClipConfig(model="flamingo-tiny-clip", pretrained=str(tiny_clip_checkpoint), device="cpu", cpu_threads=1)
+        )
         assert torch.get_num_threads() == 1
         torch.set_num_threads(2)
         load_clip(ClipConfig(model="flamingo-tiny-clip", pretrained=str(tiny_clip_checkpoint), device="cpu"))

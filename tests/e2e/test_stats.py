@@ -1,10 +1,11 @@
-"""Dataset statistics (pipeline/stats.py) and the HTML report (pipeline/report.py).
+"""Dataset statistics (pipeline/stats/compute.py) and the HTML report (pipeline/stats/report.py).
 
 Every figure is checked against the index itself: read whole with pyarrow here, counted in plain
 Python, and compared with what the streaming aggregates returned.  The first tests run on a small
 index written by hand (two parquet files, so the aggregates must combine across files); the slow
 ones on the session's LAION and MMC4 sample builds.
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,31 +24,97 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import cli, report, stats
-from pipeline.index import INDEX_SCHEMA
-from pipeline.records import IndexRow
-
+from flamingo_corpus import cli
+from flamingo_corpus.output.index import INDEX_SCHEMA
+from flamingo_corpus.records import IndexRow
+from flamingo_corpus.stats import compute as stats
+from flamingo_corpus.stats import report
 
 # --- a small hand-written build --------------------------------------------------------------
 
+
 def _row(i: int, status: str = "kept", stage: str = "shard", reason=None, **kw) -> dict:
-    return IndexRow(id=f"in.parquet:{i}", source_index=0, row=i, status=status, stage=stage, reason=reason,
-                    **kw).as_dict()
+    return IndexRow(
+        id=f"in.parquet:{i}", source_index=0, row=i, status=status, stage=stage, reason=reason, **kw
+    ).as_dict()
 
 
 CRAFTED = [
-    _row(0, url="http://a.example/0.jpg", caption="a red circle", similarity=0.91, language="en",
-         original_width=640, original_height=480, bytes=9000, key="0000000000", shard="000000.tar"),
-    _row(1, url="http://a.example/1.jpg", caption="a blue square on grey", similarity=0.82, language="en",
-         original_width=300, original_height=300, bytes=7000, key="0000000001", shard="000000.tar"),
-    _row(2, "dropped", "clip", "low_similarity", url="http://b.example/2.jpg", caption="nothing like it",
-         similarity=0.05, language="en", original_width=200, original_height=100),
-    _row(3, "dropped", "dedup", "duplicate_image", url="http://b.example/3.jpg", caption="a red circle",
-         similarity=0.90, language="en", original_width=640, original_height=480, duplicate_of="in.parquet:0"),
-    _row(4, "dropped", "dedup", "duplicate_image", url="http://c.example/4.jpg", caption="a red circle again",
-         similarity=0.89, language="fr", original_width=640, original_height=480, duplicate_of="in.parquet:0"),
-    _row(5, "dropped", "dedup", "duplicate_image", url="http://c.example/5.jpg", caption="blue square",
-         similarity=0.80, language="en", original_width=300, original_height=300, duplicate_of="in.parquet:1"),
+    _row(
+        0,
+        url="http://a.example/0.jpg",
+        caption="a red circle",
+        similarity=0.91,
+        language="en",
+        original_width=640,
+        original_height=480,
+        bytes=9000,
+        key="0000000000",
+        shard="000000.tar",
+    ),
+    _row(
+        1,
+        url="http://a.example/1.jpg",
+        caption="a blue square on grey",
+        similarity=0.82,
+        language="en",
+        original_width=300,
+        original_height=300,
+        bytes=7000,
+        key="0000000001",
+        shard="000000.tar",
+    ),
+    _row(
+        2,
+        "dropped",
+        "clip",
+        "low_similarity",
+        url="http://b.example/2.jpg",
+        caption="nothing like it",
+        similarity=0.05,
+        language="en",
+        original_width=200,
+        original_height=100,
+    ),
+    _row(
+        3,
+        "dropped",
+        "dedup",
+        "duplicate_image",
+        url="http://b.example/3.jpg",
+        caption="a red circle",
+        similarity=0.90,
+        language="en",
+        original_width=640,
+        original_height=480,
+        duplicate_of="in.parquet:0",
+    ),
+    _row(
+        4,
+        "dropped",
+        "dedup",
+        "duplicate_image",
+        url="http://c.example/4.jpg",
+        caption="a red circle again",
+        similarity=0.89,
+        language="fr",
+        original_width=640,
+        original_height=480,
+        duplicate_of="in.parquet:0",
+    ),
+    _row(
+        5,
+        "dropped",
+        "dedup",
+        "duplicate_image",
+        url="http://c.example/5.jpg",
+        caption="blue square",
+        similarity=0.80,
+        language="en",
+        original_width=300,
+        original_height=300,
+        duplicate_of="in.parquet:1",
+    ),
     _row(6, "dropped", "download", "http_404", url="HTTP://User@A.Example:8080/x.jpg", caption="gone"),
     _row(7, "dropped", "download", "http_404", url="https://a.example/y.jpg?z=1", caption="gone too"),
     _row(8, "dropped", "download", "timeout", url="http://b.example/slow.jpg", caption="slow one"),
@@ -63,10 +130,15 @@ def _write_build(root: Path, rows, unit: str = "rows", shards=()) -> Path:
     (root / "index").mkdir(parents=True)
     half = len(rows) // 2
     for i, part in enumerate((rows[:half], rows[half:])):
-        pq.write_table(pa.Table.from_pylist(part, schema=INDEX_SCHEMA),
-                       root / "index" / f"index-{i:05d}-of-00002.parquet")
-    manifest = {"unit": unit, "recipe": {"name": "crafted", "clip": {"min_similarity": 0.3}},
-                "recipe_sha256": "0" * 64, "shards": list(shards)}
+        pq.write_table(
+            pa.Table.from_pylist(part, schema=INDEX_SCHEMA), root / "index" / f"index-{i:05d}-of-00002.parquet"
+        )
+    manifest = {
+        "unit": unit,
+        "recipe": {"name": "crafted", "clip": {"min_similarity": 0.3}},
+        "recipe_sha256": "0" * 64,
+        "shards": list(shards),
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
@@ -83,8 +155,15 @@ def test_funnel_starts_with_every_row_and_ends_with_the_kept(crafted):
     drops = f[1:-1]
     assert sum(s["count"] for s in drops) + f[-1]["count"] == f[0]["count"]
     assert drops[-1]["remaining"] == f[-1]["count"]
-    assert [s["stage"] for s in drops] == ["metadata", "metadata", "download", "download", "download", "clip",
-                                           "dedup"]  # pipeline order, largest reason first within a stage
+    assert [s["stage"] for s in drops] == [
+        "metadata",
+        "metadata",
+        "download",
+        "download",
+        "download",
+        "clip",
+        "dedup",
+    ]  # pipeline order, largest reason first within a stage
     assert {(s["stage"], s["reason"]): s["count"] for s in drops}[("download", "http_404")] == 3
 
 
@@ -96,8 +175,19 @@ def test_headline_counts_downloads_as_everything_past_the_download_stage(crafted
 
 
 def test_host_of_takes_the_host_of_any_url():
-    urls = pa.table({"url": ["HTTP://User@A.Example:8080/x.jpg", "https://a.example/y.jpg?z=1", "no-scheme/a.jpg",
-                             None, "ftp://f.example/i", "http://[::1]/x", "https://b.example"]})
+    urls = pa.table(
+        {
+            "url": [
+                "HTTP://User@A.Example:8080/x.jpg",
+                "https://a.example/y.jpg?z=1",
+                "no-scheme/a.jpg",
+                None,
+                "ftp://f.example/i",
+                "http://[::1]/x",
+                "https://b.example",
+            ]
+        }
+    )
     hosts = ds.dataset(urls).to_table(columns={"h": stats.host_of(pc.field("url"))}).column("h").to_pylist()
     assert hosts == ["a.example", "a.example", stats.NO_HOST, stats.NO_HOST, "f.example", "[::1]", "b.example"]
 
@@ -136,8 +226,10 @@ def test_sizes_languages_and_captions(crafted):
     words, chars = stats.caption_lengths(crafted)
     captions = [r for r in CRAFTED if r["caption"]]
     assert words.total() == chars.total() == len(captions)
-    assert np.array_equal(words.counts["dropped"], np.histogram(
-        [len(r["caption"].split()) for r in captions if r["status"] == "dropped"], bins=words.edges)[0])
+    assert np.array_equal(
+        words.counts["dropped"],
+        np.histogram([len(r["caption"].split()) for r in captions if r["status"] == "dropped"], bins=words.edges)[0],
+    )
     langs = {r["language"]: (r["kept"], r["dropped"]) for r in stats.languages(crafted).to_pylist()}
     assert langs == {"en": (2, 3), "fr": (0, 1), stats.NO_LANGUAGE: (0, 8)}
     top1 = stats.languages(crafted, top=1).to_pylist()
@@ -146,8 +238,10 @@ def test_sizes_languages_and_captions(crafted):
 
 def test_duplicate_groups_count_the_kept_copy(crafted):
     t = stats.duplicate_groups(crafted).to_pylist()
-    assert t == [{"stage": "dedup", "reason": "duplicate_image", "group_size": 2, "groups": 1, "rows_dropped": 1},
-                 {"stage": "dedup", "reason": "duplicate_image", "group_size": 3, "groups": 1, "rows_dropped": 2}]
+    assert t == [
+        {"stage": "dedup", "reason": "duplicate_image", "group_size": 2, "groups": 1, "rows_dropped": 1},
+        {"stage": "dedup", "reason": "duplicate_image", "group_size": 3, "groups": 1, "rows_dropped": 2},
+    ]
 
 
 def test_nothing_to_count_gives_empty_results_and_figures_that_say_so(tmp_path):
@@ -178,6 +272,7 @@ def test_a_folder_that_is_no_build_is_a_clear_error(tmp_path, capsys):
 
 
 # --- the sample builds ------------------------------------------------------------------------
+
 
 def _index(out: Path) -> list:
     return pq.read_table(out / "index").to_pylist()
@@ -248,8 +343,9 @@ class TestSampleBuilds:
         assert stats.aspect_ratios(out).total() == decoded
         langs = stats.languages(out, top=50).to_pylist()
         assert sum(r["total"] for r in langs) == len(rows)
-        assert {r["language"]: r["kept"] for r in langs}["en"] == sum(r["language"] == "en" and r["status"] == "kept"
-                                                                      for r in rows)
+        assert {r["language"]: r["kept"] for r in langs}["en"] == sum(
+            r["language"] == "en" and r["status"] == "kept" for r in rows
+        )
 
     def test_duplicate_groups_match_duplicate_of(self, sample_build):
         out, _ = sample_build
@@ -279,12 +375,26 @@ class TestSampleBuilds:
         html = html_path.read_text()
         srcs = _self_contained(html)
         names = {p.stem for p in pngs.glob("*.png")}
-        assert {"funnel-rows", "similarity", "image-sizes", "caption-lengths", "languages", "duplicates",
-                "download-errors", "shards", "samples"} <= names
+        assert {
+            "funnel-rows",
+            "similarity",
+            "image-sizes",
+            "caption-lengths",
+            "languages",
+            "duplicates",
+            "download-errors",
+            "shards",
+            "samples",
+        } <= names
         assert len(srcs) == len(names)
         text = re.sub(r"<[^>]+>", " ", html)
-        for figure in (f"{result.rows_in:,}", f"{result.kept:,}", f"{result.rows_in - result.kept:,}",
-                       f"{100 * result.kept / result.rows_in:.1f}", f"{sum(s['bytes'] for s in result.shards):,}"):
+        for figure in (
+            f"{result.rows_in:,}",
+            f"{result.kept:,}",
+            f"{result.rows_in - result.kept:,}",
+            f"{100 * result.kept / result.rows_in:.1f}",
+            f"{sum(s['bytes'] for s in result.shards):,}",
+        ):
             assert figure in text
         assert "rows kept" in text and "clip/low_similarity" in text
 
@@ -318,8 +428,9 @@ class TestSampleBuilds:
             assert d["sentences"] == doc["text_list"]
             assert d["matched"] == [(i["matched_text_index"], i["matched_sim"]) for i in doc["image_info"]]
         spd = stats.sentences_per_document(sample)
-        assert np.array_equal(spd.counts["documents"],
-                              np.histogram([len(d["sentences"]) for d in sample.documents], bins=spd.edges)[0])
+        assert np.array_equal(
+            spd.counts["documents"], np.histogram([len(d["sentences"]) for d in sample.documents], bins=spd.edges)[0]
+        )
         landing = stats.image_landing(sample)
         assert landing.total() == sum(len(d["matched"]) for d in sample.documents)
         assert landing.edges[0] == 0 and landing.edges[-1] == 1
@@ -332,6 +443,11 @@ class TestSampleBuilds:
         assert head["documents kept"] == result.kept and head["images kept"] == result.kept_of("image")
         html = (tmp_path / "mmc4.html").read_text()
         _self_contained(html)
-        for title in ("Filter funnel: documents", "Filter funnel: images", "Images per document",
-                      "Where images land in the document", "Sentences per document"):
+        for title in (
+            "Filter funnel: documents",
+            "Filter funnel: images",
+            "Images per document",
+            "Where images land in the document",
+            "Sentences per document",
+        ):
             assert title in html

@@ -1,4 +1,5 @@
 """``flamingo-corpus verify``: a good build passes, each kind of damage is named."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,8 @@ import tarfile
 
 import pytest
 
-from pipeline import cli
-from pipeline.verify import verify
+from flamingo_corpus import cli
+from flamingo_corpus.output.verify import verify
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -24,8 +25,12 @@ def test_the_command_exits_cleanly(sample_build):
     command runs a few times."""
     out, _ = sample_build
     for _ in range(3):
-        done = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", str(out)],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "flamingo_corpus.cli", "verify", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0 and done.stdout.startswith("OK:"), done
         assert "terminate called" not in done.stderr
 

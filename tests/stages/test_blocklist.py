@@ -1,14 +1,15 @@
 """Removal lists: parsing, URL and image rules, and a LAION build that honours one."""
+
 from __future__ import annotations
 
 import hashlib
 
 import pytest
 
-from filters.blocklist import Blocklist, BlocklistError, url_hash
-from pipeline import perceptual
+from flamingo_corpus.filters.removal_list import Blocklist, BlocklistError, url_hash
+from flamingo_corpus.images import perceptual
 
-from .loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
+from ..loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
 
 
 def test_rules_of_every_kind():
@@ -46,14 +47,19 @@ def test_a_build_removes_listed_urls_and_images(tmp_path):
     files["p5.jpg"] = jpeg_bytes(smooth_photo(4), quality=40)  # a recompressed copy of a listed picture
 
     def write_list(server_url: str) -> None:
-        (tmp_path / "removal.txt").write_text("\n".join([
-            f"url:{server_url}/p1.jpg",
-            f"sha256:{hashlib.sha256(files['p2.jpg']).hexdigest()}",  # the bytes as downloaded
-            f"phash:{perceptual.phash(smooth_photo(4))}",
-        ]))
+        (tmp_path / "removal.txt").write_text(
+            "\n".join(
+                [
+                    f"url:{server_url}/p1.jpg",
+                    f"sha256:{hashlib.sha256(files['p2.jpg']).hexdigest()}",  # the bytes as downloaded
+                    f"phash:{perceptual.phash(smooth_photo(4))}",
+                ]
+            )
+        )
 
-    rows, result = build_over_loopback(tmp_path, files, {
-        "safety": {"blocklist": "removal.txt", "blocklist_phash_distance": 8}}, prepare=write_list)
+    rows, result = build_over_loopback(
+        tmp_path, files, {"safety": {"blocklist": "removal.txt", "blocklist_phash_distance": 8}}, prepare=write_list
+    )
     assert rows["p1.jpg"]["reason"] == "blocklisted" and rows["p1.jpg"]["detail"].startswith("url_sha256:")
     assert rows["p1.jpg"]["bytes"] is None  # refused before any download
     assert rows["p2.jpg"]["reason"] == "blocklisted" and rows["p2.jpg"]["detail"].startswith("sha256:")

@@ -1,5 +1,6 @@
 """The CLIP stage on CUDA (bf16 weights, nvJPEG decode) gives the CPU's fp32 embeddings and
 scores; skipped without a GPU."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,13 +13,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pipeline import synthetic  # noqa: E402
-from pipeline.clip_model import load_clip  # noqa: E402
-from pipeline.recipe import ClipConfig  # noqa: E402
-from tests.test_clip_preprocess import SAMPLE_FILES, _encode, _grainy, _mixed_batch, _sample, _scene  # noqa: E402
+from flamingo_corpus.clip.model import load_clip  # noqa: E402
+from flamingo_corpus.recipe import ClipConfig  # noqa: E402
+from flamingo_corpus.sample import synthetic  # noqa: E402
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+from ..unit.test_clip_preprocess import SAMPLE_FILES, _encode, _grainy, _mixed_batch, _sample, _scene  # noqa: E402
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _jpegs(n: int):

@@ -1,5 +1,6 @@
 """Evaluation-set decontamination: the eval index (file, caption formats, matching), the
 ``index-eval`` command, the Beam stage, and builds that drop planted eval images and captions."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,27 @@ import pytest
 import yaml
 from PIL import Image, ImageOps
 
-from filters.text import match_key
-from pipeline import cli, perceptual, synthetic
-from pipeline.decontaminate import Decontaminate
-from pipeline.eval_index import (METADATA_KEY, EvalIndexError, clip_identity, load_index, parse_named,
-                                 read_captions, read_header, write_index)
-from pipeline.manifest import summary
-from pipeline.recipe import ClipConfig, DecontaminationConfig
-from pipeline.records import Sample
+from flamingo_corpus import cli
+from flamingo_corpus.filters.text import match_key
+from flamingo_corpus.images import perceptual
+from flamingo_corpus.output.manifest import summary
+from flamingo_corpus.recipe import ClipConfig, DecontaminationConfig
+from flamingo_corpus.records import Sample
+from flamingo_corpus.safety.decontaminate import Decontaminate
+from flamingo_corpus.safety.eval_index import (
+    METADATA_KEY,
+    EvalIndexError,
+    clip_identity,
+    load_index,
+    parse_named,
+    read_captions,
+    read_header,
+    write_index,
+)
+from flamingo_corpus.sample import synthetic
 
-from .beam_util import run_collect
-from .loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
+from ..beam_util import run_collect
+from ..loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
 
 
 def _flip(hex_hash: str, bits: int) -> str:
@@ -44,13 +55,16 @@ FAKE_CLIP = {"clip_model": "ViT-B-32", "clip_pretrained": "openai", "clip_weight
 # Normalisation and caption files
 
 
-@pytest.mark.parametrize("a, b", [
-    ("A Dog, running.", "a dog running"),
-    ("  two\tcats\n on a   mat!! ", "two cats on a mat"),
-    ("ｆｕｌｌ－ｗｉｄｔｈ ﬁsh", "fullwidth fish"),  # NFKC folds width and ligatures
-    ("“Quoted” — text…", "quoted text"),
-    ("Café au lait", "café au lait"),  # letters with accents are kept
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("A Dog, running.", "a dog running"),
+        ("  two\tcats\n on a   mat!! ", "two cats on a mat"),
+        ("ｆｕｌｌ－ｗｉｄｔｈ ﬁsh", "fullwidth fish"),  # NFKC folds width and ligatures
+        ("“Quoted” — text…", "quoted text"),
+        ("Café au lait", "café au lait"),  # letters with accents are kept
+    ],
+)
 def test_match_key(a, b):
     assert match_key(a) == b
 
@@ -61,18 +75,41 @@ def test_match_key_keeps_different_words_apart():
 
 def test_caption_formats(tmp_path):
     coco = tmp_path / "captions_val2014.json"
-    coco.write_text(json.dumps({
-        "images": [{"id": 42, "file_name": "COCO_val2014_000000000042.jpg"}],
-        "annotations": [{"image_id": 42, "id": 1, "caption": "A man riding a wave."},
-                        {"image_id": 7, "id": 2, "caption": "An image not listed."}]}))
-    assert read_captions(str(coco)) == [("COCO_val2014_000000000042.jpg", "A man riding a wave."),
-                                        ("7", "An image not listed.")]
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 42, "file_name": "COCO_val2014_000000000042.jpg"}],
+                "annotations": [
+                    {"image_id": 42, "id": 1, "caption": "A man riding a wave."},
+                    {"image_id": 7, "id": 2, "caption": "An image not listed."},
+                ],
+            }
+        )
+    )
+    assert read_captions(str(coco)) == [
+        ("COCO_val2014_000000000042.jpg", "A man riding a wave."),
+        ("7", "An image not listed."),
+    ]
     karpathy = tmp_path / "dataset_coco.json"
-    karpathy.write_text(json.dumps({"images": [
-        {"filepath": "val2014", "filename": "x.jpg", "sentences": [{"raw": "One."}, {"tokens": ["two", "words"]}]},
-        {"filename": "1000092795.jpg", "sentences": [{"raw": "Flickr caption."}]}]}))
-    assert read_captions(str(karpathy)) == [("val2014/x.jpg", "One."), ("val2014/x.jpg", "two words"),
-                                            ("1000092795.jpg", "Flickr caption.")]
+    karpathy.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {
+                        "filepath": "val2014",
+                        "filename": "x.jpg",
+                        "sentences": [{"raw": "One."}, {"tokens": ["two", "words"]}],
+                    },
+                    {"filename": "1000092795.jpg", "sentences": [{"raw": "Flickr caption."}]},
+                ]
+            }
+        )
+    )
+    assert read_captions(str(karpathy)) == [
+        ("val2014/x.jpg", "One."),
+        ("val2014/x.jpg", "two words"),
+        ("1000092795.jpg", "Flickr caption."),
+    ]
     lines = tmp_path / "memes.jsonl"
     lines.write_text('{"img": "img/01.png", "caption": "first"}\n\n{"caption": ["second", "third"]}\n')
     assert read_captions(str(lines)) == [("img/01.png", "first"), ("line 3", "second"), ("line 3", "third")]
@@ -111,11 +148,15 @@ def test_named_arguments(tmp_path):
 
 def test_index_round_trip(tmp_path):
     path = str(tmp_path / "eval.index")
-    images = [{"eval_set": "flickr", "item": "b.jpg", "phash": "00000000000000ff", "embedding": _unit(4, (1, 1))},
-              {"eval_set": "coco", "item": "z/a.jpg", "phash": "ffffffffffffffff", "embedding": _unit(4, (0, 1))}]
-    captions = [{"eval_set": "coco", "item": "z/a.jpg", "caption": "A Dog, running."},
-                {"eval_set": "coco", "item": "z/a.jpg", "caption": "a dog running"},  # the same once normalised
-                {"eval_set": "coco", "item": "z/b.jpg", "caption": "?!"}]  # nothing left to compare: left out
+    images = [
+        {"eval_set": "flickr", "item": "b.jpg", "phash": "00000000000000ff", "embedding": _unit(4, (1, 1))},
+        {"eval_set": "coco", "item": "z/a.jpg", "phash": "ffffffffffffffff", "embedding": _unit(4, (0, 1))},
+    ]
+    captions = [
+        {"eval_set": "coco", "item": "z/a.jpg", "caption": "A Dog, running."},
+        {"eval_set": "coco", "item": "z/a.jpg", "caption": "a dog running"},  # the same once normalised
+        {"eval_set": "coco", "item": "z/b.jpg", "caption": "?!"},
+    ]  # nothing left to compare: left out
     assert write_index(path, images, captions, FAKE_CLIP) == 3
     header = read_header(path)
     assert (header.format_version, header.embedding_dim) == (1, 4)
@@ -126,7 +167,7 @@ def test_index_round_trip(tmp_path):
     assert table.column("item").to_pylist() == ["z/a.jpg", "b.jpg", "z/a.jpg"]  # sorted by eval set, item
     index = load_index(path)
     assert index.sets == ["coco", "flickr"] and index.items == ["z/a.jpg", "b.jpg"]
-    assert index.phashes.dtype == np.uint64 and int(index.phashes[0]) == 2 ** 64 - 1
+    assert index.phashes.dtype == np.uint64 and int(index.phashes[0]) == 2**64 - 1
     np.testing.assert_array_equal(index.embeddings, np.stack([_unit(4, (0, 1)), _unit(4, (1, 1))]))
     assert index.captions == {"a dog running": ("coco", "z/a.jpg")}
 
@@ -164,10 +205,12 @@ def test_files_that_are_not_an_index_are_refused(tmp_path):
 @pytest.fixture
 def index(tmp_path):
     base = "0123456789abcdef"
-    images = [{"eval_set": "coco", "item": "a.jpg", "phash": base, "embedding": _unit(3, (0, 1))},
-              {"eval_set": "coco", "item": "b.jpg", "phash": _flip(base, 5), "embedding": _unit(3, (1, 1))},
-              {"eval_set": "vqa", "item": "c.jpg", "phash": _flip(base, 2), "embedding": _unit(3, (2, 1))},
-              {"eval_set": "vqa", "item": "d.jpg", "phash": "fedcba9876543210", "embedding": _unit(3, (2, 1))}]
+    images = [
+        {"eval_set": "coco", "item": "a.jpg", "phash": base, "embedding": _unit(3, (0, 1))},
+        {"eval_set": "coco", "item": "b.jpg", "phash": _flip(base, 5), "embedding": _unit(3, (1, 1))},
+        {"eval_set": "vqa", "item": "c.jpg", "phash": _flip(base, 2), "embedding": _unit(3, (2, 1))},
+        {"eval_set": "vqa", "item": "d.jpg", "phash": "fedcba9876543210", "embedding": _unit(3, (2, 1))},
+    ]
     captions = [{"eval_set": "coco", "item": "a.jpg", "caption": "A surfer on a wave."}]
     path = str(tmp_path / "eval.index")
     write_index(path, images, captions, FAKE_CLIP)
@@ -180,8 +223,19 @@ def test_phash_within_distance_names_the_nearest(index):
     def near(bits: int) -> str:
         return f"{int(base, 16) ^ bits:016x}"
 
-    got = idx.match([near(0b1), near(0b111), near(0b1111), near(0b1000000), near(0b11110000),
-                     "fedcba9876543217", "ffff0000ffff0000", None], phash_distance=3)
+    got = idx.match(
+        [
+            near(0b1),
+            near(0b111),
+            near(0b1111),
+            near(0b1000000),
+            near(0b11110000),
+            "fedcba9876543217",
+            "ffff0000ffff0000",
+            None,
+        ],
+        phash_distance=3,
+    )
     assert [m and m.detail for m in got] == [
         "coco:a.jpg phash_distance=1",  # a and c are both 1 away: the first in index order is named
         "vqa:c.jpg phash_distance=1",  # a 3, b 2, c 1
@@ -189,24 +243,30 @@ def test_phash_within_distance_names_the_nearest(index):
         "coco:a.jpg phash_distance=1",
         None,  # 4 bits from a, 5 or more from the others
         "vqa:d.jpg phash_distance=3",
-        None, None]
+        None,
+        None,
+    ]
 
 
 def test_cosine_and_caption_matches(index):
     idx, base = index
     far = "ffff0000ffff0000"
-    got = idx.match([far, far, far, far, base],
-                    [_unit(3, (1, 1), (0, 0.2)), _unit(3, (2, 1)), _unit(3, (0, 1), (1, 1)), None, _unit(3, (1, 1))],
-                    ["nothing", None, "a surfer on a wave", "A SURFER, on a wave!", None],
-                    phash_distance=6, min_cosine=0.95)
+    got = idx.match(
+        [far, far, far, far, base],
+        [_unit(3, (1, 1), (0, 0.2)), _unit(3, (2, 1)), _unit(3, (0, 1), (1, 1)), None, _unit(3, (1, 1))],
+        ["nothing", None, "a surfer on a wave", "A SURFER, on a wave!", None],
+        phash_distance=6,
+        min_cosine=0.95,
+    )
     assert got[0].detail == "coco:b.jpg cosine=0.9806"
     assert got[1].detail == "vqa:c.jpg cosine=1.0000"  # c and d are equally close: the first in index order
     assert got[2].detail == "caption coco:a.jpg"  # cosine 0.71 is not enough; the caption is
     assert got[3].detail == "caption coco:a.jpg"
     assert got[4].detail == "coco:a.jpg phash_distance=0"  # a perceptual-hash match is named first
     # Switched off: no cosine threshold, no caption check.
-    off = idx.match([far] * 3, [_unit(3, (2, 1))] * 3, ["a surfer on a wave"] * 3, min_cosine=None,
-                    check_captions=False)
+    off = idx.match(
+        [far] * 3, [_unit(3, (2, 1))] * 3, ["a surfer on a wave"] * 3, min_cosine=None, check_captions=False
+    )
     assert off == [None] * 3
 
 
@@ -215,8 +275,14 @@ def test_beam_stage_drops_rows_and_mmc4_images(index, tmp_path):
     cfg = DecontaminationConfig(index=idx.header.path, phash_distance=3, min_cosine=None)
     samples = [
         Sample(id="r:0", source_index=0, row=0, url="http://x/0.jpg", caption="a cat", phash=_flip(base, 1)),
-        Sample(id="r:1", source_index=0, row=1, url="http://x/1.jpg", caption="A surfer on a wave",
-               phash="ffff0000ffff0000"),
+        Sample(
+            id="r:1",
+            source_index=0,
+            row=1,
+            url="http://x/1.jpg",
+            caption="A surfer on a wave",
+            phash="ffff0000ffff0000",
+        ),
         Sample(id="r:2", source_index=0, row=2, url="http://x/2.jpg", caption="a cat", phash="ffff0000ffff0000"),
         Sample(id="d#0", source_index=0, row=3, url="http://x/3.jpg", doc_id="d", position=0, phash=_flip(base, 2)),
         Sample(id="d#1", source_index=0, row=3, url="http://x/4.jpg", doc_id="d", position=1, phash="ffff0000ffff0000"),
@@ -259,7 +325,7 @@ def test_an_index_of_another_phash_version_is_used_with_a_warning(tmp_path, monk
     del meta["phash_version"]
     pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), old)
     assert read_header(old).phash_version == 1 and read_header(current).phash_version == perceptual.VERSION == 2
-    with caplog.at_level("WARNING", logger="pipeline.eval_index"):
+    with caplog.at_level("WARNING", logger="flamingo_corpus.safety.eval_index"):
         Decontaminate(DecontaminationConfig(index=current, min_cosine=None))
         assert not caplog.records
         Decontaminate(DecontaminationConfig(index=old, min_cosine=None))
@@ -276,8 +342,13 @@ def test_an_index_of_another_phash_version_is_used_with_a_warning(tmp_path, monk
 def test_index_eval_command(tmp_path, capsys):
     root = tmp_path / "vizwiz"
     (root / "val" / "deep").mkdir(parents=True)
-    pictures = {"val/a.jpg": smooth_photo(1), "val/deep/b.png": smooth_photo(2), "c.webp": smooth_photo(3),
-                "d.bmp": smooth_photo(4), "e.GIF": smooth_photo(5)}
+    pictures = {
+        "val/a.jpg": smooth_photo(1),
+        "val/deep/b.png": smooth_photo(2),
+        "c.webp": smooth_photo(3),
+        "d.bmp": smooth_photo(4),
+        "e.GIF": smooth_photo(5),
+    }
     for name, img in pictures.items():
         img.save(root / name)
     (root / "val" / "broken.jpg").write_bytes(jpeg_bytes(smooth_photo(6))[:300])  # truncated
@@ -332,12 +403,27 @@ def test_a_build_drops_planted_eval_images_and_captions(tmp_path):
     # Row i's caption is "picture number i of the test": other2 (row 5) has an eval caption.
     captions = tmp_path / "captions.jsonl"
     captions.write_text(json.dumps({"image": a, "caption": "Picture number 5 of the test."}) + "\n")
-    assert cli.main(["index-eval", str(tmp_path / "eval" / "coco"), "--captions", f"coco={captions}",
-                     "--output", str(tmp_path / "eval.index")]) == 0
+    assert (
+        cli.main(
+            [
+                "index-eval",
+                str(tmp_path / "eval" / "coco"),
+                "--captions",
+                f"coco={captions}",
+                "--output",
+                str(tmp_path / "eval.index"),
+            ]
+        )
+        == 0
+    )
 
     rows, result = build_over_loopback(tmp_path, files, {"decontamination": {"index": "eval.index"}})
-    expected = {"recompressed.jpg": f"coco:{a} ", "half.jpg": f"coco:{b} ", "framed.jpg": f"coco:{c} ",
-                "other2.jpg": f"caption coco:{a}"}
+    expected = {
+        "recompressed.jpg": f"coco:{a} ",
+        "half.jpg": f"coco:{b} ",
+        "framed.jpg": f"coco:{c} ",
+        "other2.jpg": f"caption coco:{a}",
+    }
     for name, detail in expected.items():
         row = rows[name]
         assert (row["status"], row["reason"], row["stage"]) == ("dropped", "eval_overlap", "decontaminate"), name
@@ -363,8 +449,14 @@ def _panel(img: Image.Image, seed: int, pad: int = 120) -> Image.Image:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_build_with_clip_matches_by_embedding(tmp_path, tiny_clip_checkpoint):
-    clip = {"enabled": True, "model": "flamingo-tiny-clip", "pretrained": str(tiny_clip_checkpoint),
-            "device": "cpu", "batch_size": 8, "min_similarity": None}
+    clip = {
+        "enabled": True,
+        "model": "flamingo-tiny-clip",
+        "pretrained": str(tiny_clip_checkpoint),
+        "device": "cpu",
+        "batch_size": 8,
+        "min_similarity": None,
+    }
     image = {"resize_mode": "center_crop", "image_size": 224}
     scenes = list(synthetic.scenes(11, 7))  # 0 and 2 are eval images; their perceptual hashes are
     # 26 or more bits from the others' (dotted scenes like 1 move up to 16 bits under JPEG alone)
@@ -374,8 +466,9 @@ def test_a_build_with_clip_matches_by_embedding(tmp_path, tiny_clip_checkpoint):
         synthetic.render(scenes[i], 320, 240).save(eval_dir / f"scene{i}.png")
     recipe = tmp_path / "embed.yaml"
     recipe.write_text(yaml.safe_dump({"name": "embed", "clip": clip, "image": image}))
-    assert cli.main(["index-eval", str(eval_dir), "--recipe", str(recipe),
-                     "--output", str(tmp_path / "eval.index")]) == 0
+    assert (
+        cli.main(["index-eval", str(eval_dir), "--recipe", str(recipe), "--output", str(tmp_path / "eval.index")]) == 0
+    )
     header = read_header(str(tmp_path / "eval.index"))
     assert header.clip_model == "flamingo-tiny-clip" and header.embedding_dim and header.has_embeddings
 
@@ -384,8 +477,9 @@ def test_a_build_with_clip_matches_by_embedding(tmp_path, tiny_clip_checkpoint):
         "copy.jpg": jpeg_bytes(synthetic.render(scenes[2], 320, 240), quality=50),
         **{f"other{i}.jpg": jpeg_bytes(synthetic.render(scenes[i], 320, 240)) for i in (1, 3, 4, 5, 6)},
     }
-    rows, result = build_over_loopback(tmp_path, files, {
-        "clip": clip, "image": image, "decontamination": {"index": "eval.index", "min_cosine": 0.95}})
+    rows, result = build_over_loopback(
+        tmp_path, files, {"clip": clip, "image": image, "decontamination": {"index": "eval.index", "min_cosine": 0.95}}
+    )
     panel, copy = rows["panel.jpg"], rows["copy.jpg"]
     assert panel["reason"] == "eval_overlap" and panel["detail"].startswith("okvqa:scene0.png cosine=")
     assert float(panel["detail"].rsplit("=", 1)[1]) >= 0.95
@@ -396,7 +490,7 @@ def test_a_build_with_clip_matches_by_embedding(tmp_path, tiny_clip_checkpoint):
 
 def test_chunked_search_gives_the_same_matches(index, monkeypatch):
     """The eval side is searched in chunks; ties across a chunk boundary still go to the first."""
-    import pipeline.eval_index as eval_index
+    import flamingo_corpus.safety.eval_index as eval_index
 
     idx, base = index
     queries = [base, _flip(base, 1), _flip(base, 3), "fedcba9876543210", "ffff0000ffff0000"]
@@ -405,5 +499,9 @@ def test_chunked_search_gives_the_same_matches(index, monkeypatch):
     monkeypatch.setattr(eval_index, "CHUNK_CELLS", 1)  # one eval image at a time
     assert idx.match(queries, embeddings, (), phash_distance=3, min_cosine=0.9) == whole
     assert [m and m.detail for m in whole] == [
-        "coco:a.jpg phash_distance=0", "coco:a.jpg phash_distance=1", "vqa:c.jpg phash_distance=1",
-        "vqa:d.jpg phash_distance=0", "vqa:c.jpg cosine=1.0000"]
+        "coco:a.jpg phash_distance=0",
+        "coco:a.jpg phash_distance=1",
+        "vqa:c.jpg phash_distance=1",
+        "vqa:d.jpg phash_distance=0",
+        "vqa:c.jpg cosine=1.0000",
+    ]

@@ -1,14 +1,15 @@
 """The MMC4 document stages on crafted documents: every document and image drop reason."""
+
 from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
 
-from pipeline.documents import AssembleDocuments, FilterDocuments, SplitDocuments
-from pipeline.recipe import Mmc4Config
-from pipeline.records import Sample
+from flamingo_corpus.mmc4.documents import AssembleDocuments, FilterDocuments, SplitDocuments
+from flamingo_corpus.recipe import Mmc4Config
+from flamingo_corpus.records import Sample
 
-from .beam_util import run_collect
+from ..beam_util import run_collect
 
 DIM = 8
 
@@ -20,29 +21,64 @@ def _unit(i: int) -> np.ndarray:
 
 
 def _doc(doc_id: str, n_images: int, n_sentences: int, **extra) -> Sample:
-    doc = {"url": f"http://example.com/{doc_id}", "text_list": [f"sentence {j}." for j in range(n_sentences)],
-           "image_info": [{"image_name": f"{i}.jpg", "raw_url": f"http://example.com/{doc_id}/{i}.jpg",
-                           "matched_text_index": 0, "matched_sim": 0.0} for i in range(n_images)],
-           "similarity_matrix": [[0.0] * n_sentences for _ in range(n_images)], **extra}
+    doc = {
+        "url": f"http://example.com/{doc_id}",
+        "text_list": [f"sentence {j}." for j in range(n_sentences)],
+        "image_info": [
+            {
+                "image_name": f"{i}.jpg",
+                "raw_url": f"http://example.com/{doc_id}/{i}.jpg",
+                "matched_text_index": 0,
+                "matched_sim": 0.0,
+            }
+            for i in range(n_images)
+        ],
+        "similarity_matrix": [[0.0] * n_sentences for _ in range(n_images)],
+        **extra,
+    }
     return Sample(id=doc_id, source_index=0, row=int(doc_id[1:]), url=doc["url"], doc_id=doc_id, document=doc)
 
 
 def _image(doc: Sample, pos: int, emb: np.ndarray, phash: str) -> Sample:
-    return Sample(id=f"{doc.doc_id}#{pos}", source_index=0, row=doc.row, url=f"http://example.com/{pos}.jpg",
-                  doc_id=doc.doc_id, position=pos, image_bytes=b"\xff\xd8" + bytes(12000), sha256="x" * 64,
-                  phash=phash, width=200, height=200, image_embedding=emb)
+    return Sample(
+        id=f"{doc.doc_id}#{pos}",
+        source_index=0,
+        row=doc.row,
+        url=f"http://example.com/{pos}.jpg",
+        doc_id=doc.doc_id,
+        position=pos,
+        image_bytes=b"\xff\xd8" + bytes(12000),
+        sha256="x" * 64,
+        phash=phash,
+        width=200,
+        height=200,
+        image_embedding=emb,
+    )
 
 
 def _sentences(doc: Sample):
-    return [Sample(id=f"{doc.doc_id}@{j}", source_index=0, row=doc.row, url=None, caption=t,
-                   doc_id=doc.doc_id, position=j, text_embedding=_unit(j))
-            for j, t in enumerate(doc.document["text_list"])]
+    return [
+        Sample(
+            id=f"{doc.doc_id}@{j}",
+            source_index=0,
+            row=doc.row,
+            url=None,
+            caption=t,
+            doc_id=doc.doc_id,
+            position=j,
+            text_embedding=_unit(j),
+        )
+        for j, t in enumerate(doc.document["text_list"])
+    ]
 
 
 def _assemble(cfg: Mmc4Config, docs, images, sentences):
     def build(p):
-        kept, dropped = (p | "d" >> beam.Create(docs), p | "i" >> beam.Create(images),
-                         p | "s" >> beam.Create(sentences)) | AssembleDocuments(cfg)
+        kept, dropped = (
+            p | "d" >> beam.Create(docs),
+            p | "i" >> beam.Create(images),
+            p | "s" >> beam.Create(sentences),
+        ) | AssembleDocuments(cfg)
         return {"kept": kept, "dropped": dropped}
 
     out = run_collect(build)
@@ -56,9 +92,12 @@ def _mix(*weights) -> np.ndarray:
 
 def test_weak_repeated_and_leftover_images_and_the_aligned_order():
     d = _doc("d1", 4, 3)
-    images = [_image(d, 0, _unit(2), "0" * 16), _image(d, 1, _unit(0), "f" * 16),
-              _image(d, 2, _unit(0), "f" * 16),  # the same picture again
-              _image(d, 3, _unit(7), "a" * 16)]  # like no sentence at all
+    images = [
+        _image(d, 0, _unit(2), "0" * 16),
+        _image(d, 1, _unit(0), "f" * 16),
+        _image(d, 2, _unit(0), "f" * 16),  # the same picture again
+        _image(d, 3, _unit(7), "a" * 16),
+    ]  # like no sentence at all
     kept, drops = _assemble(Mmc4Config(leftover="drop"), [d], images, _sentences(d))
     assert drops == {"d1#2": ("image", "duplicate_in_document"), "d1#3": ("image", "low_similarity")}
     (doc,) = kept
@@ -87,8 +126,12 @@ def test_document_rules_drop_the_document_and_its_images():
     kept, drops = _assemble(core, [d], weak, _sentences(d))
     assert kept == [] and drops["d3"] == ("document", "fails_core_rule")
 
-    kept, drops = _assemble(Mmc4Config(min_images=3, loader_threshold=None), [d],
-                            [_image(d, 0, _unit(0), "0" * 16), _image(d, 1, _unit(1), "1" * 16)], _sentences(d))
+    kept, drops = _assemble(
+        Mmc4Config(min_images=3, loader_threshold=None),
+        [d],
+        [_image(d, 0, _unit(0), "0" * 16), _image(d, 1, _unit(1), "1" * 16)],
+        _sentences(d),
+    )
     assert kept == [] and drops["d3"] == ("document", "too_few_images")
 
 
@@ -105,16 +148,21 @@ def test_document_filters_before_download_and_the_image_url_rules():
     out = run_collect(build)
     assert [s.id for s in out["kept"]] == ["d4"]
     assert {d.id: (d.reason, d.duplicate_of) for d in out["dropped"]} == {
-        "d5": ("too_few_sentences", None), "d6": ("could_have_url_duplicate", None),
-        "d7": ("duplicate_document", "d4")}
+        "d5": ("too_few_sentences", None),
+        "d6": ("could_have_url_duplicate", None),
+        "d7": ("duplicate_document", "d4"),
+    }
     assert [s.id for s in out["images"]] == ["d4#0"] and len(out["sentences"]) == 5
 
     logo = _doc("d8", 3, 2)
     infos = logo.document["image_info"]
     infos[1]["raw_url"] = "http://example.com/site-logo.png"
     infos[2]["raw_url"] = "http://example.com/anim.gif"
-    out = run_collect(lambda p: dict(zip(("images", "sentences", "drops"),
-                                         p | beam.Create([logo]) | SplitDocuments(Mmc4Config()))))
+    out = run_collect(
+        lambda p: dict(zip(("images", "sentences", "drops"), p | beam.Create([logo]) | SplitDocuments(Mmc4Config())))
+    )
     assert [s.id for s in out["images"]] == ["d8#0"]
     assert {d.id: (d.kind, d.reason) for d in out["drops"]} == {
-        "d8#1": ("image", "url_blocklisted_word"), "d8#2": ("image", "bad_extension")}
+        "d8#1": ("image", "url_blocklisted_word"),
+        "d8#2": ("image", "bad_extension"),
+    }

@@ -1,4 +1,5 @@
 """Near-duplicate images: pHash robustness, multi-index hashing vs brute force, the Beam stages."""
+
 from __future__ import annotations
 
 import io
@@ -11,19 +12,32 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image, ImageOps
 
-from pipeline import perceptual, synthetic
-from pipeline.dedup import representative_order
-from pipeline.near_dup import (DedupNearImages, DropFrequentImages, _bucket_edges, _index_entries, all_pairs_groups,
-                               auto_bands, band_plan, bands, candidate_pairs, close_pairs, flip_masks, hamming,
-                               multi_index_edges, near_duplicate_groups, to_uint64)
-from pipeline.records import Sample
+from flamingo_corpus.dedup.exact import representative_order
+from flamingo_corpus.dedup.hamming_index import (
+    all_pairs_groups,
+    auto_bands,
+    band_plan,
+    bands,
+    candidate_pairs,
+    close_pairs,
+    flip_masks,
+    multi_index_edges,
+    near_duplicate_groups,
+    to_uint64,
+)
+from flamingo_corpus.dedup.near import DedupNearImages, DropFrequentImages, _bucket_edges, _index_entries
+from flamingo_corpus.images import perceptual
+from flamingo_corpus.images.perceptual import hamming
+from flamingo_corpus.records import Sample
+from flamingo_corpus.sample import synthetic
 
-from .beam_util import local_pipeline, run_collect
+from ..beam_util import local_pipeline, run_collect
 
 K = 10
 
 
 # --- images and pHash -------------------------------------------------------------------------
+
 
 def _noisy(scene, seed: int) -> Image.Image:
     pixels = np.asarray(synthetic.render(scene), dtype=np.int16)
@@ -53,8 +67,10 @@ EDITS = {
 
 
 def _distances(edit) -> list:
-    return [hamming(_phash(original), _phash(edit(original)))
-            for original in (_noisy(scene, seed) for seed, scene in enumerate(SCENES))]
+    return [
+        hamming(_phash(original), _phash(edit(original)))
+        for original in (_noisy(scene, seed) for seed, scene in enumerate(SCENES))
+    ]
 
 
 @pytest.mark.parametrize("edit", sorted(EDITS))
@@ -77,6 +93,7 @@ def test_different_images_are_not_within_k():
 
 
 # --- pure functions ----------------------------------------------------------------------------
+
 
 def _flipped(value: int, bits) -> int:
     for bit in bits:
@@ -147,8 +164,9 @@ def _sorted_groups(groups) -> list:
     return sorted(map(sorted, groups))
 
 
-@pytest.mark.parametrize("k,m", [(5, None), (5, 2), (5, 4), (5, 6), (10, None), (10, 3), (10, 6), (10, 11),
-                                 (2, 1), (0, None)])
+@pytest.mark.parametrize(
+    "k,m", [(5, None), (5, 2), (5, 4), (5, 6), (10, None), (10, 3), (10, 6), (10, 11), (2, 1), (0, None)]
+)
 def test_multi_index_finds_the_same_groups_as_all_pairs(k, m):
     for hashes in (_clustered(3000, k, seed=k), _planted(2000, k, seed=k)):
         groups = near_duplicate_groups(hashes, k, bands=m)
@@ -181,6 +199,7 @@ def test_identical_hashes_form_one_group():
 
 # --- Beam ----------------------------------------------------------------------------------------
 
+
 def _flip(phash: str, bits) -> str:
     value = int(phash, 16)
     for bit in bits:
@@ -195,13 +214,22 @@ def _dedup_samples():
     """
     a, b, c = "f0e1d2c3b4a59687", "0f1e2d3c4b5a6978", "123456789abcdef0"
     rows = [
-        ("a0", a, 0.30), ("a1", _flip(a, range(4)), 0.50), ("a2", _flip(a, range(4)), 0.50),
-        ("b0", b, None), ("b1", _flip(b, range(8)), None), ("b2", _flip(b, range(8, 16)), None),
-        ("c0", c, 0.9), ("c1", c, 0.9),
-        ("s0", "aaaaaaaaaaaaaaaa", 0.1), ("s1", "5555555555555555", 0.1), ("n0", None, 0.2),
+        ("a0", a, 0.30),
+        ("a1", _flip(a, range(4)), 0.50),
+        ("a2", _flip(a, range(4)), 0.50),
+        ("b0", b, None),
+        ("b1", _flip(b, range(8)), None),
+        ("b2", _flip(b, range(8, 16)), None),
+        ("c0", c, 0.9),
+        ("c1", c, 0.9),
+        ("s0", "aaaaaaaaaaaaaaaa", 0.1),
+        ("s1", "5555555555555555", 0.1),
+        ("n0", None, 0.2),
     ]
-    samples = [Sample(id=i, source_index=0, row=row, url=f"http://x/{i}.jpg", phash=h, similarity=sim)
-               for row, (i, h, sim) in enumerate(rows)]
+    samples = [
+        Sample(id=i, source_index=0, row=row, url=f"http://x/{i}.jpg", phash=h, similarity=sim)
+        for row, (i, h, sim) in enumerate(rows)
+    ]
     # a1 and a2 tie on similarity: input order decides; b1-b0-b2 is a chain (b1, b2 are 16 apart).
     expected = {"a0": "a1", "a2": "a1", "b1": "b0", "b2": "b0", "c1": "c0"}
     return samples, expected
@@ -212,8 +240,10 @@ def _summary(kept, dropped):
 
 
 def _expected_summary(samples, expected):
-    return (sorted(s.id for s in samples if s.id not in expected),
-            {i: ("near_duplicate", rep) for i, rep in expected.items()})
+    return (
+        sorted(s.id for s in samples if s.id not in expected),
+        {i: ("near_duplicate", rep) for i, rep in expected.items()},
+    )
 
 
 def _clustered_samples(k: int, n: int = 600):
@@ -222,9 +252,10 @@ def _clustered_samples(k: int, n: int = 600):
     rng = random.Random(k)
     hashes = _clustered(n, k, seed=k + 20)
     copies = {f"logo{i}": hashes["x1"] for i in range(30)}
-    samples = [Sample(id=i, source_index=0, row=row, url=None, phash=h,
-                      similarity=rng.choice([None, 0.2, 0.3, 0.3]))
-               for row, (i, h) in enumerate((hashes | copies).items())]
+    samples = [
+        Sample(id=i, source_index=0, row=row, url=None, phash=h, similarity=rng.choice([None, 0.2, 0.3, 0.3]))
+        for row, (i, h) in enumerate((hashes | copies).items())
+    ]
     by_id = {s.id: s for s in samples}
     expected = {}
     for group in all_pairs_groups({s.id: s.phash for s in samples}, k):
@@ -289,20 +320,38 @@ def test_dedup_near_images_on_two_worker_processes(tmp_path):
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     with local_pipeline(options=options) as p:
         kept, dropped = p | beam.Create(samples) | DedupNearImages(K)
-        ((kept, dropped) | beam.Flatten() | beam.Map(_as_line)
-         | beam.io.WriteToText(str(tmp_path / "out"), file_name_suffix=".jsonl"))
+        (
+            (kept, dropped)
+            | beam.Flatten()
+            | beam.Map(_as_line)
+            | beam.io.WriteToText(str(tmp_path / "out"), file_name_suffix=".jsonl")
+        )
     lines = [json.loads(line) for f in tmp_path.glob("out*.jsonl") for line in f.read_text().splitlines()]
-    got = (sorted(i for i, reason, _ in lines if reason is None),
-           {i: (reason, rep) for i, reason, rep in lines if reason is not None})
+    got = (
+        sorted(i for i, reason, _ in lines if reason is None),
+        {i: (reason, rep) for i, reason, rep in lines if reason is not None},
+    )
     assert got == _expected_summary(samples, small_expected | clustered_expected)
 
 
 def test_drop_frequent_images_counts_distinct_documents():
     logo, icon, photo = "ffff0000ffff0000", "00ff00ff00ff00ff", "0123456789abcdef"
-    placements = [("d1", logo), ("d2", logo), ("d3", logo), ("d4", logo), ("d4", logo),
-                  ("d1", icon), ("d2", icon), ("d3", icon), ("d3", icon), ("d1", photo)]
-    samples = [Sample(id=f"{doc}:{pos}", source_index=0, row=pos, url=None, doc_id=doc, position=pos, phash=h)
-               for pos, (doc, h) in enumerate(placements)]
+    placements = [
+        ("d1", logo),
+        ("d2", logo),
+        ("d3", logo),
+        ("d4", logo),
+        ("d4", logo),
+        ("d1", icon),
+        ("d2", icon),
+        ("d3", icon),
+        ("d3", icon),
+        ("d1", photo),
+    ]
+    samples = [
+        Sample(id=f"{doc}:{pos}", source_index=0, row=pos, url=None, doc_id=doc, position=pos, phash=h)
+        for pos, (doc, h) in enumerate(placements)
+    ]
 
     def build(p):
         kept, dropped = p | beam.Create(samples) | DropFrequentImages(3)

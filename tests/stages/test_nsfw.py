@@ -1,28 +1,37 @@
 """The NSFW head: file format and maths, punsafe precedence, and a build that drops what a head
 trained by the test flags (a stand-in class, since tests do not carry unsafe images)."""
+
 from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
 import pytest
 
-from pipeline import synthetic
-from pipeline.clip_model import load_clip
-from pipeline.nsfw import NsfwHead, NsfwHeadError, ScoreNsfw, load_head
-from pipeline.recipe import ClipConfig, RecipeError, recipe_from_dict
-from pipeline.records import Sample
+from flamingo_corpus.clip.model import load_clip
+from flamingo_corpus.recipe import ClipConfig, RecipeError, recipe_from_dict
+from flamingo_corpus.records import Sample
+from flamingo_corpus.safety.nsfw import NsfwHead, NsfwHeadError, ScoreNsfw, load_head
+from flamingo_corpus.sample import synthetic
 
-from .beam_util import run_collect
-from .loopback_build import build_over_loopback, jpeg_bytes
+from ..beam_util import run_collect
+from ..loopback_build import build_over_loopback, jpeg_bytes
 
-TINY_CLIP = {"enabled": True, "model": "flamingo-tiny-clip", "pretrained": "synthetic-world", "device": "cpu",
-             "min_similarity": None, "batch_size": 16}
+TINY_CLIP = {
+    "enabled": True,
+    "model": "flamingo-tiny-clip",
+    "pretrained": "synthetic-world",
+    "device": "cpu",
+    "min_similarity": None,
+    "batch_size": 16,
+}
 FLAGGED = "red"  # the stand-in "unsafe" class of these tests: red shapes (the tiny CLIP separates colours)
 
 
 def _mlp(rng, sizes):
-    return NsfwHead([rng.normal(size=(a, b)).astype(np.float32) for a, b in zip(sizes, sizes[1:])],
-                    [rng.normal(size=b).astype(np.float32) for b in sizes[1:]])
+    return NsfwHead(
+        [rng.normal(size=(a, b)).astype(np.float32) for a, b in zip(sizes, sizes[1:])],
+        [rng.normal(size=b).astype(np.float32) for b in sizes[1:]],
+    )
 
 
 def test_head_maths_and_round_trip(tmp_path):
@@ -66,9 +75,11 @@ def test_rows_with_punsafe_are_not_rescored(tmp_path):
     path = str(tmp_path / "head.npz")
     NsfwHead([np.ones((4, 1), np.float32)], [np.full(1, 5.0, np.float32)]).save(path)  # scores ~1 for all
     emb = np.full(4, 0.5, np.float32)
-    samples = [Sample(id="laion:0", source_index=0, row=0, url="u", image_embedding=emb, meta={"punsafe": 0.01}),
-               Sample(id="laion:1", source_index=0, row=1, url="u", image_embedding=emb, meta={"punsafe": None}),
-               Sample(id="mmc4:2", source_index=0, row=2, url="u", image_embedding=emb)]
+    samples = [
+        Sample(id="laion:0", source_index=0, row=0, url="u", image_embedding=emb, meta={"punsafe": 0.01}),
+        Sample(id="laion:1", source_index=0, row=1, url="u", image_embedding=emb, meta={"punsafe": None}),
+        Sample(id="mmc4:2", source_index=0, row=2, url="u", image_embedding=emb),
+    ]
     out = run_collect(lambda p: dict(zip(("kept", "dropped"), p | beam.Create(samples) | ScoreNsfw(path, 0.5))))
     assert [s.id for s in out["kept"]] == ["laion:0"] and out["kept"][0].nsfw is None
     assert sorted((r.id, r.reason) for r in out["dropped"]) == [("laion:1", "nsfw"), ("mmc4:2", "nsfw")]
@@ -97,10 +108,15 @@ def test_a_build_drops_what_the_head_flags(tmp_path, tiny_clip_checkpoint):
     scenes = list(synthetic.scenes(22, 30))
     files = {f"{i}-{s.colour}.jpg": jpeg_bytes(synthetic.render(s)) for i, s in enumerate(scenes)}
     assert sum(s.colour == FLAGGED for s in scenes) >= 2
-    rows, result = build_over_loopback(tmp_path, files, {
-        "clip": TINY_CLIP, "image": {"resize_mode": "center_crop", "image_size": 224},
-        "safety": {"nsfw_head": head_path, "max_nsfw": 0.5},
-    })
+    rows, result = build_over_loopback(
+        tmp_path,
+        files,
+        {
+            "clip": TINY_CLIP,
+            "image": {"resize_mode": "center_crop", "image_size": 224},
+            "safety": {"nsfw_head": head_path, "max_nsfw": 0.5},
+        },
+    )
     flagged = {n for n in files if n.endswith(f"-{FLAGGED}.jpg")}
     dropped = {n for n, r in rows.items() if r["reason"] == "nsfw"}
     assert dropped == flagged

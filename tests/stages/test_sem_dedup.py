@@ -1,5 +1,6 @@
 """Semantic dedup (SemDeDup): the cluster rule against brute force, the Beam stage on one and two
 worker processes, and a LAION build where re-rendered pictures go that pHash cannot catch."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,20 +11,30 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import synthetic
-from pipeline.clip_model import load_clip
-from pipeline.near_dup import hamming
-from pipeline.perceptual import phash
-from pipeline.recipe import ClipConfig, RecipeError, recipe_from_dict
-from pipeline.records import Sample
-from pipeline.sem_dedup import (DedupSemantic, cluster_duplicates, fit_centroids, semantic_duplicates,
-                                stable_hash)
+from flamingo_corpus.clip.model import load_clip
+from flamingo_corpus.dedup.semantic import (
+    DedupSemantic,
+    cluster_duplicates,
+    fit_centroids,
+    semantic_duplicates,
+    stable_hash,
+)
+from flamingo_corpus.images.perceptual import hamming, phash
+from flamingo_corpus.recipe import ClipConfig, RecipeError, recipe_from_dict
+from flamingo_corpus.records import Sample
+from flamingo_corpus.sample import synthetic
 
-from .beam_util import local_pipeline, run_collect
-from .loopback_build import build_over_loopback, jpeg_bytes
+from ..beam_util import local_pipeline, run_collect
+from ..loopback_build import build_over_loopback, jpeg_bytes
 
-TINY_CLIP = {"enabled": True, "model": "flamingo-tiny-clip", "pretrained": "synthetic-world", "device": "cpu",
-             "min_similarity": None, "batch_size": 16}
+TINY_CLIP = {
+    "enabled": True,
+    "model": "flamingo-tiny-clip",
+    "pretrained": "synthetic-world",
+    "device": "cpu",
+    "min_similarity": None,
+    "batch_size": 16,
+}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -67,7 +78,7 @@ def test_cluster_rule_matches_brute_force():
 
 
 def test_a_big_cluster_is_processed_in_blocks(monkeypatch):
-    import pipeline.sem_dedup as sem
+    import flamingo_corpus.dedup.semantic as sem
 
     emb = _blobs(2)
     whole = cluster_duplicates([str(i) for i in range(len(emb))], emb, 0.97)
@@ -100,9 +111,17 @@ def test_fit_is_deterministic_and_handles_few_rows():
 
 def _samples():
     emb = _blobs(5)
-    return [Sample(id=f"s:{i:03d}", source_index=0, row=i, url=f"http://x/{i}", image_embedding=e,
-                   similarity=round(float(0.2 + (i % 7) / 50), 4))
-            for i, e in enumerate(emb)]
+    return [
+        Sample(
+            id=f"s:{i:03d}",
+            source_index=0,
+            row=i,
+            url=f"http://x/{i}",
+            image_embedding=e,
+            similarity=round(float(0.2 + (i % 7) / 50), 4),
+        )
+        for i, e in enumerate(emb)
+    ]
 
 
 def _line(record) -> str:
@@ -112,8 +131,12 @@ def _line(record) -> str:
 def _run(tmp_path, options) -> list:
     with local_pipeline(options=PipelineOptions(options)) as p:
         kept, dropped = p | beam.Create(_samples()) | DedupSemantic(n_clusters=4, max_similarity=0.97, fit_rows=60)
-        ((kept, dropped) | beam.Flatten() | beam.Map(_line)
-         | beam.io.WriteToText(str(tmp_path / "out"), file_name_suffix=".jsonl"))
+        (
+            (kept, dropped)
+            | beam.Flatten()
+            | beam.Map(_line)
+            | beam.io.WriteToText(str(tmp_path / "out"), file_name_suffix=".jsonl")
+        )
     return sorted(json.loads(line) for f in tmp_path.glob("out*.jsonl") for line in f.read_text().splitlines())
 
 
@@ -135,8 +158,14 @@ def test_stage_is_the_same_on_one_and_two_worker_processes(tmp_path):
 
 def test_samples_without_an_embedding_pass():
     samples = [Sample(id=f"n:{i}", source_index=0, row=i, url=None, caption="a sentence") for i in range(3)]
-    out = run_collect(lambda p: dict(zip(("kept", "dropped"), p | beam.Create(samples)
-                                         | DedupSemantic(n_clusters=2, max_similarity=0.9, fit_rows=10))))
+    out = run_collect(
+        lambda p: dict(
+            zip(
+                ("kept", "dropped"),
+                p | beam.Create(samples) | DedupSemantic(n_clusters=2, max_similarity=0.9, fit_rows=10),
+            )
+        )
+    )
     assert sorted(s.id for s in out["kept"]) == ["n:0", "n:1", "n:2"] and not out["dropped"]
 
 
@@ -146,6 +175,7 @@ def test_recipe_needs_clip_for_semantic_dedup():
 
 
 # --- in a build ---------------------------------------------------------------------------------
+
 
 def _moved(scene: synthetic.Scene) -> synthetic.Scene:
     return dataclasses.replace(scene, jitter_x=scene.jitter_x + 0.08, jitter_y=scene.jitter_y - 0.06)
@@ -162,9 +192,12 @@ def test_a_build_drops_re_renders_that_phash_misses(tmp_path, tiny_clip_checkpoi
     moved = {f"moved{i}.jpg": jpeg_bytes(synthetic.render(_moved(s))) for i, s in enumerate(scenes)}
     emb = {name: e for name, e in zip([*encode, *moved], model.embed_encoded([*encode.values(), *moved.values()]))}
     # planted pairs: the re-render is CLIP-close and pHash-far; the rest of the scenes are distinct
-    pairs = [i for i in range(len(scenes))
-             if emb[f"scene{i}.jpg"] @ emb[f"moved{i}.jpg"] > 0.95
-             and hamming(phash(synthetic.render(scenes[i])), phash(synthetic.render(_moved(scenes[i])))) > 10]
+    pairs = [
+        i
+        for i in range(len(scenes))
+        if emb[f"scene{i}.jpg"] @ emb[f"moved{i}.jpg"] > 0.95
+        and hamming(phash(synthetic.render(scenes[i])), phash(synthetic.render(_moved(scenes[i])))) > 10
+    ]
     assert len(pairs) >= 4
     files = {**encode, **{f"moved{i}.jpg": moved[f"moved{i}.jpg"] for i in pairs}}
     names = list(files)
@@ -174,12 +207,22 @@ def test_a_build_drops_re_renders_that_phash_misses(tmp_path, tiny_clip_checkpoi
     close = {(a, b) for x, a in enumerate(names) for y, b in enumerate(names) if x < y and sims[x, y] > 0.9}
     expected_pairs = planted | close
 
-    rows, result = build_over_loopback(tmp_path, files, {
-        "clip": TINY_CLIP,
-        "image": {"resize_mode": "center_crop", "image_size": 224},
-        "dedup": {"near": True, "near_max_distance": 5, "semantic": True, "semantic_clusters": 1,
-                  "semantic_max_similarity": 0.9, "semantic_fit_rows": 100},
-    })
+    rows, result = build_over_loopback(
+        tmp_path,
+        files,
+        {
+            "clip": TINY_CLIP,
+            "image": {"resize_mode": "center_crop", "image_size": 224},
+            "dedup": {
+                "near": True,
+                "near_max_distance": 5,
+                "semantic": True,
+                "semantic_clusters": 1,
+                "semantic_max_similarity": 0.9,
+                "semantic_fit_rows": 100,
+            },
+        },
+    )
     dropped = {n: r for n, r in rows.items() if r["status"] == "dropped"}
     for a, b in planted:  # one of each planted pair goes, naming the other
         assert (a in dropped) != (b in dropped), (a, b)

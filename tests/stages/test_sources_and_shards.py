@@ -1,4 +1,5 @@
 """Reading LAION parquet into samples, and numbering and writing samples into shards."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,16 +11,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.dedup import EXACT_IMAGES, DedupExactImages
-from pipeline.recipe import InputConfig, LaionColumns
-from pipeline.records import Sample
-from pipeline.shard import NumberSamples, sample_key, shard_layout, shard_name, write_tar
-from pipeline.sources import ReadLaionRows, match_inputs
+from flamingo_corpus.dedup.exact import EXACT_IMAGES, DedupExactImages
+from flamingo_corpus.inputs import match_inputs
+from flamingo_corpus.laion.read import ReadLaionRows
+from flamingo_corpus.output.shard import NumberSamples, sample_key, shard_layout, shard_name, write_tar
+from flamingo_corpus.recipe import InputConfig, LaionColumns
+from flamingo_corpus.records import Sample
 
-from .beam_util import run_collect
+from ..beam_util import run_collect
 
 
-def _run_read(paths, config=InputConfig()):
+def _run_read(paths, config=None):
+    config = config or InputConfig()
+
     def build(p):
         kept, dropped = p | ReadLaionRows(config, paths)
         return {"kept": kept, "dropped": dropped}
@@ -30,12 +34,14 @@ def _run_read(paths, config=InputConfig()):
 
 def test_rows_of_every_row_group_get_stable_ids_and_metadata(tmp_path):
     n = 250
-    table = pa.table({
-        "URL": [f"http://example.com/{i}.jpg" for i in range(n)],
-        "TEXT": [f"caption {i}" for i in range(n)],
-        "WIDTH": list(range(n)),
-        "punsafe": [float("nan") if i % 7 == 0 else 0.01 * (i % 100) for i in range(n)],
-    })
+    table = pa.table(
+        {
+            "URL": [f"http://example.com/{i}.jpg" for i in range(n)],
+            "TEXT": [f"caption {i}" for i in range(n)],
+            "WIDTH": list(range(n)),
+            "punsafe": [float("nan") if i % 7 == 0 else 0.01 * (i % 100) for i in range(n)],
+        }
+    )
     path = tmp_path / "part-00000.parquet"
     pq.write_table(table, path, row_group_size=64)  # 4 row groups
     kept, dropped = _run_read([str(path)])
@@ -84,10 +90,14 @@ def test_match_inputs_sorts_and_complains(tmp_path):
 
 
 def test_shard_layout_numbers_blocks_that_keep_samples_densely_in_block_order():
-    layout = shard_layout([("000001-000000000000", 3), ("000000-000000000002", 0),
-                           ("000000-000000000001", 5), ("000000-000000000000", 2)])
-    assert layout == {"000000-000000000000": (0, 0, 2), "000000-000000000001": (2, 1, 5),
-                      "000001-000000000000": (7, 2, 3)}  # the empty block gets no shard
+    layout = shard_layout(
+        [("000001-000000000000", 3), ("000000-000000000002", 0), ("000000-000000000001", 5), ("000000-000000000000", 2)]
+    )
+    assert layout == {
+        "000000-000000000000": (0, 0, 2),
+        "000000-000000000001": (2, 1, 5),
+        "000001-000000000000": (7, 2, 3),
+    }  # the empty block gets no shard
     assert shard_layout([]) == {}
 
 
@@ -110,7 +120,7 @@ def test_numbering_follows_input_order_whatever_the_arrival_order():
     blocks = sorted({(f, r // 37) for f, r in positions})
     shards = sorted(out["r"], key=lambda item: item[0])
     assert [shard for shard, _ in shards] == list(range(len(blocks)))
-    for (shard, ranked), block in zip(shards, blocks):
+    for (_, ranked), block in zip(shards, blocks):
         assert {(s.source_index, s.row // 37) for _, s in ranked} == {block}
         assert [rank for rank, _ in ranked] == sorted(rank for rank, _ in ranked)
         assert len(ranked) <= 37
@@ -128,8 +138,10 @@ def _numbered(samples, transform_before=None, dedup=None):
         return {"shards": shards, "dropped": drops | beam.Flatten()}
 
     out = run_collect(build)
-    return (sorted((rank, s.id) for rank, s in _flat(out["shards"])),
-            sorted((d.id, d.reason, d.stage, d.duplicate_of) for d in out["dropped"]))
+    return (
+        sorted((rank, s.id) for rank, s in _flat(out["shards"])),
+        sorted((d.id, d.reason, d.stage, d.duplicate_of) for d in out["dropped"]),
+    )
 
 
 def test_exact_dedup_inside_the_numbering_equals_the_dedup_stage_before_it():
@@ -140,14 +152,24 @@ def test_exact_dedup_inside_the_numbering_equals_the_dedup_stage_before_it():
     samples = []
     for f in range(2):
         for r in rng.sample(range(60), 45):
-            samples.append(Sample(id=f"{f}:{r}", source_index=f, row=r, url=None, sha256=rng.choice(images),
-                                  similarity=rng.choice([None, 0.2, 0.3, 0.3])))
+            samples.append(
+                Sample(
+                    id=f"{f}:{r}",
+                    source_index=f,
+                    row=r,
+                    url=None,
+                    sha256=rng.choice(images),
+                    similarity=rng.choice([None, 0.2, 0.3, 0.3]),
+                )
+            )
     rng.shuffle(samples)
     inside = _numbered(samples, dedup=EXACT_IMAGES)
     before = _numbered(samples, transform_before=DedupExactImages())
     assert inside == before
     ranked, dropped = inside
-    assert [rank for rank, _ in ranked] == list(range(len(ranked))) and len(ranked) == len(set(images) & {s.sha256 for s in samples})
+    assert [rank for rank, _ in ranked] == list(range(len(ranked))) and len(ranked) == len(
+        set(images) & {s.sha256 for s in samples}
+    )
     assert len(ranked) + len(dropped) == len(samples)
     assert {reason for _, reason, _, _ in dropped} == {"duplicate_image"}
 
@@ -180,11 +202,19 @@ def test_tars_are_byte_identical_to_webdataset_tarwriter(tmp_path):
     records of earlier builds would no longer match."""
     import webdataset as wds
 
-    from pipeline.shard import TAR_MTIME
+    from flamingo_corpus.output.shard import TAR_MTIME
 
     rng = random.Random(3)
-    samples = [{"__key__": sample_key(i), "jpg": rng.randbytes(rng.choice([0, 1, 511, 512, 513, 3000])),
-                "txt": f"caption é {i}".encode(), "json": b"{}", "_meta": "not written"} for i in range(40)]
+    samples = [
+        {
+            "__key__": sample_key(i),
+            "jpg": rng.randbytes(rng.choice([0, 1, 511, 512, 513, 3000])),
+            "txt": f"caption é {i}".encode(),
+            "json": b"{}",
+            "_meta": "not written",
+        }
+        for i in range(40)
+    ]
     path = tmp_path / shard_name(0)
     count, size, sha = write_tar(str(path), iter(samples))
     with open(tmp_path / "wds.tar", "wb") as f:
@@ -202,11 +232,14 @@ def test_tars_are_byte_identical_to_webdataset_tarwriter(tmp_path):
 
 
 def test_source_names_are_unique_even_when_file_names_repeat():
-    from pipeline.sources import source_names
+    from flamingo_corpus.inputs import source_names
 
     assert source_names(["/d/a.parquet", "/d/b.parquet"]) == ["a.parquet", "b.parquet"]
     assert source_names(["/d/x/part.parquet", "/d/y/part.parquet"]) == ["x/part.parquet", "y/part.parquet"]
-    assert source_names(["gs://b/2023/s.jsonl.zip", "gs://b/2024/s.jsonl.zip"]) == ["2023/s.jsonl.zip", "2024/s.jsonl.zip"]
+    assert source_names(["gs://b/2023/s.jsonl.zip", "gs://b/2024/s.jsonl.zip"]) == [
+        "2023/s.jsonl.zip",
+        "2024/s.jsonl.zip",
+    ]
 
 
 def test_same_file_name_in_two_folders_keeps_both(tmp_path):

@@ -1,4 +1,5 @@
 """The Beam stages on their own: metadata filters, download, CLIP scoring, exact dedup."""
+
 from __future__ import annotations
 
 import io
@@ -8,17 +9,17 @@ import threading
 import apache_beam as beam
 import pytest
 
-from pipeline import synthetic
-from pipeline.clip import ScoreWithClip
-from pipeline.dedup import DedupExactImages
-from pipeline.download import DownloadImages
-from pipeline.fetch import FetchResult
-from pipeline.metadata import FilterMetadata
-from pipeline.recipe import ClipConfig, DownloadConfig, MetadataFilterConfig
-from pipeline.records import Sample
-from pipeline.sample_web import SampleWeb
+from flamingo_corpus.clip.stage import ScoreWithClip
+from flamingo_corpus.dedup.exact import DedupExactImages
+from flamingo_corpus.download.fetch import FetchResult
+from flamingo_corpus.download.stage import DownloadImages
+from flamingo_corpus.laion.metadata import FilterMetadata
+from flamingo_corpus.recipe import ClipConfig, DownloadConfig, MetadataFilterConfig
+from flamingo_corpus.records import Sample
+from flamingo_corpus.sample import synthetic
+from flamingo_corpus.sample.web import SampleWeb
 
-from .beam_util import run_collect
+from ..beam_util import run_collect
 
 
 def _sample(i, url="http://example.com/a.jpg", caption="a red circle on the left", **kw):
@@ -46,9 +47,13 @@ def test_metadata_filters_and_url_dedup():
     kept, dropped = _stage(samples, FilterMetadata(MetadataFilterConfig()))
     assert [s.id for s in kept] == ["in:0"] and kept[0].language == "en"
     reasons = {d.id: (d.reason, d.duplicate_of) for d in dropped}
-    assert reasons == {"in:1": ("duplicate_url", "in:0"), "in:2": ("wrong_language", None),
-                       "in:3": ("bad_scheme", None), "in:4": ("caption_too_short", None),
-                       "in:5": ("unsafe", None)}
+    assert reasons == {
+        "in:1": ("duplicate_url", "in:0"),
+        "in:2": ("wrong_language", None),
+        "in:3": ("bad_scheme", None),
+        "in:4": ("caption_too_short", None),
+        "in:5": ("unsafe", None),
+    }
 
 
 @pytest.mark.timeout(120)
@@ -56,8 +61,13 @@ def test_download_keeps_every_sample_accounted_for(tmp_path):
     (tmp_path / "img").mkdir()
     synthetic.render(synthetic.random_scene(random.Random(1)), 64, 48).save(tmp_path / "img" / "a.jpg")
     with SampleWeb(tmp_path) as web:
-        urls = [f"{web.url}/img/a.jpg", f"{web.url}/missing.jpg", f"{web.url}/noai/img/a.jpg",
-                f"{web.url}/slow/6/img/a.jpg", f"{web.url}/as-html/img/a.jpg"] * 8
+        urls = [
+            f"{web.url}/img/a.jpg",
+            f"{web.url}/missing.jpg",
+            f"{web.url}/noai/img/a.jpg",
+            f"{web.url}/slow/6/img/a.jpg",
+            f"{web.url}/as-html/img/a.jpg",
+        ] * 8
         samples = [_sample(i, u) for i, u in enumerate(urls)]
         # A timeout far below the slow path's 6 s but generous for a loaded 2-core CI machine.
         cfg = DownloadConfig(threads=8, timeout_s=2.0, deadline_s=4, retries=0, allow_private=True)
@@ -68,8 +78,12 @@ def test_download_keeps_every_sample_accounted_for(tmp_path):
     by_url = {}
     for d in dropped:
         by_url.setdefault(d.url, set()).add(d.reason)
-    assert by_url == {urls[1]: {"http_404"}, urls[2]: {"robots_disallowed"}, urls[3]: {"timeout"},
-                      urls[4]: {"not_image"}}
+    assert by_url == {
+        urls[1]: {"http_404"},
+        urls[2]: {"robots_disallowed"},
+        urls[3]: {"timeout"},
+        urls[4]: {"not_image"},
+    }
 
 
 class _GatedFetcher:
@@ -95,7 +109,7 @@ def test_download_streams_past_a_slow_url_and_bounds_what_is_in_flight(monkeypat
     the rest."""
     from apache_beam.utils.windowed_value import WindowedValue
 
-    from pipeline import download
+    from flamingo_corpus.download import stage as download
 
     monkeypatch.setattr(download, "Fetcher", _GatedFetcher)
     _GatedFetcher.gate.clear()
@@ -134,8 +148,9 @@ def test_clip_scores_true_captions_above_wrong_ones(tiny_clip_checkpoint):
         data = _jpeg(scene)
         samples.append(_sample(2 * i, caption=synthetic.caption(scene, rng), image_bytes=data))
         samples.append(_sample(2 * i + 1, caption=synthetic.wrong_caption(scene, rng), image_bytes=data))
-    cfg = ClipConfig(model="flamingo-tiny-clip", pretrained=str(tiny_clip_checkpoint), batch_size=8,
-                     min_similarity=None)
+    cfg = ClipConfig(
+        model="flamingo-tiny-clip", pretrained=str(tiny_clip_checkpoint), batch_size=8, min_similarity=None
+    )
     kept, dropped = _stage(samples, ScoreWithClip(cfg))
     assert dropped == [] and len(kept) == len(samples)
     sim = {s.row: s.similarity for s in kept}
@@ -143,11 +158,15 @@ def test_clip_scores_true_captions_above_wrong_ones(tiny_clip_checkpoint):
     assert better >= 0.9 * len(scenes)
     for s in kept:
         assert s.image_embedding.shape == s.text_embedding.shape
-        assert abs(float((s.image_embedding ** 2).sum()) - 1) < 1e-4
+        assert abs(float((s.image_embedding**2).sum()) - 1) < 1e-4
 
     threshold = sorted(sim.values())[len(sim) // 2]
-    kept2, dropped2 = _stage(samples, ScoreWithClip(ClipConfig(
-        model="flamingo-tiny-clip", pretrained=str(tiny_clip_checkpoint), min_similarity=threshold)))
+    kept2, dropped2 = _stage(
+        samples,
+        ScoreWithClip(
+            ClipConfig(model="flamingo-tiny-clip", pretrained=str(tiny_clip_checkpoint), min_similarity=threshold)
+        ),
+    )
     assert {s.row for s in kept2} == {r for r, v in sim.items() if v >= threshold}
     assert {d.reason for d in dropped2} == {"low_similarity"}
 
@@ -155,10 +174,14 @@ def test_clip_scores_true_captions_above_wrong_ones(tiny_clip_checkpoint):
 def test_exact_dedup_keeps_the_best_and_earliest():
     same, other = "a" * 64, "b" * 64
     samples = [
-        _sample(5, sha256=same, similarity=0.30), _sample(2, sha256=same, similarity=0.35),
-        _sample(1, sha256=same, similarity=0.35), _sample(7, sha256=other, similarity=0.1),
+        _sample(5, sha256=same, similarity=0.30),
+        _sample(2, sha256=same, similarity=0.35),
+        _sample(1, sha256=same, similarity=0.35),
+        _sample(7, sha256=other, similarity=0.1),
     ]
     kept, dropped = _stage(samples, DedupExactImages())
     assert sorted(s.row for s in kept) == [1, 7]
     assert sorted((d.row, d.reason, d.duplicate_of) for d in dropped) == [
-        (2, "duplicate_image", "in:1"), (5, "duplicate_image", "in:1")]
+        (2, "duplicate_image", "in:1"),
+        (5, "duplicate_image", "in:1"),
+    ]

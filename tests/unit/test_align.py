@@ -1,4 +1,5 @@
 """Aligning MMC4 images into sentences, the OpenFlamingo loader's view, and the realign tool."""
+
 from __future__ import annotations
 
 import copy
@@ -9,11 +10,11 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from pipeline import cli
-from pipeline.align import assign, loader_view, realign_document, similarity, sort_by_sentence
-from pipeline.realign import realign_file
+from flamingo_corpus import cli
+from flamingo_corpus.mmc4.align import assign, loader_view, realign_document, similarity, sort_by_sentence
+from flamingo_corpus.mmc4.realign import realign_file
 
-from .conftest import REAL_SHARD
+from ..conftest import REAL_SHARD
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +39,25 @@ def count_wrong(docs: list) -> int:
 
 def doc_with(sim: list, stored: list) -> dict:
     """A small document with the given matrix and stored assignment."""
-    return {"url": "http://example.com/", "text_list": [f"sentence {j}." for j in range(len(sim[0]))],
-            "image_info": [{"image_name": f"{i}.jpg", "raw_url": f"http://example.com/{i}.jpg",
-                            "matched_text_index": j, "matched_sim": sim[i][j], "face_detections": None}
-                           for i, j in enumerate(stored)],
-            "similarity_matrix": sim}
+    return {
+        "url": "http://example.com/",
+        "text_list": [f"sentence {j}." for j in range(len(sim[0]))],
+        "image_info": [
+            {
+                "image_name": f"{i}.jpg",
+                "raw_url": f"http://example.com/{i}.jpg",
+                "matched_text_index": j,
+                "matched_sim": sim[i][j],
+                "face_detections": None,
+            }
+            for i, j in enumerate(stored)
+        ],
+        "similarity_matrix": sim,
+    }
 
 
 # --- assign ------------------------------------------------------------------------------------
+
 
 def test_square_assignment_maximises_the_total_not_each_image():
     sim = np.array([[0.9, 0.8], [0.8, 0.1]])  # both images' best sentence is 0
@@ -69,7 +81,7 @@ def test_min_sim_removes_images_before_the_assignment():
     sim = np.array([[0.30, 0.29], [0.14, 0.01]])
     assert assign(sim) == [(0, 1, 0.29), (1, 0, 0.14)]  # image 1 takes sentence 0 from image 0 ...
     assert assign(sim, min_sim=0.15) == [(0, 0, 0.30)]  # ... unless it is removed first
-    assert assign(sim, min_sim=0.14) == assign(sim)     # a best similarity equal to min_sim stays
+    assert assign(sim, min_sim=0.14) == assign(sim)  # a best similarity equal to min_sim stays
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (3, 5), (7, 2), (2, 7), (4, 4), (1, 6), (6, 1)])
@@ -104,6 +116,7 @@ def test_assign_edge_cases():
 
 
 # --- realign_document, sort_by_sentence ------------------------------------------------------------
+
 
 def test_realign_fixes_a_wrong_assignment_and_leaves_the_input_alone():
     doc = doc_with([[0.9, 0.8], [0.8, 0.1]], stored=[0, 1])
@@ -146,6 +159,7 @@ def test_sort_by_sentence_keeps_rows_and_image_info_together():
 
 # --- loader_view ---------------------------------------------------------------------------------
 
+
 def test_loader_view_threshold_and_max_images():
     sim = np.diag([0.30, 0.23, 0.24, 0.50, 0.25, 0.26, 0.27, 0.28])
     assert loader_view(sim) == [(0, 0), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)]  # 0.24 kept, 0.23 not, 6 at most
@@ -175,6 +189,7 @@ def test_sorted_real_documents_give_the_loader_images_in_sentence_order(real_doc
 
 # --- realign on the real shard -------------------------------------------------------------------
 
+
 def test_realign_gives_the_reference_assignment_on_real_documents(real_docs):
     changed = 0
     for doc in real_docs:
@@ -184,7 +199,8 @@ def test_realign_gives_the_reference_assignment_on_real_documents(real_docs):
         assert stored_assignment(realigned) == expected
         assert [im["matched_sim"] for im in realigned["image_info"]] == [sim[i, j] for i, j in enumerate(expected)]
         assert {k: v for k, v in realigned.items() if k != "image_info"} == {
-            k: v for k, v in doc.items() if k != "image_info"}
+            k: v for k, v in doc.items() if k != "image_info"
+        }
         changed += was_changed
     wrong = count_wrong(real_docs)
     print(f"\n{wrong} of {len(real_docs)} real mmc4 v1.0 documents had a wrong stored assignment")
@@ -202,7 +218,11 @@ def test_realign_drop_removes_only_the_images_left_over(real_docs):
 def test_realign_file_counts_what_it_changed(real_docs, tmp_path):
     stats = realign_file(str(REAL_SHARD), str(tmp_path / "out.jsonl"))
     assert (stats.read, stats.written, stats.changed, sum(stats.invalid.values())) == (
-        len(real_docs), len(real_docs), count_wrong(real_docs), 0)
+        len(real_docs),
+        len(real_docs),
+        count_wrong(real_docs),
+        0,
+    )
 
 
 def test_realign_file_of_a_zip_without_documents(tmp_path):
@@ -215,6 +235,7 @@ def test_realign_file_of_a_zip_without_documents(tmp_path):
 
 
 # --- the CLI -------------------------------------------------------------------------------------
+
 
 def test_cli_realign_end_to_end(real_lines, real_docs, tmp_path, capsys):
     out = tmp_path / "realigned" / "docs.jsonl"

@@ -1,5 +1,6 @@
 """The split preprocessing gives the pixels open_clip's own transform gives, on PIL (the CPU path)
 and on tensors (the GPU path, whose maths is checked here on CPU tensors)."""
+
 from __future__ import annotations
 
 import io
@@ -13,10 +14,10 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from pipeline import synthetic
-from pipeline.clip_model import decode_chw, decode_rgb, load_clip
-from pipeline.clip_preprocess import SplitPreprocess, gpu_decodable
-from pipeline.recipe import ClipConfig
+from flamingo_corpus.clip.model import decode_chw, decode_rgb, load_clip
+from flamingo_corpus.clip.preprocess import SplitPreprocess, gpu_decodable
+from flamingo_corpus.recipe import ClipConfig
+from flamingo_corpus.sample import synthetic
 
 
 @pytest.mark.parametrize("size", [(300, 200), (224, 224), (120, 400)])
@@ -34,14 +35,18 @@ def test_split_equals_the_whole_transform(size):
 def test_unusual_transforms_are_used_whole():
     from torchvision import transforms as T
 
-    assert SplitPreprocess.from_transform(T.Compose([T.RandomHorizontalFlip(), T.ToTensor(),
-                                                     T.Normalize((0.5,) * 3, (0.5,) * 3)])) is None
+    assert (
+        SplitPreprocess.from_transform(
+            T.Compose([T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+        )
+        is None
+    )
     assert SplitPreprocess.from_transform(lambda im: im) is None
 
 
 # --- the tensor path (the GPU's preprocessing, run here on CPU tensors) ------------------------
 
-SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "pipeline" / "assets" / "sample" / "laion" / "web"
+SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "pipeline" / "assets" / "sample" / "laion" / "web"
 # One bundled sample JPEG of each shape: 48x40 (enlarged), 600x90, portrait, landscape, square.
 SAMPLE_FILES = ["00003.jpg", "00125.jpg", "00005.jpg", "00004.jpg", "00008.jpg", "00010.jpg", "00001.jpg"]
 
@@ -60,8 +65,9 @@ def _grainy(seed: int, size=(333, 250)) -> bytes:
     """A synthetic scene with film grain: a photo's high-frequency content, the hardest case."""
     rng = np.random.default_rng(seed)
     image = np.asarray(synthetic.render(synthetic.random_scene(random.Random(seed)), *size), dtype=np.float32)
-    return _encode(Image.fromarray(np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)),
-                   quality=95)
+    return _encode(
+        Image.fromarray(np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)), quality=95
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +82,9 @@ def tiny_cpu(tiny_clip_checkpoint):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision 0.29 points decode_jpeg to TorchCodec
-@pytest.mark.parametrize("data", [*(pytest.param(_sample(n), id=n) for n in SAMPLE_FILES),
-                                  pytest.param(_grainy(1), id="grain")])
+@pytest.mark.parametrize(
+    "data", [*(pytest.param(_sample(n), id=n) for n in SAMPLE_FILES), pytest.param(_grainy(1), id="grain")]
+)
 def test_tensor_geometry_gives_pils_pixels(vit_split, data):
     """torch's antialiased bicubic resize + crop on decoded tensors gives PIL's pixels to a level."""
     pil = vit_split.cpu(decode_rgb(data)).permute(2, 0, 1).float()
@@ -121,15 +128,27 @@ def test_tensor_path_embeddings_match_the_pil_path(tiny_cpu):
 
 # --- which files nvJPEG gets, and what happens to the others -----------------------------------
 
+
 def _scene(size=(200, 150)):
     return synthetic.render(synthetic.random_scene(random.Random(11)), *size)
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("baseline", True), ("progressive", True), ("grey", True), ("444", True), ("422", True),
-    ("cmyk", False), ("png", False), ("truncated", False), ("trailing", False), ("empty", False),
-    ("html", False),
-])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("baseline", True),
+        ("progressive", True),
+        ("grey", True),
+        ("444", True),
+        ("422", True),
+        ("cmyk", False),
+        ("png", False),
+        ("truncated", False),
+        ("trailing", False),
+        ("empty", False),
+        ("html", False),
+    ],
+)
 def test_gpu_decodable(kind, expected):
     image = _scene()
     data = {
@@ -160,9 +179,17 @@ def _mixed_batch():
     good = [_sample(n) for n in SAMPLE_FILES[:4]]
     base = _encode(image, quality=90)
     sos = base.index(b"\xff\xda")
-    damaged = base[:sos + 600] + bytes(200) + base[sos + 800:]  # libjpeg decodes it, with garbage
-    return [good[0], _encode(image, "PNG"), good[1], _encode(image.convert("CMYK")), good[2],
-            _encode(image.convert("L")), damaged, good[3]]
+    damaged = base[: sos + 600] + bytes(200) + base[sos + 800 :]  # libjpeg decodes it, with garbage
+    return [
+        good[0],
+        _encode(image, "PNG"),
+        good[1],
+        _encode(image.convert("CMYK")),
+        good[2],
+        _encode(image.convert("L")),
+        damaged,
+        good[3],
+    ]
 
 
 def test_tensor_path_handles_png_cmyk_grey_and_damaged_jpegs(tiny_cpu):
@@ -225,17 +252,23 @@ def test_cpu_embeddings_do_not_depend_on_batch_size_or_batch_mates(tiny_cpu):
     similarities (and with them byte-identical shards) would change between runners."""
     scenes = synthetic.scenes(13, 13)
     images = [_sample(n) for n in SAMPLE_FILES] + [_encode(synthetic.render(s, 160, 120)) for s in scenes]
-    texts = [f"a {c} {s} {w}" for c in ("red", "blue") for s in ("circle", "star", "cross")
-             for w in ("on the left", "at the top of a striped grey background")]
+    texts = [
+        f"a {c} {s} {w}"
+        for c in ("red", "blue")
+        for s in ("circle", "star", "cross")
+        for w in ("on the left", "at the top of a striped grey background")
+    ]
     whole_images, whole_texts = tiny_cpu.embed_encoded(images), tiny_cpu.embed_texts(texts)
     rng = random.Random(3)
     for size in (1, 2, 3, 5, 17):
-        for items, whole, embed in ((images, whole_images, tiny_cpu.embed_encoded),
-                                    (texts, whole_texts, tiny_cpu.embed_texts)):
+        for items, whole, embed in (
+            (images, whole_images, tiny_cpu.embed_encoded),
+            (texts, whole_texts, tiny_cpu.embed_texts),
+        ):
             order = list(range(len(items)))
             rng.shuffle(order)
             got = np.zeros_like(whole)
             for start in range(0, len(order), size):
-                chosen = order[start:start + size]
+                chosen = order[start : start + size]
                 got[chosen] = embed([items[i] for i in chosen])
             assert np.array_equal(got, whole), (size, embed.__name__)

@@ -4,6 +4,7 @@ pinning, bounded DNS and body decoding.  (tests/test_fault_web.py walks the whol
 No traffic leaves loopback: address checks are tested on literals, a fake resolver stands in for
 DNS, and a hook lets 127.0.0.1 stand in for a public address where a test needs one.
 """
+
 import builtins
 import email.utils
 import gzip
@@ -19,9 +20,9 @@ import pytest
 import urllib3
 from PIL import Image
 
-from pipeline import fetch as fetch_module
-from pipeline.fetch import FetchPolicy, Fetcher, is_private_address, robots_disallowed
-from pipeline.sample_web import SampleWeb
+from flamingo_corpus.download import fetch as fetch_module
+from flamingo_corpus.download.fetch import Fetcher, FetchPolicy, is_private_address, robots_disallowed
+from flamingo_corpus.sample.web import SampleWeb
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,6 +79,7 @@ def stand_in(address):
 
 # -- success ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name, content_type", [("a.jpg", "image/jpeg"), ("b.png", "image/png")])
 def test_fetch_returns_the_file(fetcher, web, site, name, content_type):
     result = fetcher.fetch(f"{web.url}/{name}")
@@ -100,6 +102,7 @@ def test_the_user_agent_token_is_the_product_name():
 
 
 # -- HTTP statuses and retries ----------------------------------------------------------------
+
 
 def test_404_is_not_retried(fetcher, web):
     result = fetcher.fetch(web.url + "/missing.jpg")
@@ -154,6 +157,7 @@ def test_no_retry_when_the_wait_would_pass_the_deadline(make_fetcher, web):
 
 # -- time limits --------------------------------------------------------------------------------
 
+
 def test_slow_answer_times_out(make_fetcher, web):
     result = make_fetcher(timeout_s=0.3, retries=0).fetch(web.url + "/slow/5/a.jpg")
     assert (result.reason, result.status, result.attempts) == ("timeout", None, 1)
@@ -174,43 +178,53 @@ def test_deadline_bounds_the_whole_fetch(make_fetcher, web):
 
 # -- headers and content ------------------------------------------------------------------------
 
+
 def test_noai_header_is_refused(fetcher, web):
     result = fetcher.fetch(web.url + "/noai/a.jpg")
     assert (result.ok, result.reason, result.status, result.data) == (False, "robots_disallowed", 200, None)
 
 
-@pytest.mark.parametrize("tag, ok", [
-    ("otherbot: noindex", True),
-    ("flamingo-corpus: noimageai", False),
-    ("*: noai", False),
-    ("nofollow", True),
-])
+@pytest.mark.parametrize(
+    "tag, ok",
+    [
+        ("otherbot: noindex", True),
+        ("flamingo-corpus: noimageai", False),
+        ("*: noai", False),
+        ("nofollow", True),
+    ],
+)
 def test_robots_header_applies_to_us_or_everyone_only(fetcher, web, tag, ok):
     result = fetcher.fetch(f"{web.url}/robots/{quote(tag, safe='')}/a.jpg")
     assert result.ok is ok
     assert result.reason == (None if ok else "robots_disallowed")
 
 
-@pytest.mark.parametrize("values, disallowed", [
-    (["noindex"], True),
-    (["NoAI"], True),
-    (["nofollow, noimageindex"], True),
-    (["otherbot: noindex, noai"], False),
-    (["otherbot: noindex", "noai"], True),  # two headers: the second one is for everyone
-    (["otherbot: noindex, flamingo-corpus: noai"], True),
-    (["max-image-preview: large, noimageai"], True),
-    (["unavailable_after: 25 Jun 2010 15:00:00 PST"], False),
-    (["none"], False),
-    ([], False),
-])
+@pytest.mark.parametrize(
+    "values, disallowed",
+    [
+        (["noindex"], True),
+        (["NoAI"], True),
+        (["nofollow, noimageindex"], True),
+        (["otherbot: noindex, noai"], False),
+        (["otherbot: noindex", "noai"], True),  # two headers: the second one is for everyone
+        (["otherbot: noindex, flamingo-corpus: noai"], True),
+        (["max-image-preview: large, noimageai"], True),
+        (["unavailable_after: 25 Jun 2010 15:00:00 PST"], False),
+        (["none"], False),
+        ([], False),
+    ],
+)
 def test_robots_disallowed_parses_agents_and_directives(values, disallowed):
     assert robots_disallowed(values, "flamingo-corpus", FetchPolicy().disallowed_robots) is disallowed
 
 
-@pytest.mark.parametrize("path, content_type", [
-    ("/as-html/a.jpg", "text/html"),
-    ("/data.bin", "application/octet-stream"),
-])
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("/as-html/a.jpg", "text/html"),
+        ("/data.bin", "application/octet-stream"),
+    ],
+)
 def test_non_image_content_type_is_refused(fetcher, web, path, content_type):
     result = fetcher.fetch(web.url + path)
     assert (result.reason, result.content_type, result.data) == ("not_image", content_type, None)
@@ -221,6 +235,7 @@ def test_empty_body_is_refused(fetcher, web):
 
 
 # -- size -------------------------------------------------------------------------------------
+
 
 def test_huge_content_length_is_refused_by_header(fetcher, web):
     result = fetcher.fetch(web.url + "/huge/a.jpg")
@@ -247,6 +262,7 @@ def test_body_shorter_than_content_length_is_truncated(make_fetcher, web):
 
 
 # -- redirects --------------------------------------------------------------------------------
+
 
 def test_redirects_are_followed(fetcher, web, site):
     result = fetcher.fetch(web.url + "/redirect/3/a.jpg")
@@ -312,8 +328,10 @@ def test_redirect_to_a_bad_scheme_is_refused(fetcher, web, target):
 
 def test_every_redirect_hop_is_address_checked(web, site):
     # 127.0.0.1 stands in for a public address, so the first hop passes the check.
-    with SampleWeb(site, host="127.0.0.2") as private, \
-            Fetcher(FetchPolicy(**{**FAST, "allow_private": False}), forbidden_address=stand_in) as fetcher:
+    with (
+        SampleWeb(site, host="127.0.0.2") as private,
+        Fetcher(FetchPolicy(**{**FAST, "allow_private": False}), forbidden_address=stand_in) as fetcher,
+    ):
         target = private.url + "/a.jpg"
         result = fetcher.fetch(f"{web.url}/redirect-to?url={quote(target, safe='')}")
         assert (result.reason, result.status) == ("private_address", 302)
@@ -323,10 +341,27 @@ def test_every_redirect_hop_is_address_checked(web, site):
 
 # -- addresses, URLs and schemes ----------------------------------------------------------------
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.1.1", "0.0.0.0", "224.0.0.1",
-    "240.0.0.1", "::1", "::", "fe80::1", "fc00::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
-])
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.1.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+    ],
+)
 def test_private_addresses(address):
     assert is_private_address(address)
 
@@ -343,8 +378,9 @@ def test_private_host_is_refused_before_any_request(make_fetcher, web, host):
     assert web.counts() == {}
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.jpg", "data:image/png;base64,AAAA",
-                                 "javascript:alert(1)"])
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/a.jpg", "data:image/png;base64,AAAA", "javascript:alert(1)"]
+)
 def test_bad_schemes_are_refused_without_touching_anything(fetcher, monkeypatch, url):
     def forbidden(*args, **kwargs):
         raise AssertionError("a refused URL must not be opened")
@@ -359,8 +395,20 @@ def test_bad_schemes_are_refused_without_touching_anything(fetcher, monkeypatch,
     assert (result.ok, result.reason, result.attempts) == (False, "bad_scheme", 0)
 
 
-@pytest.mark.parametrize("url", [None, "", "   ", 42, "not a url", "http://", "http://[::1/a.jpg",
-                                 "http://[::1/a.jpg#frag", "http://example.com:99999/a.jpg"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        None,
+        "",
+        "   ",
+        42,
+        "not a url",
+        "http://",
+        "http://[::1/a.jpg",
+        "http://[::1/a.jpg#frag",
+        "http://example.com:99999/a.jpg",
+    ],
+)
 def test_bad_urls(fetcher, url):
     result = fetcher.fetch(url)
     assert (result.ok, result.reason, result.attempts) == (False, "bad_url", 0)
@@ -384,6 +432,7 @@ def test_refused_connection_is_retried_then_a_connect_error(make_fetcher, site):
 
 
 # -- many URLs ----------------------------------------------------------------------------------
+
 
 def test_fetch_many_keeps_the_input_order(fetcher, web, site):
     urls = [web.url + "/a.jpg", None, web.url + "/missing.jpg", web.url + "/b.png", "ftp://x/y"]
@@ -409,6 +458,7 @@ def test_fetch_many_can_be_called_again_with_other_thread_counts(fetcher, web):
 
 # -- broken connections: retried; permanent failures: not ----------------------------------------
 
+
 @pytest.mark.parametrize("fault", ["reset", "truncated"])
 def test_broken_answers_are_retried_until_they_recover(make_fetcher, web, site, fault):
     result = make_fetcher(retries=2).fetch(f"{web.url}/{fault}/2/a.jpg")
@@ -423,17 +473,20 @@ def test_broken_answers_fail_when_the_retries_run_out(make_fetcher, web, fault, 
     assert web.count(f"/{fault}/9/a.jpg") == 2
 
 
-@pytest.mark.parametrize("path, reason", [
-    ("/missing.jpg", "http_404"),
-    ("/status/403/x", "http_403"),
-    ("/status/410/x", "http_410"),
-    ("/extra/a.jpg", "extra_bytes"),
-    ("/encoding/br/a.jpg", "bad_encoding"),
-    ("/as-html/a.jpg", "not_image"),
-    ("/noai/a.jpg", "robots_disallowed"),
-    ("/huge/a.jpg", "too_large"),
-    ("/empty.jpg", "empty_body"),
-])
+@pytest.mark.parametrize(
+    "path, reason",
+    [
+        ("/missing.jpg", "http_404"),
+        ("/status/403/x", "http_403"),
+        ("/status/410/x", "http_410"),
+        ("/extra/a.jpg", "extra_bytes"),
+        ("/encoding/br/a.jpg", "bad_encoding"),
+        ("/as-html/a.jpg", "not_image"),
+        ("/noai/a.jpg", "robots_disallowed"),
+        ("/huge/a.jpg", "too_large"),
+        ("/empty.jpg", "empty_body"),
+    ],
+)
 def test_permanent_failures_are_not_retried(make_fetcher, web, path, reason):
     result = make_fetcher(retries=3).fetch(web.url + path)
     assert (result.reason, result.attempts) == (reason, 1)
@@ -448,6 +501,7 @@ def test_retry_after_may_be_an_http_date():
 
 
 # -- time and byte bounds -----------------------------------------------------------------------
+
 
 def test_a_slow_drip_is_cut_off_at_the_deadline(make_fetcher, web, site):
     # Every byte comes well within timeout_s: only the deadline can end this body (27 KB at 20 B/s).
@@ -470,7 +524,7 @@ def test_gzip_bodies_are_decoded(fetcher, web, site):
 
 
 def test_a_gzip_bomb_is_stopped_at_the_cap_on_its_decoded_size(make_fetcher, web):
-    from pipeline.sample_web import gzip_bomb
+    from flamingo_corpus.sample.web import gzip_bomb
 
     cap = 1 << 20
     assert len(gzip_bomb(256)) < cap  # on the wire it is well under the cap: only decoding shows it
@@ -495,29 +549,35 @@ def _raw_deflate(data):
     return compressor.compress(data) + compressor.flush()
 
 
-@pytest.mark.parametrize("encoding, wire", [
-    ("gzip", gzip.compress(DATA)),
-    ("x-gzip", gzip.compress(DATA)),
-    ("gzip", gzip.compress(DATA[:1000]) + gzip.compress(DATA[1000:])),  # two members
-    ("deflate", zlib.compress(DATA)),  # zlib-wrapped, as the RFC says
-    ("deflate", _raw_deflate(DATA)),  # raw, as some servers send it
-    ("identity", DATA),
-    ("", DATA),
-])
+@pytest.mark.parametrize(
+    "encoding, wire",
+    [
+        ("gzip", gzip.compress(DATA)),
+        ("x-gzip", gzip.compress(DATA)),
+        ("gzip", gzip.compress(DATA[:1000]) + gzip.compress(DATA[1000:])),  # two members
+        ("deflate", zlib.compress(DATA)),  # zlib-wrapped, as the RFC says
+        ("deflate", _raw_deflate(DATA)),  # raw, as some servers send it
+        ("identity", DATA),
+        ("", DATA),
+    ],
+)
 def test_decoder_undoes_content_encodings(encoding, wire):
     decoder = fetch_module._Decoder(encoding, cap=len(DATA))
     for i in range(0, len(wire), 1000):
-        decoder.feed(wire[i:i + 1000])
+        decoder.feed(wire[i : i + 1000])
     assert decoder.finish() == DATA
 
 
-@pytest.mark.parametrize("encoding, wire, reason", [
-    ("gzip", gzip.compress(DATA)[:-30], "bad_encoding"),  # stops half-way
-    ("gzip", DATA, "bad_encoding"),  # not gzip at all
-    ("br", DATA, "bad_encoding"),  # not one we asked for
-    ("gzip, gzip", DATA, "bad_encoding"),
-    ("gzip", gzip.compress(DATA + b"x"), "too_large"),
-])
+@pytest.mark.parametrize(
+    "encoding, wire, reason",
+    [
+        ("gzip", gzip.compress(DATA)[:-30], "bad_encoding"),  # stops half-way
+        ("gzip", DATA, "bad_encoding"),  # not gzip at all
+        ("br", DATA, "bad_encoding"),  # not one we asked for
+        ("gzip, gzip", DATA, "bad_encoding"),
+        ("gzip", gzip.compress(DATA + b"x"), "too_large"),
+    ],
+)
 def test_decoder_refuses_bad_or_oversized_streams(encoding, wire, reason):
     with pytest.raises(fetch_module._Drop) as refused:
         decoder = fetch_module._Decoder(encoding, cap=len(DATA))
@@ -559,8 +619,9 @@ def answer_once():
 
 
 def _http11(body: bytes, declared: int) -> bytes:
-    return (f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {declared}\r\n"
-            f"Connection: keep-alive\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {declared}\r\nConnection: keep-alive\r\n\r\n"
+    ).encode() + body
 
 
 def test_extra_bytes_are_found_on_a_kept_alive_connection(fetcher, answer_once, site):
@@ -595,8 +656,10 @@ def test_a_kept_alive_connection_is_reused_for_the_next_image_of_the_host(fetche
                         pending += got
                     request, pending = pending.split(b"\r\n\r\n", 1)
                     if request.startswith(b"GET /moved"):
-                        connection.sendall(f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/b.jpg\r\n"
-                                           f"Content-Length: 5\r\n\r\nmoved".encode())
+                        connection.sendall(
+                            f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/b.jpg\r\n"
+                            f"Content-Length: 5\r\n\r\nmoved".encode()
+                        )
                     else:
                         connection.sendall(_http11(body, len(body)))
             except OSError:
@@ -626,12 +689,15 @@ def test_a_kept_alive_connection_is_reused_for_the_next_image_of_the_host(fetche
 
 # -- address pinning and the resolver -----------------------------------------------------------
 
+
 def _numeric_only(real):
     """getaddrinfo that refuses to look up names: proves nobody resolves behind the fetcher's back."""
+
     def getaddrinfo(host, *args, **kwargs):
         if fetch_module._ip_literal(str(host)) is None:
             raise AssertionError(f"{host} was resolved outside the fetcher's resolver")
         return real(host, *args, **kwargs)
+
     return getaddrinfo
 
 
@@ -655,11 +721,16 @@ def test_dns_rebinding_cannot_reach_a_private_address(web, site, monkeypatch):
     # The fetcher's resolver answers "public" (127.0.0.1 standing in) when the name is checked;
     # the system resolver answers 127.0.0.2, as a rebinding DNS server would on a second lookup.
     real = socket.getaddrinfo
-    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: real(
-        "127.0.0.2" if host == "rebind.example" else host, *args, **kwargs))
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, *args, **kwargs: real("127.0.0.2" if host == "rebind.example" else host, *args, **kwargs),
+    )
     policy = FetchPolicy(**{**FAST, "allow_private": False})
-    with SampleWeb(site, host="127.0.0.2", port=web.port) as private, \
-            Fetcher(policy, resolver=lambda host, port: ["127.0.0.1"], forbidden_address=stand_in) as fetcher:
+    with (
+        SampleWeb(site, host="127.0.0.2", port=web.port) as private,
+        Fetcher(policy, resolver=lambda host, port: ["127.0.0.1"], forbidden_address=stand_in) as fetcher,
+    ):
         result = fetcher.fetch(f"http://rebind.example:{web.port}/a.jpg")
         assert result.ok and result.data == (site / "a.jpg").read_bytes()
         assert web.count("/a.jpg") == 1 and private.counts() == {}
@@ -668,8 +739,9 @@ def test_dns_rebinding_cannot_reach_a_private_address(web, site, monkeypatch):
 def test_a_later_private_answer_is_refused(web, site):
     answers = iter(["127.0.0.1"])
     policy = FetchPolicy(**{**FAST, "allow_private": False})
-    with Fetcher(policy, resolver=lambda host, port: [next(answers, "127.0.0.2")],
-                 forbidden_address=stand_in) as fetcher:
+    with Fetcher(
+        policy, resolver=lambda host, port: [next(answers, "127.0.0.2")], forbidden_address=stand_in
+    ) as fetcher:
         first = fetcher.fetch(f"http://rebind.example:{web.port}/a.jpg")
         second = fetcher.fetch(f"http://rebind.example:{web.port}/a.jpg")
     assert first.ok
@@ -677,15 +749,18 @@ def test_a_later_private_answer_is_refused(web, site):
     assert web.count("/a.jpg") == 1
 
 
-@pytest.mark.parametrize("target", [
-    "http://169.254.169.254/latest/meta-data/",
-    "http://10.0.0.1/a.jpg",
-    "http://167772161/a.jpg",  # 10.0.0.1 written as one number
-    "http://[::ffff:10.0.0.1]/a.jpg",
-    "http://[fe80::1]/a.jpg",
-    "http://127.0.0.2:{port}/a.jpg",
-    "http://[::1]:{port}/a.jpg",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/a.jpg",
+        "http://167772161/a.jpg",  # 10.0.0.1 written as one number
+        "http://[::ffff:10.0.0.1]/a.jpg",
+        "http://[fe80::1]/a.jpg",
+        "http://127.0.0.2:{port}/a.jpg",
+        "http://[::1]:{port}/a.jpg",
+    ],
+)
 def test_redirects_to_private_addresses_are_refused_before_connecting(web, monkeypatch, target):
     connected = []
     real = urllib3.util.connection.create_connection
@@ -730,7 +805,8 @@ def test_link_local_is_refused_even_when_private_addresses_are_allowed(web, monk
 def test_private_redirects_are_followed_when_the_policy_allows_them(make_fetcher, web, site):
     with SampleWeb(site, host="127.0.0.2") as private:
         result = make_fetcher(allow_private=True).fetch(
-            f"{web.url}/redirect-to?url={quote(private.url + '/a.jpg', safe='')}")
+            f"{web.url}/redirect-to?url={quote(private.url + '/a.jpg', safe='')}"
+        )
         assert result.ok and private.count("/a.jpg") == 1
 
 
@@ -779,10 +855,16 @@ def _certificates(tmp_path, name):
     now = datetime.datetime.now(datetime.timezone.utc)
 
     def certificate(subject, issuer, public_key, signing_key, *, ca, san=None):
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if san:
             builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
         return builder.sign(signing_key, hashes.SHA256())
@@ -790,12 +872,19 @@ def _certificates(tmp_path, name):
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flamingo test CA")])
     ca = certificate(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
-    leaf = certificate(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), ca_name, key.public_key(),
-                       ca_key, ca=False, san=name)
+    leaf = certificate(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+        ca_name,
+        key.public_key(),
+        ca_key,
+        ca=False,
+        san=name,
+    )
     pem = serialization.Encoding.PEM
     (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (tmp_path / "server.pem").write_bytes(leaf.public_bytes(pem) + key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "server.pem").write_bytes(
+        leaf.public_bytes(pem) + key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return tmp_path / "ca.pem", tmp_path / "server.pem"
 
 

@@ -1,4 +1,5 @@
 """The pure filter functions: pass/fail, thresholds exactly at the boundary, None/NaN, URL forms."""
+
 from __future__ import annotations
 
 import math
@@ -6,9 +7,10 @@ import os
 
 import pytest
 
-from filters import image as image_filter
-from filters import language as language_filter
-from filters import safety, text, url as url_filter
+from flamingo_corpus.filters import image as image_filter
+from flamingo_corpus.filters import language as language_filter
+from flamingo_corpus.filters import safety, text
+from flamingo_corpus.filters import url as url_filter
 
 NAN = float("nan")
 HTTP = ("http", "https")
@@ -56,25 +58,31 @@ def test_caption_word_count_boundary():
 # ---------------------------------------------------------------- url: schemes
 
 
-@pytest.mark.parametrize("url", [
-    "http://example.com/a.jpg",
-    "https://example.com/a.jpg?x=1",
-    "HTTPS://Example.com/A.JPG",
-    "  https://example.com/padded.png  ",
-    "http://127.0.0.1:8741/img/1.jpg",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a.jpg",
+        "https://example.com/a.jpg?x=1",
+        "HTTPS://Example.com/A.JPG",
+        "  https://example.com/padded.png  ",
+        "http://127.0.0.1:8741/img/1.jpg",
+    ],
+)
 def test_url_scheme_accepts_http_and_https(url):
     assert url_filter.url_scheme(url, HTTP) is None
 
 
-@pytest.mark.parametrize("url", [
-    "file:///etc/passwd",
-    "ftp://example.com/a.jpg",
-    "data:image/png;base64,iVBORw0KGgo=",
-    "javascript:alert(1)",
-    "gopher://example.com/",
-    "example.com/a.jpg",  # no scheme at all
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/a.jpg",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "javascript:alert(1)",
+        "gopher://example.com/",
+        "example.com/a.jpg",  # no scheme at all
+    ],
+)
 def test_url_scheme_rejects_other_schemes(url):
     assert url_filter.url_scheme(url, HTTP) == "bad_scheme"
 
@@ -89,12 +97,15 @@ def test_url_scheme_missing(url):
     assert url_filter.url_scheme(url, HTTP) == "no_url"
 
 
-@pytest.mark.parametrize("url", [
-    "http:///path-without-host.jpg",
-    "http://[::1/broken-ipv6",
-    "http://example.com:abc/a.jpg",  # a port that is no number
-    "http://example.com:99999/a.jpg",  # a port out of range
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http:///path-without-host.jpg",
+        "http://[::1/broken-ipv6",
+        "http://example.com:abc/a.jpg",  # a port that is no number
+        "http://example.com:99999/a.jpg",  # a port out of range
+    ],
+)
 def test_url_scheme_rejects_malformed_urls(url):
     assert url_filter.url_scheme(url, HTTP) == "bad_url"
 
@@ -102,8 +113,13 @@ def test_url_scheme_rejects_malformed_urls(url):
 def test_every_url_that_passes_the_scheme_filter_can_be_normalised():
     """FilterMetadata keys rows by normalize_url after url_scheme passed them: it must not raise."""
     urls = [
-        "http://example.com:abc/a.jpg", "http://example.com:99999/a.jpg", "http://[::1]:8080/x",
-        "https://user@Example.com:443/x", "http://a.com:0/x", "http://[::1/x", "http://a.com/%zz",
+        "http://example.com:abc/a.jpg",
+        "http://example.com:99999/a.jpg",
+        "http://[::1]:8080/x",
+        "https://user@Example.com:443/x",
+        "http://a.com:0/x",
+        "http://[::1/x",
+        "http://a.com/%zz",
     ]
     for u in urls:
         if url_filter.url_scheme(u, HTTP) is None:
@@ -127,7 +143,9 @@ def test_normalize_url_drops_default_ports_only():
 
 def test_normalize_url_drops_fragment_keeps_query():
     assert url_filter.normalize_url("https://a.com/x.jpg?size=2#top") == "https://a.com/x.jpg?size=2"
-    assert url_filter.normalize_url("https://a.com/x.jpg?size=2") != url_filter.normalize_url("https://a.com/x.jpg?size=3")
+    assert url_filter.normalize_url("https://a.com/x.jpg?size=2") != url_filter.normalize_url(
+        "https://a.com/x.jpg?size=3"
+    )
 
 
 def test_normalize_url_empty_path_is_root_and_whitespace_stripped():
@@ -150,23 +168,29 @@ def test_normalize_url_keeps_ipv6_brackets():
 # ---------------------------------------------------------------- url: mmc4 rules
 
 
-@pytest.mark.parametrize("url", [
-    "https://a.com/photo.jpg",
-    "https://a.com/dir.v2/photo.JPEG",
-    "https://a.com/photo.png?w=300#frag",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://a.com/photo.jpg",
+        "https://a.com/dir.v2/photo.JPEG",
+        "https://a.com/photo.png?w=300#frag",
+    ],
+)
 def test_url_extension_allowed(url):
     assert url_filter.url_extension(url, url_filter.EXTENSIONS_MMC4) is None
 
 
-@pytest.mark.parametrize("url", [
-    "https://a.com/photo.gif",
-    "https://a.com/photo.webp",
-    "https://a.com/photo",  # no extension
-    "https://a.com/dir.jpg/photo",  # the dot is in a folder, not the file
-    "https://a.com/image.php?file=photo.jpg",  # the extension is in the query
-    "https://a.com/photo.jpg/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://a.com/photo.gif",
+        "https://a.com/photo.webp",
+        "https://a.com/photo",  # no extension
+        "https://a.com/dir.jpg/photo",  # the dot is in a folder, not the file
+        "https://a.com/image.php?file=photo.jpg",  # the extension is in the query
+        "https://a.com/photo.jpg/",
+    ],
+)
 def test_url_extension_rejected(url):
     assert url_filter.url_extension(url, url_filter.EXTENSIONS_MMC4) == "bad_extension"
 
@@ -178,8 +202,13 @@ def test_url_extension_uses_the_given_list():
 
 @pytest.mark.parametrize("word", url_filter.URL_WORDS_MMC4)
 def test_url_words_blocklist(word):
-    assert url_filter.url_words(f"https://a.com/img/site-{word}.png", url_filter.URL_WORDS_MMC4) == "url_blocklisted_word"
-    assert url_filter.url_words(f"https://a.com/{word.upper()}s/x.png", url_filter.URL_WORDS_MMC4) == "url_blocklisted_word"
+    assert (
+        url_filter.url_words(f"https://a.com/img/site-{word}.png", url_filter.URL_WORDS_MMC4) == "url_blocklisted_word"
+    )
+    assert (
+        url_filter.url_words(f"https://a.com/{word.upper()}s/x.png", url_filter.URL_WORDS_MMC4)
+        == "url_blocklisted_word"
+    )
 
 
 def test_url_words_pass_and_custom_list():
@@ -273,14 +302,17 @@ def test_default_model_is_the_shipped_lid176():
     assert os.path.getsize(path) > 100_000
 
 
-@pytest.mark.parametrize("sentence,code", [
-    ("The quick brown fox jumps over the lazy dog near the river bank.", "en"),
-    ("A photograph of a red bicycle leaning against an old brick wall.", "en"),
-    ("Der schnelle braune Fuchs springt über den faulen Hund am Flussufer.", "de"),
-    ("Ein Foto von einem roten Fahrrad, das an einer alten Mauer lehnt.", "de"),
-    ("Le renard brun rapide saute par-dessus le chien paresseux près de la rivière.", "fr"),
-    ("Une photo d'un vélo rouge appuyé contre un vieux mur de briques.", "fr"),
-])
+@pytest.mark.parametrize(
+    "sentence,code",
+    [
+        ("The quick brown fox jumps over the lazy dog near the river bank.", "en"),
+        ("A photograph of a red bicycle leaning against an old brick wall.", "en"),
+        ("Der schnelle braune Fuchs springt über den faulen Hund am Flussufer.", "de"),
+        ("Ein Foto von einem roten Fahrrad, das an einer alten Mauer lehnt.", "de"),
+        ("Le renard brun rapide saute par-dessus le chien paresseux près de la rivière.", "fr"),
+        ("Une photo d'un vélo rouge appuyé contre un vieux mur de briques.", "fr"),
+    ],
+)
 def test_identify_real_sentences(lid, sentence, code):
     lang, score = lid.identify(sentence)
     assert lang == code

@@ -1,4 +1,5 @@
 """The image stage: resize parity with img2dataset, rejection reasons, colour modes, EXIF, hashes."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
-from pipeline.images import ImageRejected, decode, process_image, resize, target_size  # noqa: E402
-from pipeline.recipe import ImageConfig  # noqa: E402
+from flamingo_corpus.images.process import ImageRejected, decode, process_image, resize, target_size  # noqa: E402
+from flamingo_corpus.recipe import ImageConfig  # noqa: E402
 
 # img2dataset 1.47 with albumentations 1.4 warns about its own calls; not this project's concern.
 pytestmark = pytest.mark.filterwarnings(
@@ -173,13 +174,14 @@ def test_center_crop_and_border_give_square_outputs():
 def test_resize_only_if_bigger_leaves_small_images_alone():
     data = encode(scene(100, 60), "PNG")
     for mode in MODES:
-        p = process_image(data, cfg(resize_mode=mode, image_size=256, resize_only_if_bigger=True,
-                                    encode_format="png"))
+        p = process_image(data, cfg(resize_mode=mode, image_size=256, resize_only_if_bigger=True, encode_format="png"))
         assert (p.width, p.height) == (100, 60), mode
 
 
-@pytest.mark.parametrize("width,height,image_size", [
-    (640, 480, 224), (480, 640, 224), (300, 299, 224), (1000, 333, 256), (100, 60, 224), (150, 400, 96)])
+@pytest.mark.parametrize(
+    "width,height,image_size",
+    [(640, 480, 224), (480, 640, 224), (300, 299, 224), (1000, 333, 256), (100, 60, 224), (150, 400, 96)],
+)
 def test_center_crop_in_one_resize_equals_scale_then_crop(width, height, image_size):
     """The centre crop resizes only the source box it keeps; pixel for pixel that is the full
     scale followed by the crop, shrinking (box filter) and enlarging (Lanczos) alike."""
@@ -236,18 +238,25 @@ def test_too_small_at_the_boundary():
     assert rejected(encode(scene(100, 63), "PNG"), c).reason == "too_small"
 
 
-@pytest.mark.parametrize("image,c,reason", [
-    (lambda: encode(scene(63, 100), "PNG"), cfg(min_side=64), "too_small"),
-    (lambda: encode(scene(300, 90), "JPEG"), cfg(max_aspect_ratio=3.0), "bad_aspect_ratio"),
-    (lambda: encode(scene(120, 80), "PNG"), cfg(image_size=64, encode_format="png", min_encoded_bytes=10**6),
-     "too_few_bytes")])
+@pytest.mark.parametrize(
+    "image,c,reason",
+    [
+        (lambda: encode(scene(63, 100), "PNG"), cfg(min_side=64), "too_small"),
+        (lambda: encode(scene(300, 90), "JPEG"), cfg(max_aspect_ratio=3.0), "bad_aspect_ratio"),
+        (
+            lambda: encode(scene(120, 80), "PNG"),
+            cfg(image_size=64, encode_format="png", min_encoded_bytes=10**6),
+            "too_few_bytes",
+        ),
+    ],
+)
 def test_images_the_checks_drop_keep_their_original_size_in_the_index(image, c, reason):
     """The index row of an image the checks drop has its original width and height, as a kept
     image's has: the statistics' size and aspect-ratio plots then show what the checks removed."""
     from apache_beam import pvalue
 
-    from pipeline.images import _ProcessImage
-    from pipeline.records import Sample
+    from flamingo_corpus.images.process import _ProcessImage
+    from flamingo_corpus.records import Sample
 
     data = image()
     (out,) = list(_ProcessImage(c).process(Sample(id="in:0", source_index=0, row=0, url="u", image_bytes=data)))

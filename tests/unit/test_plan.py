@@ -1,5 +1,6 @@
 """`flamingo-corpus plan`: the arithmetic on a hand-made table, the stages a recipe switches on,
 and the shipped table covering every shipped recipe."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
-from pipeline.plan import MEASURED, Cluster, PlanError, format_plan, load_table, make_plan, parse_count
-from pipeline.recipe import load_recipe, recipe_from_dict
+from flamingo_corpus import cli
+from flamingo_corpus.recipe import load_recipe, recipe_from_dict
+from flamingo_corpus.runners.plan import MEASURED, Cluster, PlanError, format_plan, load_table, make_plan, parse_count
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "manifests").glob("*.yaml"))
 BASES = {"measured", "derived", "extrapolated", "assumed"}
 
@@ -24,17 +25,41 @@ TABLE = {
         "download": {"unit": "image", "per_s": 100.0, "basis": "measured", "machine": "m"},
         "process_laion": {"unit": "row", "per_s": 50.0, "basis": "derived", "machine": "m"},
         "process_mmc4": {"unit": "image", "per_s": 25.0, "basis": "derived", "machine": "m"},
-        "dedup_near": {"unit": "row", "per_s_by_distance": {"5": 1000.0, "10": 200.0}, "basis": "extrapolated",
-                       "machine": "m"},
+        "dedup_near": {
+            "unit": "row",
+            "per_s_by_distance": {"5": 1000.0, "10": 200.0},
+            "basis": "extrapolated",
+            "machine": "m",
+        },
     },
-    "clip": {"M": {"gpu": {"images_per_s": 4000.0, "captions_per_s": 4000.0, "sentences_per_s": 1000.0,
-                           "pairs_per_s": 1800.0, "basis": "measured", "machine": "m"},
-                   "cpu": {"images_per_s": 2.0, "captions_per_s": 4.0, "sentences_per_s": 8.0,
-                           "basis": "measured", "machine": "m"}}},
+    "clip": {
+        "M": {
+            "gpu": {
+                "images_per_s": 4000.0,
+                "captions_per_s": 4000.0,
+                "sentences_per_s": 1000.0,
+                "pairs_per_s": 1800.0,
+                "basis": "measured",
+                "machine": "m",
+            },
+            "cpu": {
+                "images_per_s": 2.0,
+                "captions_per_s": 4.0,
+                "sentences_per_s": 8.0,
+                "basis": "measured",
+                "machine": "m",
+            },
+        }
+    },
     "gpus": {"big": {"relative": 1.0, "basis": "measured"}, "small": {"relative": 0.25, "basis": "extrapolated"}},
-    "corpus": {"mmc4_images_per_document": {"value": 5.0}, "mmc4_sentences_per_document": {"value": 20.0},
-               "download_bytes_per_image": {"value": 1000.0}, "laion_output_bytes_per_sample": {"value": 100.0},
-               "mmc4_output_bytes_per_image": {"value": 200.0}, "mmc4_output_bytes_per_document": {"value": 50.0}},
+    "corpus": {
+        "mmc4_images_per_document": {"value": 5.0},
+        "mmc4_sentences_per_document": {"value": 20.0},
+        "download_bytes_per_image": {"value": 1000.0},
+        "laion_output_bytes_per_sample": {"value": 100.0},
+        "mmc4_output_bytes_per_image": {"value": 200.0},
+        "mmc4_output_bytes_per_document": {"value": 50.0},
+    },
 }
 
 
@@ -115,8 +140,7 @@ def test_mmc4_counts_documents_images_and_sentences():
 
 
 def test_near_dedup_distance_and_what_is_not_measured():
-    recipe = _laion(dedup={"near": True, "near_max_distance": 4, "semantic": True},
-                    safety={"blocklist": "list.txt"})
+    recipe = _laion(dedup={"near": True, "near_max_distance": 4, "semantic": True}, safety={"blocklist": "list.txt"})
     plan = make_plan(recipe, 1000, Cluster(1, 1, 1, "big"), TABLE)
     near = plan.stages[-1]
     assert near.name == "dedup near (distance 4)" and near.rate == 1000.0  # the next measured distance up
@@ -134,9 +158,18 @@ def test_bad_requests_are_clear_errors():
         make_plan(_laion(), 10, Cluster(workers=0), TABLE)
 
 
-@pytest.mark.parametrize("text, count", [("2300000000", 2_300_000_000), ("2.3e9", 2_300_000_000),
-                                         ("2.3B", 2_300_000_000), ("100M", 100_000_000), ("570_000_000", 570_000_000),
-                                         ("1,000", 1000), ("12k", 12_000)])
+@pytest.mark.parametrize(
+    "text, count",
+    [
+        ("2300000000", 2_300_000_000),
+        ("2.3e9", 2_300_000_000),
+        ("2.3B", 2_300_000_000),
+        ("100M", 100_000_000),
+        ("570_000_000", 570_000_000),
+        ("1,000", 1000),
+        ("12k", 12_000),
+    ],
+)
 def test_counts_as_people_write_them(text, count):
     assert parse_count(text) == count
 
@@ -149,12 +182,16 @@ def test_bad_counts(text):
 
 # --- the shipped table -----------------------------------------------------------------------
 
+
 def test_shipped_table_covers_every_shipped_recipe_on_gpus_and_cpus():
     table = load_table()
     for path in RECIPES:
         recipe = load_recipe(path)
-        for cluster in (Cluster(gpus_per_worker=1, gpu="h200"), Cluster(gpus_per_worker=1, gpu="h100"),
-                        Cluster(gpus_per_worker=0)):
+        for cluster in (
+            Cluster(gpus_per_worker=1, gpu="h200"),
+            Cluster(gpus_per_worker=1, gpu="h100"),
+            Cluster(gpus_per_worker=0),
+        ):
             if cluster.gpus_per_worker == 0 and recipe.clip.device.startswith("cuda"):
                 continue
             plan = make_plan(recipe, 1_000_000, cluster, table)
@@ -185,8 +222,10 @@ def test_shipped_table_says_where_and_how_each_figure_was_got():
 
 def test_cli_plan(capsys):
     recipe = str(REPO / "manifests" / "laion2b-en.yaml")
-    assert cli.main(["plan", recipe, "--rows", "2.3B", "--workers", "100", "--cores-per-worker", "26",
-                     "--gpu", "h100"]) == 0
+    assert (
+        cli.main(["plan", recipe, "--rows", "2.3B", "--workers", "100", "--cores-per-worker", "26", "--gpu", "h100"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "2,300,000,000 rows" in out and "clip ViT-B-32" in out and "bottleneck stage:" in out
     assert cli.main(["plan", recipe, "--rows", "1000", "--json"]) == 0

@@ -1,4 +1,5 @@
 """The build recipe: shipped recipes load, typos and bad values fail loudly, paths resolve."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.recipe import (
+from flamingo_corpus.recipe import (
     ClipConfig,
     ImageConfig,
     Recipe,
@@ -16,7 +17,7 @@ from pipeline.recipe import (
     recipe_from_dict,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 
 
@@ -166,12 +167,15 @@ def test_value_outside_choices_names_field_value_and_choices():
         assert choice in msg
 
 
-@pytest.mark.parametrize("section,key,value", [
-    ("image", "encode_format", "webp"),  # the OpenFlamingo loader silently drops webp
-    ("input", "corpus", "coyo"),
-    ("clip", "precision", "int8"),
-    ("mmc4", "leftover", "keep"),
-])
+@pytest.mark.parametrize(
+    "section,key,value",
+    [
+        ("image", "encode_format", "webp"),  # the OpenFlamingo loader silently drops webp
+        ("input", "corpus", "coyo"),
+        ("clip", "precision", "int8"),
+        ("mmc4", "leftover", "keep"),
+    ],
+)
 def test_other_choices_are_enforced(section, key, value):
     with pytest.raises(RecipeError, match=f"{section}\\.{key}"):
         recipe_from_dict({section: {key: value}})
@@ -182,9 +186,14 @@ def test_every_resize_mode_is_accepted(mode):
     assert recipe_from_dict({"image": {"resize_mode": mode}}).image.resize_mode == mode
 
 
-@pytest.mark.parametrize("section,key", [
-    ("shard", "samples_per_shard"), ("download", "threads"), ("image", "image_size"),
-])
+@pytest.mark.parametrize(
+    "section,key",
+    [
+        ("shard", "samples_per_shard"),
+        ("download", "threads"),
+        ("image", "image_size"),
+    ],
+)
 def test_values_below_one_are_rejected(section, key):
     with pytest.raises(RecipeError, match=f"{section}\\.{key}"):
         recipe_from_dict({section: {key: 0}})
@@ -197,12 +206,15 @@ def test_values_below_one_are_rejected(section, key):
 def test_relative_paths_resolve_against_the_recipe_folder(tmp_path):
     folder = tmp_path / "recipes" / "nested"
     folder.mkdir(parents=True)
-    path = _write(folder, {
-        "input": {"path": "../data/*.parquet"},
-        "filters": {"language": {"model_path": "models/lid.176.ftz"}},
-        "clip": {"pretrained": "./ckpt/model.pt", "model_config": "cfg/model.json"},
-        "sample_web": {"root": "web"},
-    })
+    path = _write(
+        folder,
+        {
+            "input": {"path": "../data/*.parquet"},
+            "filters": {"language": {"model_path": "models/lid.176.ftz"}},
+            "clip": {"pretrained": "./ckpt/model.pt", "model_config": "cfg/model.json"},
+            "sample_web": {"root": "web"},
+        },
+    )
     r = load_recipe(path)
     assert r.input.path == str((folder / "../data/*.parquet").resolve())
     assert r.input.path == str(tmp_path.resolve() / "recipes" / "data" / "*.parquet")
@@ -214,12 +226,15 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path):
 
 def test_remote_absolute_and_tag_paths_are_untouched(tmp_path):
     absolute = str(tmp_path / "abs" / "x.parquet")
-    path = _write(tmp_path, {
-        "input": {"path": "gs://bucket/laion/*.parquet"},
-        "filters": {"language": {"model_path": absolute}},
-        "clip": {"pretrained": "openai", "model_config": "s3://bucket/cfg.json"},
-        "sample_web": {"root": "hdfs://namenode/web"},
-    })
+    path = _write(
+        tmp_path,
+        {
+            "input": {"path": "gs://bucket/laion/*.parquet"},
+            "filters": {"language": {"model_path": absolute}},
+            "clip": {"pretrained": "openai", "model_config": "s3://bucket/cfg.json"},
+            "sample_web": {"root": "hdfs://namenode/web"},
+        },
+    )
     r = load_recipe(path)
     assert r.input.path == "gs://bucket/laion/*.parquet"
     assert r.filters.language.model_path == absolute

@@ -2,6 +2,7 @@
 
 Requests go through http.client so that paths reach the server exactly as written.
 """
+
 import gzip
 import http.client
 import io
@@ -20,11 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.sample_web import EXTRA_BYTES, HTML_PAGE, HUGE_CONTENT_LENGTH, SampleWeb, corrupt
+from flamingo_corpus.sample.web import EXTRA_BYTES, HTML_PAGE, HUGE_CONTENT_LENGTH, SampleWeb, corrupt
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -61,14 +62,18 @@ def get(web, path, timeout=5.0):
 
 # -- files ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path, content_type", [
-    ("/a.jpg", "image/jpeg"),
-    ("/sub/b.png", "image/png"),
-    ("/c.webp", "image/webp"),
-    ("/d.gif", "image/gif"),
-    ("/page.html", "text/html"),
-    ("/notes.txt", "application/octet-stream"),
-])
+
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("/a.jpg", "image/jpeg"),
+        ("/sub/b.png", "image/png"),
+        ("/c.webp", "image/webp"),
+        ("/d.gif", "image/gif"),
+        ("/page.html", "text/html"),
+        ("/notes.txt", "application/octet-stream"),
+    ],
+)
 def test_files_are_served_with_their_content_type(web, site, path, content_type):
     status, headers, body = get(web, path)
     assert status == 200
@@ -82,8 +87,18 @@ def test_missing_files_and_folders_are_404(web, path):
     assert get(web, path)[0] == 404
 
 
-@pytest.mark.parametrize("path", ["/../secret.txt", "/%2e%2e/secret.txt", "/sub/../../secret.txt",
-                                  "/..%2Fsecret.txt", "/link.txt", "/a.jpg%00.png", "{absolute}"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/sub/../../secret.txt",
+        "/..%2Fsecret.txt",
+        "/link.txt",
+        "/a.jpg%00.png",
+        "{absolute}",
+    ],
+)
 def test_nothing_outside_the_root_is_served(web, site, path):
     secret = site.parent / "secret.txt"
     (site / "link.txt").symlink_to(secret)
@@ -92,6 +107,7 @@ def test_nothing_outside_the_root_is_served(web, site, path):
 
 
 # -- behaviours ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("code", [200, 404, 429, 500, 503])
 def test_status_answers_with_the_code(web, code):
@@ -105,10 +121,28 @@ def test_status_can_send_retry_after(web):
     assert (status, headers["Retry-After"]) == (429, "7")
 
 
-@pytest.mark.parametrize("path", ["/status/abc/x", "/status/99/x", "/status/600/x", "/status", "/slow/-1/a.jpg",
-                                  "/slow/nan/a.jpg", "/flaky/x/a.jpg", "/redirect/-1/a.jpg", "/redirect-to",
-                                  "/drip/-1/a.jpg", "/reset/x/a.jpg", "/truncated/-1/a.jpg", "/png-bomb/0/x",
-                                  "/png-bomb/20001/x", "/gzip-bomb/0/x", "/gzip-bomb/1025/x", "/type"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/status/abc/x",
+        "/status/99/x",
+        "/status/600/x",
+        "/status",
+        "/slow/-1/a.jpg",
+        "/slow/nan/a.jpg",
+        "/flaky/x/a.jpg",
+        "/redirect/-1/a.jpg",
+        "/redirect-to",
+        "/drip/-1/a.jpg",
+        "/reset/x/a.jpg",
+        "/truncated/-1/a.jpg",
+        "/png-bomb/0/x",
+        "/png-bomb/20001/x",
+        "/gzip-bomb/0/x",
+        "/gzip-bomb/1025/x",
+        "/type",
+    ],
+)
 def test_bad_behaviour_parameters_are_400(web, path):
     assert get(web, path)[0] == 400
 
@@ -224,9 +258,13 @@ def test_drip_sends_the_file_byte_by_byte(web, site):
     assert web.bytes_sent("/drip/0.001/a.jpg") == len(body)
 
 
-@pytest.mark.parametrize("path, content_type", [("/type/image%2Fwebp/a.jpg", "image/webp"),
-                                                ("/type/text%2Fplain%3B%20charset%3Dutf-8/a.jpg",
-                                                 "text/plain; charset=utf-8")])
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("/type/image%2Fwebp/a.jpg", "image/webp"),
+        ("/type/text%2Fplain%3B%20charset%3Dutf-8/a.jpg", "text/plain; charset=utf-8"),
+    ],
+)
 def test_type_relabels_the_file(web, site, path, content_type):
     status, headers, body = get(web, path)
     assert (status, headers["Content-Type"], body) == (200, content_type, (site / "a.jpg").read_bytes())
@@ -254,7 +292,7 @@ def test_truncated_sends_half_the_body_n_times_then_serves(web, site):
     raw, ending = raw_exchange(web, "/truncated/1/a.jpg")
     head, body = split_answer(raw)
     assert ending == "closed" and f"Content-Length: {len(data)}" in head
-    assert body == data[:len(data) // 2]
+    assert body == data[: len(data) // 2]
     assert get(web, "/truncated/1/a.jpg")[2] == data
 
 
@@ -324,6 +362,7 @@ def test_encoding_labels_the_bytes_without_encoding_them(web, site):
 
 # -- bookkeeping and lifecycle --------------------------------------------------------------------
 
+
 def test_requests_are_counted_per_path_with_their_headers(web):
     for _ in range(3):
         get(web, "/a.jpg")
@@ -340,13 +379,13 @@ def test_requests_are_counted_per_path_with_their_headers(web):
 def test_url_port_and_lifecycle(site):
     web = SampleWeb(site)
     with pytest.raises(RuntimeError):
-        web.url
+        _ = web.url
     with web:
         assert web.url == f"http://127.0.0.1:{web.port}" and web.port > 0
         with pytest.raises(RuntimeError):
             web.start()
     with pytest.raises(RuntimeError):
-        web.port
+        _ = web.port
     web.stop()  # stopping twice is harmless
 
 
@@ -361,7 +400,7 @@ def test_server_is_quiet(web, capfd):
 
 
 def test_command_line_serves_until_interrupted(site):
-    command = [sys.executable, "-m", "pipeline.sample_web", str(site), "--port", "0"]
+    command = [sys.executable, "-m", "flamingo_corpus.sample.web", str(site), "--port", "0"]
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as process:
         try:
             port = int(re.search(r"http://127\.0\.0\.1:(\d+)", process.stdout.readline()).group(1))

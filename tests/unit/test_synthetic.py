@@ -1,4 +1,5 @@
 """The synthetic image world: deterministic rendering and captions that describe the image."""
+
 from __future__ import annotations
 
 import random
@@ -7,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from pipeline import synthetic
+from flamingo_corpus.sample import synthetic
 
 
 def _words(text: str) -> set:

@@ -1,5 +1,6 @@
 """The tiny CLIP: it loads through open_clip, its scores separate right from wrong captions, and
 the checkpoint is built once, even with concurrent callers."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,16 @@ import random
 
 import pytest
 
-from pipeline import synthetic, tiny_clip
+from flamingo_corpus.sample import synthetic, tiny_clip
 
 open_clip = pytest.importorskip("open_clip")
 torch = pytest.importorskip("torch")
 
 HELD_OUT_SEED = 20_240_611  # neither the training seed nor the metrics' eval seed
 # Enough to exercise locking and saving in a couple of seconds; not a useful model.
-QUICK_SETTINGS = tiny_clip.TrainSettings(steps=2, batch_size=8, train_scenes=16, eval_pairs=8,
-                                         warmup_steps=1, log_every=1)
+QUICK_SETTINGS = tiny_clip.TrainSettings(
+    steps=2, batch_size=8, train_scenes=16, eval_pairs=8, warmup_steps=1, log_every=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,8 @@ def loaded(tiny_clip_checkpoint):
     """(model, val preprocess, tokenizer), loaded the way the pipeline loads it."""
     tiny_clip.register_tiny_config()
     model, _, preprocess = open_clip.create_model_and_transforms(
-        tiny_clip.TINY_MODEL_NAME, pretrained=str(tiny_clip_checkpoint))
+        tiny_clip.TINY_MODEL_NAME, pretrained=str(tiny_clip_checkpoint)
+    )
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(tiny_clip.TINY_MODEL_NAME)
 
@@ -35,8 +38,11 @@ def _held_out(n: int):
     rng = random.Random(HELD_OUT_SEED)
     scene_list = list(synthetic.scenes(HELD_OUT_SEED, n))
     images = [synthetic.render(s, rng.randint(64, 320), rng.randint(64, 320)) for s in scene_list]
-    return (images, [synthetic.caption(s, rng) for s in scene_list],
-            [synthetic.wrong_caption(s, rng) for s in scene_list])
+    return (
+        images,
+        [synthetic.caption(s, rng) for s in scene_list],
+        [synthetic.wrong_caption(s, rng) for s in scene_list],
+    )
 
 
 def _embed(loaded, images, *caption_lists):
@@ -108,8 +114,7 @@ def test_concurrent_callers_train_once(tmp_path):
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
     callers = 2
     barrier, results = ctx.Barrier(callers), ctx.Queue()
-    processes = [ctx.Process(target=_ensure_in_subprocess, args=(tmp_path, barrier, results))
-                 for _ in range(callers)]
+    processes = [ctx.Process(target=_ensure_in_subprocess, args=(tmp_path, barrier, results)) for _ in range(callers)]
     for p in processes:
         p.start()
     try:

@@ -1,0 +1,3 @@
+"""Decoding, checking, resizing and re-encoding downloaded images (process: ProcessImages) and the
+perceptual hash every stage compares (perceptual).
+"""
