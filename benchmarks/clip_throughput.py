@@ -26,6 +26,8 @@ variants (compile, chunk sweep) are skipped once ``--budget-s`` seconds have pas
     python benchmarks/clip_throughput.py                       # CUDA: ViT-L-14 and ViT-B-32, batch 256
     python benchmarks/clip_throughput.py --models ViT-L-14 --batch 256 --images 2048 --compile on
     python benchmarks/clip_throughput.py --device cpu          # smoke check: small sizes
+
+Like every benchmark it imports the installed package (``make setup``): run it with ``.venv/bin/python``.
 """
 
 from __future__ import annotations
@@ -39,16 +41,14 @@ import random
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import cpu_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from flamingo_corpus.clip.model import CUDA_LOWP, GPU_CHUNKS, MIN_GPU_CHUNK, load_clip, resolve_device  # noqa: E402
-from flamingo_corpus.recipe import ClipConfig  # noqa: E402
-from flamingo_corpus.sample import synthetic  # noqa: E402
+from flamingo_corpus.clip.model import CUDA_LOWP, GPU_CHUNKS, MIN_GPU_CHUNK, load_clip, resolve_device
+from flamingo_corpus.recipe import ClipConfig
+from flamingo_corpus.sample import synthetic
 
 START = time.perf_counter()
 
@@ -329,7 +329,7 @@ def main() -> None:
 
     gpu = torch.cuda.get_device_name(0) if on_cuda else "no GPU"
     say(
-        f"CLIP stage throughput: {gpu}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"CLIP stage throughput: {gpu}; {cpu_model()}, {os.cpu_count()} cores; "
         f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
         f"torchvision {torchvision.__version__}, open_clip {open_clip.__version__}"
     )

@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import throughput as T  # noqa: E402 - the shared helpers of the benchmarks folder
+import throughput as T  # the loopback web and the measured child run (T.measure runs throughput.py --child)
+from _common import load, machine
 
 
 def show(label: str, r: dict, unit: str) -> None:
@@ -57,8 +55,8 @@ def main() -> None:
 
     tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fc-e2e-"))
     try:
-        print(f"machine: {T.machine()}")
-        print(T.load(), flush=True)
+        print(f"machine: {machine(torch=True)}")
+        print(load(), flush=True)
         if not args.skip_samples:
             print("Bundled sample builds, as `make sample` runs them (CLIP on, tiny CLIP on the CPU):", flush=True)
             for mode in modes:
@@ -74,7 +72,7 @@ def main() -> None:
                         tmp / "run",
                     )
                     show(f"{recipe}, {mode}:", r, unit)
-            print(f"  {T.load()}", flush=True)
+            print(f"  {load()}", flush=True)
         if not args.skip_generated:
             print(f"generating {args.rows} images ...", flush=True)
             items = T.make_web(tmp / "web", args.rows)
@@ -104,7 +102,7 @@ def main() -> None:
                             server,
                         )
                         show(f"{recipe}, {mode}:", r, unit)
-            print(f"  {T.load()}", flush=True)
+            print(f"  {load()}", flush=True)
     finally:
         if not args.workdir:
             shutil.rmtree(tmp, ignore_errors=True)

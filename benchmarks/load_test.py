@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import platform
 import random
 import resource
 import shutil
@@ -33,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _common import REPO, load, machine, peak_rss_mib
 
 # (share of rows in percent, path on the fault web); {k} is one of the served images.
 MIX = [
@@ -52,19 +49,6 @@ MIX = [
     (1, "/slow/5/img/{k}.jpg"),  # longer than the timeout: holds a thread for both tries
 ]
 SIZES = [(320, 240), (400, 300), (512, 384), (640, 480)]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 def make_images(root: Path, count: int, seed: int = 5) -> None:
@@ -93,10 +77,6 @@ def rows(base: str, count: int, images: int, seed: int = 11):
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def worker(args) -> None:
@@ -255,7 +235,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="fc-load-"))
     try:
-        print(f"machine: {machine()}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(f"machine: {machine()}; {load()}")
         make_images(tmp, args.images)
         counts = [min(args.rows, args.max_rows), min(args.rows * args.scale, args.max_rows)]
         print(
@@ -267,7 +247,7 @@ def main() -> None:
         with SampleWeb(tmp) as web:
             for count in counts:
                 report(count, run(args, web, count))
-        print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(f"after: {load()}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

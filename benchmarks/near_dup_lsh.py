@@ -17,26 +17,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
-import resource
 import time
 
 import numpy as np
+from _common import machine, peak_rss_mib
 
 from flamingo_corpus.dedup.hamming_index import auto_bands, band_plan, modeled_cost, near_duplicate_groups
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def planted_hashes(n: int, k: int, seed: int = 0) -> dict:
@@ -58,10 +44,6 @@ def plan_text(k: int, m: int) -> str:
     return " ".join(part if count == 1 else f"{part}x{count}" for part, count in runs)
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -73,7 +55,7 @@ def main() -> None:
     )
     parser.add_argument("--force", action="store_true", help="run even the runs over --max-work")
     args = parser.parse_args()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, numpy {np.__version__}")
+    print(f"machine: {machine()}, numpy {np.__version__}")
     print(
         f"{'n':>9} {'k':>3} {'m':>3} {'bands (width/radius)':<18} {'lookups':>13} {'candidates':>15} "
         f"{'groups':>7} {'seconds':>8}  peak RSS MiB",

@@ -47,7 +47,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import random
 import re
 import resource
@@ -59,35 +58,10 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from _common import REPO, load, machine, peak_rss_mib
 
 SIZES = [(640, 480), (800, 600), (480, 640), (1024, 768), (512, 512)]
 MODES = ("in_memory", "multi_processing", "multi_threading")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        mem = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
-    except (ValueError, OSError):
-        mem = "? GiB"
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {mem}, {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
-
-
-def load() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -275,8 +249,8 @@ def child(spec_path: str, result_path: str) -> None:
     out["cpu"] = sum(
         getattr(after, f) - getattr(before, f) for f in ("user", "system", "children_user", "children_system")
     )
-    out["maxrss_self_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["maxrss_children_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    out["maxrss_self_mib"] = peak_rss_mib()
+    out["maxrss_children_mib"] = peak_rss_mib(resource.RUSAGE_CHILDREN)
     Path(result_path).write_text(json.dumps(out))
 
 
@@ -571,7 +545,7 @@ def main() -> None:
 
     tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fc-bench-"))
     try:
-        print(f"machine: {machine()}")
+        print(f"machine: {machine(torch=True)}")
         print(f"{load()}; generating {args.rows} images ...", flush=True)
         items = make_web(tmp / "web", args.rows)
         with serve(tmp / "web") as (url, server):
