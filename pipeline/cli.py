@@ -162,12 +162,18 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _sub(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, allow_abbrev=False, **kwargs)
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="flamingo-corpus", description=__doc__)
+    # allow_abbrev=False everywhere: --runner must reach Beam, not be taken for --runner-options
+    ap = argparse.ArgumentParser(prog="flamingo-corpus", description=__doc__, allow_abbrev=False)
     ap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser(
+    b = _sub(
+        sub,
         "build",
         help="run a build recipe",
         epilog=EPILOG_BUILD,
@@ -185,7 +191,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--runner-options", metavar="FILE", help=RUNNER_OPTIONS_HELP)
     b.set_defaults(func=_cmd_build)
 
-    s = sub.add_parser(
+    s = _sub(
+        sub,
         "sample",
         help="the local sample build (embedded web server, tiny CLIP)",
         epilog=EPILOG_BUILD,
@@ -201,7 +208,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--runner-options", metavar="FILE", help=RUNNER_OPTIONS_HELP)
     s.set_defaults(func=_cmd_sample)
 
-    v = sub.add_parser(
+    v = _sub(
+        sub,
         "verify",
         help="check a build's output against its manifest and the tar contract",
         description="Every shard opens, matches its manifest size and sha256, follows the member "
@@ -210,11 +218,12 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("output_dir", metavar="DIR", help="a build's output directory (local or gs://, s3://, ...)")
     v.set_defaults(func=_cmd_verify)
 
-    t = sub.add_parser("tiny-clip", help="train (once) and show the tiny CLIP used by tests and samples")
+    t = _sub(sub, "tiny-clip", help="train (once) and show the tiny CLIP used by tests and samples")
     t.add_argument("--cache-dir", help="cache directory (default: $FLAMINGO_CORPUS_CACHE or ~/.cache/flamingo-corpus)")
     t.set_defaults(func=_cmd_tiny_clip)
 
-    r = sub.add_parser(
+    r = _sub(
+        sub,
         "realign",
         help="recompute MMC4 image-to-sentence assignments from the similarity matrices",
         description="Rewrite an MMC4 shard with every image's matched_text_index and matched_sim "
@@ -233,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=_cmd_realign)
 
-    e = sub.add_parser(
+    e = _sub(
+        sub,
         "index-eval",
         help="index evaluation images and captions for decontamination",
         description="Perceptual hashes (and, with --recipe, CLIP embeddings) of every image under "
@@ -263,7 +273,8 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--no-clip", action="store_true", help="perceptual hashes only (the default)")
     e.set_defaults(func=_cmd_index_eval)
 
-    pl = sub.add_parser(
+    pl = _sub(
+        sub,
         "plan",
         help="what a build of N rows would take: worker-hours, GPU-hours, wall-clock, bytes",
         description="Scale the measured per-stage throughputs (pipeline/assets/measured.json) to N input rows "
@@ -303,7 +314,8 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=_cmd_plan)
 
-    st = sub.add_parser(
+    st = _sub(
+        sub,
         "stats",
         help="dataset statistics of a build as one self-contained HTML file",
         description="Filter funnel, CLIP similarity, image sizes, caption/sentence lengths, "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,12 @@ def load_runner_options(name_or_path: str, parser: Optional[argparse.ArgumentPar
         return []
     if not isinstance(data, dict):
         raise RunnerOptionsError(f"{path}: expected a mapping of Beam option names to values")
+    if isinstance(data.get("runner"), str):  # its options are known once its module is imported
+        try:
+            import_runner([f"--runner={data['runner']}"])
+        except RunnerOptionsError as e:
+            raise RunnerOptionsError(f"{path}: {e}") from e
+        parser = beam_parser()
     parser = parser or beam_parser()
     actions = _actions(parser)
     names = sorted(o[2:] for o in actions if o.startswith("--"))
@@ -218,13 +225,74 @@ def placeholders(args: Sequence[str]) -> List[str]:
     return [a for a in args if PLACEHOLDER.search(a)]
 
 
+def _runner_named(args: Sequence[str]) -> Optional[str]:
+    """The value of the last ``--runner`` in an argument list (``--runner=X`` or ``--runner X``)."""
+    runner = None
+    for i, token in enumerate(args):
+        if token.startswith("--runner="):
+            runner = token.split("=", 1)[1]
+        elif token == "--runner" and i + 1 < len(args):
+            runner = args[i + 1]
+    return runner
+
+
+def import_runner(args: Sequence[str]) -> None:
+    """Import the module of the runner ``args`` name, so that the options it defines (Beam adds a
+    runner's options class when its module is imported: DaskRunner's, any runner named by its
+    module path) are known before the arguments are checked."""
+    from apache_beam.runners.runner import _RUNNER_MAP  # noqa: SLF001 - the names create_runner knows
+
+    runner = _runner_named(args)
+    if not runner:
+        return
+    path = _RUNNER_MAP.get(runner.lower()) or _RUNNER_MAP.get(runner.lower() + "runner")
+    if path is None and "." not in runner:
+        known = sorted({p.rsplit(".", 1)[1] for p in _RUNNER_MAP.values()})
+        raise RunnerOptionsError(
+            f"--runner {runner}: not a runner Beam knows ({', '.join(known)}); name any other runner by its "
+            "module path, e.g. --runner=apache_beam.runners.dask.dask_runner.DaskRunner"
+        )
+    module, _, name = (path or runner).rpartition(".")
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as e:
+        raise RunnerOptionsError(f"--runner {runner}: cannot import {module} ({e}); is its package installed?") from e
+    if not hasattr(loaded, name):
+        raise RunnerOptionsError(f"--runner {runner}: {module} has no {name}")
+
+
+def check_beam_args(args: Sequence[str], parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
+    """``args`` as they are, once every one is a Beam pipeline option with a value Beam accepts.
+    Beam itself only logs an option it does not know and runs without it: a mistyped
+    ``--direct_num_worker=8`` would quietly build in one process."""
+    import_runner(args)
+    parser = parser or beam_parser()
+    try:
+        _, unknown = parser.parse_known_args(list(args))
+    except RunnerOptionsError as e:
+        raise RunnerOptionsError(f"Beam option: {e}") from e
+    if unknown:
+        names = sorted(o for o in _actions(parser) if o.startswith("--"))
+        problems = []
+        for token in unknown:
+            if not token.startswith("-"):
+                problems.append(f"{token!r} (a value with no option before it)")
+                continue
+            close = difflib.get_close_matches(token.split("=", 1)[0], names, n=3, cutoff=0.6)
+            problems.append(repr(token) + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise RunnerOptionsError("not an option of this command nor a Beam pipeline option: " + "; ".join(problems))
+    return list(args)
+
+
 def runner_args(options_file: Optional[str], cli_args: Sequence[str], check_placeholders: bool = True) -> List[str]:
-    """The Beam arguments of a build: the option file's, with the command line's winning.
-    Without a file, the command line's as they are."""
+    """The Beam arguments of a build: the option file's, with the command line's winning, each
+    checked (``check_beam_args``).  Without a file, the command line's."""
     if not options_file:
-        return list(cli_args)
-    parser = beam_parser()
-    args = merge_args(load_runner_options(options_file, parser), cli_args, parser)
+        return check_beam_args(cli_args)
+    file_args = load_runner_options(options_file)
+    import_runner(list(cli_args))
+    parser = beam_parser()  # knows the options of the runners the file and the command line name
+    args = check_beam_args(merge_args(file_args, cli_args, parser), parser)
     left = placeholders(args) if check_placeholders else []
     if left:
         raise RunnerOptionsError(
@@ -279,7 +347,9 @@ def check_cluster_paths(recipe, output_dir: str, args: Sequence[str]) -> None:
 __all__ = [
     "RunnerOptionsError",
     "beam_parser",
+    "check_beam_args",
     "check_cluster_paths",
+    "import_runner",
     "load_runner_options",
     "local_paths",
     "merge_args",

@@ -20,7 +20,6 @@ import tarfile
 from pathlib import Path
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -58,6 +57,7 @@ from flamingo_corpus.runners.options import (
 )
 from flamingo_corpus.sample import synthetic
 
+from ..helpers import index_rows
 from ..loopback_build import BASE_RECIPE, jpeg_bytes, serve_rows, smooth_photo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,7 +213,6 @@ def test_the_command_line_wins(tmp_path):
             "--no_use_public_ips",
             "--dataflow_service_options=worker_accelerator=type:nvidia-h100-80gb;count:1",
             "--experiments=shuffle_mode=appliance",
-            "--not_a_beam_option=1",
         ],
     )
     opts = PipelineOptions(args)
@@ -223,9 +222,10 @@ def test_the_command_line_wins(tmp_path):
     # list options: the command line's entry replaces the file's entry of the same name, the rest stay
     assert gcp.dataflow_service_options == ["enable_prime", "worker_accelerator=type:nvidia-h100-80gb;count:1"]
     assert opts.view_as(DebugOptions).experiments == ["use_runner_v2", "shuffle_mode=appliance"]
-    assert "--not_a_beam_option=1" in args  # passed on as before: Beam warns about it
     assert opts.view_as(StandardOptions).runner == "DataflowRunner"
-    assert runner_args(None, ["--x=1"]) == ["--x=1"]
+    assert runner_args(None, ["--direct_num_workers=3"]) == ["--direct_num_workers=3"]
+    with pytest.raises(RunnerOptionsError, match="not_a_beam_option"):  # Beam would only log it
+        runner_args(path, ["--not_a_beam_option=1"])
 
 
 def test_a_false_switch_gives_the_other_sense_and_merging_keeps_token_pairs(tmp_path):
@@ -374,7 +374,7 @@ def _pictures() -> dict:
 
 def _build(tmp_path: Path, recipe: dict, out: str, beam_args) -> tuple:
     result = run_build(recipe_from_dict(recipe, base_dir=tmp_path), str(tmp_path / out), beam_args)
-    index = pq.read_table(sorted((tmp_path / out / "index").glob("*.parquet"))).to_pylist()
+    index = index_rows(tmp_path / out)
     tars = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / out).glob("*.tar"))}
     return result, sorted(index, key=lambda r: r["id"]), tars
 
