@@ -2,7 +2,7 @@
 # The worker container of flamingo-corpus builds on a cluster: Dataflow's sdk_container_image,
 # and the SDK harness of Spark and Flink through Beam's portable runner (DOCKER environment, or a
 # worker pool started with --worker_pool for the EXTERNAL one). See manifests/runners/ and the
-# README's "Running at scale".
+# docs/scale.md ("Dataflow").
 #
 #   docker build -t REGION-docker.pkg.dev/PROJECT/flamingo-corpus/worker:0.1.0 .
 #   docker push REGION-docker.pkg.dev/PROJECT/flamingo-corpus/worker:0.1.0

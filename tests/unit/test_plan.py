@@ -235,10 +235,10 @@ def test_cli_plan(capsys):
     assert "tpu" in capsys.readouterr().err
 
 
-def test_readme_plans_are_what_plan_prints(capsys):
-    """The README's LAION-2B and MMC4 estimates are this command's output, not numbers typed in."""
-    readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```\n\$ (flamingo-corpus plan [^\n]+)\n(.*?)```", readme, re.S)
+def test_docs_plans_are_what_plan_prints(capsys):
+    """docs/planning.md's LAION-2B and MMC4 estimates are this command's output, not numbers typed in."""
+    page = (REPO / "docs" / "planning.md").read_text()
+    blocks = re.findall(r"```\n\$ (flamingo-corpus plan [^\n]+)\n(.*?)```", page, re.S)
     assert len(blocks) >= 2
     for command, shown in blocks:
         argv = shlex.split(command)[1:]
