@@ -9,17 +9,19 @@ What the fetcher guarantees, whatever the server does:
 - Only the policy's schemes (``http``, ``https``) are ever requested; ``file:``, ``ftp:``,
   ``data:`` and the rest are refused before anything is resolved or opened, in the URL and in
   every redirect target.
-- Unless ``allow_private`` is on, no request goes to a private, loopback, link-local, reserved,
-  multicast or unspecified address.  The fetcher resolves each host itself, checks every address
-  the name resolves to, and then connects to a checked address: the name is never resolved a
-  second time (by urllib3 or the OS), so a DNS answer that changes between the check and the
-  connection (DNS rebinding) cannot steer the request inside.  The Host header, TLS SNI and the
-  certificate check still use the host name.  Every redirect hop is resolved and checked the same
-  way before it is requested.
+- Unless ``allow_private`` is on, no request goes to an address that is not global (private,
+  loopback, link-local, shared, reserved, multicast, unspecified, documentation, benchmarking), nor
+  to one that wraps such an address (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo). The
+  fetcher resolves each host itself, checks every address the name resolves to, and then connects
+  to a checked address: the name is never resolved a second time (by urllib3 or the OS), so a DNS
+  answer that changes between the check and the connection (DNS rebinding) cannot steer the request
+  inside. The Host header, TLS SNI and the certificate check still use the host name. Every
+  redirect hop is resolved and checked the same way before it is requested.
 - Time is bounded: resolving runs on a small thread pool and is waited for at most ``timeout_s``;
-  before each socket operation the socket's timeout is set to what is left of ``timeout_s`` and
-  of the URL's ``deadline_s``; the body is read with ``read1`` (one receive at a time), so a server
-  that drips a byte now and then cannot hold a fetch past its deadline.
+  each socket operation waits at most ``timeout_s``; and a watchdog shuts the connection down when
+  the URL's ``deadline_s`` passes, whatever the fetch is waiting for then (the TLS handshake, the
+  status line, headers, chunk framing or the body), so a server that drips a byte now and then
+  cannot hold a fetch past its deadline.
 - Bytes are bounded: a Content-Length over ``max_bytes`` is refused before reading; the bytes
   received and, for gzip or deflate bodies, the decoded bytes are counted as they come and the
   fetch stops at ``max_bytes``.  Decoding is done here with zlib's ``max_length``, so a small
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import collections
 import email.utils
+import heapq
 import http.client
 import ipaddress
 import itertools
@@ -107,10 +110,13 @@ _CHUNK_BYTES = 64 * 1024
 _RESOLVER_THREADS = 16
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-# ipaddress flags that make an address unfit for fetching from the public web.
-_FORBIDDEN_FLAGS = ("is_private", "is_loopback", "is_link_local", "is_reserved", "is_multicast", "is_unspecified")
+# IPv6 prefixes whose addresses carry an IPv4 address (the embedded one is checked too).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 # X-Robots-Tag directives that take a "name: value" form and therefore are not user-agent names.
 _VALUED_ROBOTS_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
+# X-Robots-Tag directives that stand for others ("none" is "noindex, nofollow").
+_ROBOTS_SHORTHANDS = {"none": {"none", "noindex", "nofollow"}}
 # Everything urllib3, http.client or sockets raise for network or input trouble.
 _NETWORK_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, ValueError)
 
@@ -211,21 +217,44 @@ class _Progress:
         )
 
 
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped (``::ffff:a.b.c.d``), the deprecated
+    IPv4-compatible form (``::a.b.c.d``), NAT64 (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16)
+    and Teredo (2001::/32: the server and the client's obfuscated address)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    value = int(ip)
+    if value >> 32 == 0 and value > 1:  # ::a.b.c.d (:: and ::1 are themselves not global)
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if any(ip in net for net in _NAT64):
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def is_private_address(address: Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address]) -> bool:
-    """True when ``address`` (an IP literal) is private, loopback, link-local, reserved, multicast
-    or unspecified; an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) is judged by its IPv4 part."""
+    """True when ``address`` (an IP literal) is not a global unicast address of the public
+    internet (private, loopback, link-local, shared 100.64/10, reserved, multicast, unspecified,
+    documentation, benchmarking, ...: ``ipaddress``'s ``is_global``), or is an IPv6 address that
+    wraps an IPv4 address that is."""
     ip = ipaddress.ip_address(address)
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(getattr(ip, flag) for flag in _FORBIDDEN_FLAGS)
+    if ip.is_multicast or not ip.is_global:
+        return True
+    if ip.version == 6:
+        return any(is_private_address(inner) for inner in embedded_ipv4(ip))
+    return False
 
 
 def is_link_local_address(address: Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address]) -> bool:
     """True for link-local addresses (169.254.0.0/16, fe80::/10), where cloud metadata services
     answer (169.254.169.254): refused even when ``allow_private`` lets a local build use loopback."""
     ip = ipaddress.ip_address(address)
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if ip.version == 6:
+        return ip.is_link_local or any(inner.is_link_local for inner in embedded_ipv4(ip))
     return ip.is_link_local
 
 
@@ -247,7 +276,8 @@ def robots_disallowed(values: Iterable[str], user_agent_token: str, disallowed: 
         agent = None
         for part in value.split(","):
             agent, directive = _robots_part(part, agent)
-            if directive in banned and agent in (None, "*", user_agent_token):
+            meant = _ROBOTS_SHORTHANDS.get(directive, {directive})
+            if meant & banned and agent in (None, "*", user_agent_token):
                 return True
     return False
 
@@ -330,6 +360,7 @@ def _network_drop(exc: BaseException, *, reading: bool, deadline_bound: bool) ->
 
     if any(_is_timeout(cause) for cause in causes):
         return _Drop("deadline" if deadline_bound else "timeout", detail)
+
     if caused_by(http.client.IncompleteRead):  # urllib3's IncompleteRead is one too
         return _Drop("truncated", detail)
     if caused_by(ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
@@ -380,6 +411,95 @@ def _redirect_location(response: urllib3.HTTPResponse) -> Optional[str]:
     if response.status in _REDIRECT_STATUSES:
         return response.headers.get("Location") or None
     return None
+
+
+# -- the deadline: a watchdog that shuts a connection down when its fetch runs out of time -------
+
+
+class _Watchdog:
+    """Shuts down the sockets of fetches whose deadline has passed.
+
+    A per-operation socket timeout cannot bound a whole exchange: a server that sends the status
+    line, the headers, the chunk sizes or the TLS handshake a byte at a time, each byte inside the
+    timeout, could hold a fetch for as long as it liked. Every socket a fetch connects or waits on
+    is registered here with the fetch's deadline; one daemon thread, shared by every fetcher,
+    shuts the socket down at that moment (the blocked operation then returns or fails at once),
+    unless the fetch released it first. Whether it fired is recorded, so that a body that ended
+    because its socket was shut is never taken for a complete one.
+    """
+
+    def __init__(self):
+        self._heap: list = []  # [deadline, sequence number, socket, state]; state: watching, released, fired
+        self._cv = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, sock: socket.socket, deadline: float) -> list:
+        entry = [deadline, next(self._seq), sock, "watching"]
+        with self._cv:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fetch-deadline", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return entry
+
+    def release(self, entry: list) -> bool:
+        """Stop watching; True when the deadline had already fired for this entry."""
+        with self._cv:
+            fired = entry[3] == "fired"
+            entry[3] = "released"
+            entry[2] = None  # let the socket go now, not when its deadline comes round
+            return fired
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._heap and self._heap[0][3] == "released":
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cv.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cv.wait(wait)
+                    continue
+                entry = heapq.heappop(self._heap)
+                sock, entry[3] = entry[2], "fired"
+            try:  # the plain socket's shutdown: an SSL socket's would touch its SSL state from this thread
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+
+_WATCHDOG = _Watchdog()
+# The fetch this thread is making: its deadline and the watchdog entries of its sockets. A thread
+# makes one fetch at a time, and its connection pools are its own (``_Pools``).
+_CURRENT = threading.local()
+
+
+def _watch_socket(sock: socket.socket) -> None:
+    """Put ``sock`` under the deadline of the fetch this thread is making (if any)."""
+    deadline = getattr(_CURRENT, "deadline", None)
+    if deadline is not None:
+        _CURRENT.entries.append(_WATCHDOG.watch(sock, deadline))
+
+
+def _check_deadline(deadline: float, exc: Optional[BaseException] = None) -> None:
+    """``deadline`` when the fetch's time is up or the watchdog shut one of its sockets: whatever
+    failed then (a reset, a short read) failed because of that."""
+    fired = any(entry[3] == "fired" for entry in getattr(_CURRENT, "entries", []))
+    if fired or time.monotonic() >= deadline:
+        why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        raise _Drop("deadline", f"the URL's deadline passed{why}")
+
+
+def _release_sockets() -> bool:
+    """Release this thread's watched sockets; True when the deadline fired for any of them."""
+    entries = getattr(_CURRENT, "entries", [])
+    fired = [_WATCHDOG.release(entry) for entry in entries]
+    entries.clear()
+    return any(fired)
 
 
 # -- the connection: pinned addresses, bounded reads, framing checks ----------------------------
@@ -445,12 +565,14 @@ class _Pinned:
         error: Optional[OSError] = None
         for address in self.addresses:
             try:
-                return urllib3_connection.create_connection(
+                sock = urllib3_connection.create_connection(
                     (address, self.port),
                     self.timeout,
                     source_address=self.source_address,
                     socket_options=self.socket_options,
                 )
+                _watch_socket(sock)  # from here on (TLS handshake included) the deadline holds
+                return sock
             except socket.timeout as exc:
                 raise urllib3.exceptions.ConnectTimeoutError(
                     self, f"connecting to {self.host} ({address}) timed out after {self.timeout}s"
@@ -462,7 +584,10 @@ class _Pinned:
         ) from error
 
     def response_class(self, sock, *args, **kwargs) -> _BodyResponse:
-        """The http.client response of the latest request (http.client calls this)."""
+        """The http.client response of the latest request (http.client calls this before it reads
+        the status line): a reused connection's socket is put under this fetch's deadline here."""
+        if not any(entry[2] is sock for entry in getattr(_CURRENT, "entries", [])):
+            _watch_socket(sock)
         self.last_response = _BodyResponse(sock, *args, **kwargs)
         return self.last_response
 
@@ -612,10 +737,14 @@ class Fetcher:
         """Fetch one image URL; never raises for network, HTTP or input problems."""
         started = time.monotonic()
         progress = _Progress(url=url if isinstance(url, str) else None)
+        _CURRENT.deadline, _CURRENT.entries = started + self.policy.deadline_s, []
         try:
             data = self._fetch(url, progress, started + self.policy.deadline_s)
         except _Drop as drop:
             return progress.result(started, drop=drop)
+        finally:
+            _release_sockets()
+            _CURRENT.deadline = None
         return progress.result(started, data=data)
 
     def fetch_many(self, urls: Iterable[Optional[str]], threads: int = 8) -> list[FetchResult]:
@@ -763,7 +892,7 @@ class Fetcher:
         """GET ``target`` on its pinned addresses, without reading the body or following redirects."""
         wait, deadline_bound = self._time_left(deadline)
         try:
-            return (
+            response = (
                 self._pools()
                 .get(target)
                 .urlopen(
@@ -780,7 +909,15 @@ class Fetcher:
                 )
             )
         except _NETWORK_ERRORS as exc:
+            _check_deadline(deadline, exc)
             raise _network_drop(exc, reading=False, deadline_bound=deadline_bound) from exc
+        try:  # headers cut short by the watchdog read as complete ones: not to be trusted
+            _check_deadline(deadline)
+        except _Drop:
+            response.close()
+            response.release_conn()
+            raise
+        return response
 
     def _follow(self, progress: _Progress, location: str, deadline: float, seen: set) -> None:
         """Move ``progress`` to the redirect target, when it is allowed, new on this try, and
@@ -834,6 +971,7 @@ class Fetcher:
                 body.set_timeout(wait)
                 chunk = response.read1(_CHUNK_BYTES, decode_content=False)
             except _NETWORK_ERRORS as exc:
+                _check_deadline(deadline, exc)
                 raise _network_drop(exc, reading=True, deadline_bound=deadline_bound) from exc
             if not chunk:
                 break
@@ -841,6 +979,7 @@ class Fetcher:
             if received > cap:
                 raise _Drop("too_large", f"body exceeds {cap} bytes")
             decoder.feed(chunk)
+        _check_deadline(deadline)  # a body cut short by the watchdog must not pass for a whole one
         if body.extra_bytes:
             raise _Drop("extra_bytes", f"the body goes on past its Content-Length of {declared}")
         data = decoder.finish()

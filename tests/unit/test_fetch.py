@@ -210,7 +210,7 @@ def test_robots_header_applies_to_us_or_everyone_only(fetcher, web, tag, ok):
         (["otherbot: noindex, flamingo-corpus: noai"], True),
         (["max-image-preview: large, noimageai"], True),
         (["unavailable_after: 25 Jun 2010 15:00:00 PST"], False),
-        (["none"], False),
+        (["none"], True),  # "none" is "noindex, nofollow"
         ([], False),
     ],
 )
