@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -219,6 +220,88 @@ _CHOICES = {
 }
 
 
+INF = float("inf")
+# The allowed range of every numeric key: (low, high, low included, high included). A key whose
+# value may be null is checked only when it has one. tests/unit/test_recipe_ranges.py makes sure
+# every numeric key of the recipe is listed, so a new key cannot go unchecked.
+RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
+    ("input", "limit"): (1, INF, True, False),
+    ("filters", "min_caption_chars"): (0, INF, True, False),
+    ("filters", "max_caption_chars"): (1, INF, True, False),
+    ("filters", "min_caption_words"): (0, INF, True, False),
+    ("filters", "max_punsafe"): (0, 1, True, True),
+    ("filters", "max_pwatermark"): (0, 1, True, True),
+    ("filters", "min_metadata_similarity"): (-1, 1, True, True),
+    ("filters.language", "min_score"): (0, 1, True, True),
+    ("download", "threads"): (1, 1024, True, True),
+    ("download", "timeout_s"): (0, 3600, False, True),
+    ("download", "deadline_s"): (0, 86400, False, True),
+    ("download", "retries"): (0, 100, True, True),
+    ("download", "backoff_s"): (0, 3600, True, True),
+    ("download", "max_backoff_s"): (0, 3600, True, True),
+    ("download", "max_bytes"): (1, 1 << 31, True, True),
+    ("download", "max_redirects"): (0, 100, True, True),
+    ("image", "image_size"): (1, 16384, True, True),
+    ("image", "min_side"): (0, INF, True, False),
+    ("image", "max_aspect_ratio"): (1, INF, True, False),
+    ("image", "max_pixels"): (1, INF, True, False),
+    ("image", "encode_quality"): (1, 100, True, True),
+    ("image", "min_encoded_bytes"): (0, INF, True, False),
+    ("clip", "batch_size"): (1, 65536, True, True),
+    ("clip", "cpu_threads"): (1, 4096, True, True),
+    ("clip", "min_similarity"): (-1, 1, True, True),
+    ("mmc4", "min_image_similarity"): (-1, 1, True, True),
+    ("mmc4", "min_images"): (0, INF, True, False),
+    ("mmc4", "max_images"): (1, INF, True, False),
+    ("mmc4", "min_sentences"): (0, INF, True, False),
+    ("mmc4", "max_sentences"): (1, INF, True, False),
+    ("mmc4", "core_min_fraction"): (0, 1, True, True),
+    ("mmc4", "core_min_similarity"): (-1, 1, True, True),
+    ("mmc4", "loader_threshold"): (-1, 1, True, True),
+    ("mmc4", "loader_max_images"): (1, INF, True, False),
+    ("mmc4", "phash_max_distance"): (0, 64, True, True),
+    ("dedup", "near_max_distance"): (0, 64, True, False),
+    ("dedup", "near_bands"): (1, 64, True, True),
+    ("dedup", "max_image_documents"): (1, INF, True, False),
+    ("dedup", "semantic_clusters"): (1, INF, True, False),
+    ("dedup", "semantic_max_similarity"): (-1, 1, True, True),
+    ("dedup", "semantic_fit_rows"): (1, INF, True, False),
+    ("safety", "blocklist_phash_distance"): (0, 64, True, True),
+    ("safety", "max_nsfw"): (0, 1, True, True),
+    ("decontamination", "phash_distance"): (0, 64, True, True),
+    ("decontamination", "min_cosine"): (-1, 1, True, True),
+    ("shard", "samples_per_shard"): (1, INF, True, False),
+    ("shard", "index_shards"): (0, INF, True, False),
+    ("sample_web", "port"): (0, 65535, True, True),
+}
+# Pairs of keys of one section where the first may not exceed the second.
+ORDERED = [
+    ("filters", "min_caption_chars", "max_caption_chars"),
+    ("mmc4", "min_images", "max_images"),
+    ("mmc4", "min_sentences", "max_sentences"),
+    ("download", "backoff_s", "max_backoff_s"),
+]
+
+
+def describe_range(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    """The range in words, e.g. ``> 0 and <= 3600``, ``>= 1``."""
+    parts = [(">=" if low_in else ">") + f" {low:g}"] if low != -INF else []
+    if high != INF:
+        parts.append(("<=" if high_in else "<") + f" {high:g}")
+    return " and ".join(parts)
+
+
+def _check_range(value: Any, section: str, name: str) -> None:
+    bounds = RANGES.get((section, name))
+    if bounds is None or value is None:
+        return
+    low, high, low_in, high_in = bounds
+    above = value >= low if low_in else value > low
+    below = value <= high if high_in else value < high
+    if not (above and below):
+        raise RecipeError(f"{section}.{name}: {value!r} is out of range; allowed: {describe_range(*bounds)}")
+
+
 def _to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -252,6 +335,8 @@ def _check_scalar(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RecipeError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -295,18 +380,19 @@ def _build(cls: type, data: Any, where: str) -> Any:
             choices = _CHOICES.get((where, name))
             if choices and kwargs[name] not in choices:
                 raise RecipeError(f"{key}: {kwargs[name]!r} is not one of {', '.join(choices)}")
-    return cls(**kwargs)
+            _check_range(kwargs[name], where, name)
+    built = cls(**kwargs)
+    for section, low, high in ORDERED:
+        if section == where and getattr(built, low) is not None and getattr(built, high) is not None:
+            if getattr(built, low) > getattr(built, high):
+                raise RecipeError(
+                    f"{where}.{low} ({getattr(built, low)!r}) is larger than {where}.{high} ({getattr(built, high)!r})"
+                )
+    return built
 
 
 def _validate(recipe: Recipe) -> None:
-    if recipe.shard.samples_per_shard < 1:
-        raise RecipeError("shard.samples_per_shard must be at least 1")
-    if recipe.download.threads < 1:
-        raise RecipeError("download.threads must be at least 1")
-    if recipe.image.image_size < 1:
-        raise RecipeError("image.image_size must be at least 1")
-    if not 0 <= recipe.dedup.near_max_distance < 64:
-        raise RecipeError("dedup.near_max_distance must be in [0, 64)")
+    """Conditions between keys (each key's own range is checked as it is read: ``RANGES``)."""
     if recipe.dedup.near_bands is not None and not 1 <= recipe.dedup.near_bands <= recipe.dedup.near_max_distance + 1:
         raise RecipeError("dedup.near_bands must be between 1 and dedup.near_max_distance + 1")
     if recipe.dedup.semantic and not recipe.clip.enabled:

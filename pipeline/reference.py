@@ -5,7 +5,7 @@ pages that lie between ``<!-- BEGIN GENERATED: NAME -->`` and ``<!-- END GENERAT
 
 - docs/recipes.md ``recipe-keys``: every recipe key with its type, default, allowed values and
   meaning, from the dataclasses of recipe.py (meanings: the field's comment there, else
-  ``KEY_MEANINGS`` below; ranges: ``RANGES`` below, which a test holds to recipe.py's checks);
+  ``KEY_MEANINGS`` below; ranges: ``recipe.RANGES``, conditions between keys: ``CONDITIONS`` below);
   ``removed-keys``: recipe.py's ``_REMOVED``;
 - docs/output.md ``drop-reasons``: output/reasons.py's registry; ``index-columns``: the index
   schema of output/index.py (meanings: the comments of records.IndexRow, else ``COLUMN_MEANINGS``).
@@ -87,14 +87,11 @@ KEY_MEANINGS = {
     "sample_web.port": "port of the sample server (0: any free port)",
 }
 
-# Ranges and conditions recipe.py's _validate enforces: key -> (what the table says, a recipe
-# that breaks it). tests/unit/test_reference.py checks each example is refused and that every key
-# _validate names is here.
-RANGES: Dict[str, Tuple[str, dict]] = {
-    "shard.samples_per_shard": (">= 1", {"shard": {"samples_per_shard": 0}}),
-    "download.threads": (">= 1", {"download": {"threads": 0}}),
-    "image.image_size": (">= 1", {"image": {"image_size": 0}}),
-    "dedup.near_max_distance": ("0 to 63", {"dedup": {"near_max_distance": 64}}),
+# Each numeric key's range comes from recipe.RANGES; these are the conditions between keys that
+# recipe.py's _validate enforces: key -> (what the table says, a recipe that breaks it).
+# tests/unit/test_reference.py checks each example is refused and that every key _validate names
+# is here.
+CONDITIONS: Dict[str, Tuple[str, dict]] = {
     "dedup.near_bands": (
         "1 to `near_max_distance` + 1",
         {"dedup": {"near_max_distance": 5, "near_bands": 7}},
@@ -232,8 +229,11 @@ def recipe_keys() -> List[Tuple[str, type, List[KeyRow]]]:
             allowed = []
             if (section, f.name) in choices:
                 allowed.append("one of " + ", ".join(f"`{c}`" for c in choices[(section, f.name)]))
-            if key in RANGES:
-                allowed.append(RANGES[key][0])
+            bounds = recipe_module.RANGES.get((section, f.name))
+            if bounds is not None:
+                allowed.append(recipe_module.describe_range(*bounds))
+            if key in CONDITIONS:
+                allowed.append(CONDITIONS[key][0])
             rows.append(KeyRow(key, _type_name(hints[f.name]), _yaml(default), "; ".join(allowed), meaning))
         out.append((section, cls, rows))
     return out
