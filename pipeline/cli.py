@@ -81,13 +81,14 @@ def _cmd_tiny_clip(args, beam_args: List[str]) -> int:
 
 def _cmd_realign(args, beam_args: List[str]) -> int:
     from .mmc4.realign import realign_file
+    from .output.atomic import OutputIsInput
 
     def report(line: int, error: str) -> None:
         print(f"{args.input}:{line}: {error}", file=sys.stderr)
 
     try:
         stats = realign_file(args.input, args.output, args.leftover, on_invalid=report)
-    except OSError as e:
+    except (OSError, OutputIsInput) as e:
         print(f"flamingo-corpus: {e}", file=sys.stderr)
         return 2
     print(stats.summary())

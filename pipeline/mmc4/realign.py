@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from ..output.atomic import OutputIsInput, atomic_create, same_path
 from .align import realign_document
 from .files import checked_documents, reason_token
 
@@ -50,8 +51,10 @@ def realign_file(
     """
     if not FileSystems.exists(source):  # before creating the destination: no empty output for a typo
         raise FileNotFoundError(f"no such file: {source}")
+    if same_path(source, destination):
+        raise OutputIsInput(f"the output {destination} is the input file: write the realigned shard elsewhere")
     stats = RealignStats()
-    with FileSystems.create(destination) as out:
+    with atomic_create(destination) as out:  # a bad line or a kill half-way leaves no partial file
         for number, doc, error in checked_documents(source):
             stats.read += number > 0  # line 0 is an error about the whole file, not a document
             if error:

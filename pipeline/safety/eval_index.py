@@ -43,6 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from ..filters.text import match_key
 from ..images import perceptual
+from ..output.atomic import atomic_write, same_path
 from ..recipe import ClipConfig, ImageConfig, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
@@ -203,8 +204,7 @@ def write_index(
     table = pa.Table.from_pylist(rows, schema=SCHEMA.with_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)}))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    with FileSystems.create(path) as f:
-        f.write(sink.getvalue().to_pybytes())
+    atomic_write(path, sink.getvalue().to_pybytes())  # a kill half-way leaves no partial index
     return len(rows)
 
 
@@ -549,7 +549,13 @@ def build_index(
         dup = sorted({n for n in names if names.count(n) > 1})
         raise EvalIndexError(f"several image folders are named {', '.join(dup)}: name them with NAME=DIR")
     # Everything that can fail fast does, before hours of hashing and embedding.
+    for _, path in caption_files:
+        if same_path(path, output):
+            raise EvalIndexError(f"the output {output} is the caption file {path}: write the index elsewhere")
     listed = {name: list_images(folder) for name, folder in folders}
+    for name, files in listed.items():
+        if any(same_path(full, output) for _, full in files):
+            raise EvalIndexError(f"the output {output} is one of the images of {name}: write the index elsewhere")
     sets: Dict[str, SetSummary] = {name: SetSummary() for name in listed}
     captions = []
     for name, path in caption_files:
