@@ -17,6 +17,8 @@ from flamingo_corpus.output.manifest import BuildResult
 from flamingo_corpus.recipe import recipe_from_dict
 from flamingo_corpus.sample.web import SampleWeb
 
+from .helpers import index_rows
+
 BASE_RECIPE = {
     "name": "loopback",
     "filters": {"language": {"enabled": False}},
@@ -73,5 +75,5 @@ def build_over_loopback(
             if isinstance(BASE_RECIPE.get(section), dict):
                 merged[section] = {**BASE_RECIPE[section], **values}
         result = run_build(recipe_from_dict(merged, base_dir=tmp_path), str(tmp_path / "out"))
-    index = pq.read_table(sorted((tmp_path / "out" / "index").glob("*.parquet"))).to_pylist()
+    index = index_rows(tmp_path / "out")
     return {r["url"].rsplit("/", 1)[1]: r for r in index}, result

@@ -23,15 +23,12 @@ from flamingo_corpus.output.verify import verify
 from flamingo_corpus.recipe import recipe_from_dict
 from flamingo_corpus.sample.web import SampleWeb
 
+from ..helpers import index_rows
 from ..loopback_build import BASE_RECIPE, jpeg_bytes, smooth_photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ENORMOUS = 10_000_000  # characters in one caption
-
-
-def _index(out: Path) -> list:
-    return pq.read_table(sorted((out / "index").glob("*.parquet"))).to_pylist()
 
 
 def _serve_pictures(root: Path, n: int) -> None:
@@ -165,7 +162,7 @@ def test_bad_laion_metadata_is_dropped_with_reasons(tmp_path):
         recipe = _recipe(tmp_path, "laion", str(tmp_path / "in" / "*.parquet"))
         result = run_build(recipe, str(tmp_path / "out"))
     out = tmp_path / "out"
-    rows = _index(out)
+    rows = index_rows(out)
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)), "a row is in the index twice"
     assert set(ids) == set(expected)
@@ -253,7 +250,7 @@ def test_bad_mmc4_input_is_dropped_with_reasons(tmp_path):
         recipe = _recipe(tmp_path, "mmc4", str(folder / "*"))
         result = run_build(recipe, str(tmp_path / "out"))
     out = tmp_path / "out"
-    rows = _index(out)
+    rows = index_rows(out)
     docs = {r["id"]: r for r in rows if r["kind"] == "document"}
     assert len(docs) == sum(r["kind"] == "document" for r in rows)
     outcome = {i: (r["status"], r["reason"]) for i, r in docs.items()}

@@ -20,6 +20,7 @@ import pytest
 from flamingo_corpus.download.fetch import REASONS, TRANSIENT, Fetcher, FetchPolicy, known_reason
 from flamingo_corpus.sample.web import SampleWeb
 
+from ..helpers import index_rows
 from ..loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
 
 pytestmark = pytest.mark.timeout(300)
@@ -179,10 +180,6 @@ def test_no_url_makes_the_fetcher_raise(fault_site):
     assert reasons[None] and reasons["bad_scheme"] and reasons["bad_url"] and reasons["private_address"]
 
 
-def _index(out):
-    return pq.read_table(sorted((out / "index").glob("*.parquet"))).to_pylist()
-
-
 def _rewrite_rows(path, urls):
     pq.write_table(
         pa.table(
@@ -215,7 +212,7 @@ def test_no_fault_stops_the_build_and_every_row_is_accounted_for(tmp_path):
             tmp_path, site_files(), {"download": {**DOWNLOAD, "threads": 8}}, prepare=prepare
         )
         assert other.count(f"/web/{picture('redirect-other-host')}") == 1
-    index = _index(tmp_path / "out")
+    index = index_rows(tmp_path / "out")
     by_url = {r["url"]: r for r in index}
     assert len(index) == len(by_url) == len(expected)  # every row exactly once
     for url, (stage, reason) in expected.items():
@@ -249,7 +246,7 @@ def test_a_build_that_forbids_private_addresses_requests_nothing_there(tmp_path)
             prepare=lambda base: _rewrite_rows(tmp_path / "rows.parquet", urls),
         )
         assert web.counts() == {}
-    index = _index(tmp_path / "out")
+    index = index_rows(tmp_path / "out")
     assert sorted(r["url"] for r in index) == sorted(urls)
     assert {(r["status"], r["stage"], r["reason"]) for r in index} == {("dropped", "download", "private_address")}
     assert result.kept == 0 and result.drops == {"download/private_address": len(urls)}
@@ -261,7 +258,7 @@ def test_the_sample_build_records_its_fault_rows(sample_build):
     from flamingo_corpus.sample.laion_data import BASE_URL, FAULT_URLS
 
     out, _ = sample_build
-    by_url = {r["url"]: r for r in _index(out)}
+    by_url = {r["url"]: r for r in index_rows(out)}
     for url, reason in FAULT_URLS:
         row = by_url[url.format(base=BASE_URL)]
         assert (row["status"], row["reason"]) == ("dropped", reason), row["detail"]

@@ -15,11 +15,9 @@ import webdataset as wds
 from flamingo_corpus.build import run_build
 from flamingo_corpus.output.shard import KEY_DIGITS
 
+from ..helpers import index_rows
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def _index(out: Path):
-    return pq.read_table(sorted((out / "index").glob("*.parquet"))).to_pylist()
 
 
 def _tars(out: Path):
@@ -40,7 +38,7 @@ def test_openflamingo_loader_reads_every_kept_sample(sample_build):
         .to_tuple("__key__", "jpg;png;jpeg", "txt")
     )
     samples = list(ds)
-    kept = [r for r in _index(out) if r["status"] == "kept"]
+    kept = [r for r in index_rows(out) if r["status"] == "kept"]
     assert len(samples) == result.kept == len(kept) > 0
     assert {k for k, _, _ in samples} == {r["key"] for r in kept}
     captions = {r["key"]: r["caption"] for r in kept}
@@ -98,7 +96,7 @@ def test_manifest_sizes_and_tars_agree(sample_build, sample_recipe):
 
 def test_every_input_row_is_in_the_index_once(sample_build, sample_recipe):
     out, _ = sample_build
-    rows = _index(out)
+    rows = index_rows(out)
     n = _input_rows(sample_recipe)
     ids = [r["id"] for r in rows]
     assert sorted(ids) == sorted(f"metadata.parquet:{i}" for i in range(n))
@@ -111,7 +109,7 @@ def test_every_input_row_is_in_the_index_once(sample_build, sample_recipe):
 
 def test_every_kind_of_trouble_has_its_reason(sample_build, sample_recipe):
     out, _ = sample_build
-    rows = _index(out)
+    rows = index_rows(out)
     reasons = collections.Counter(r["reason"] for r in rows if r["status"] == "dropped")
     for reason in (
         "http_404",

@@ -10,13 +10,14 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from flamingo_corpus.build import run_build
 from flamingo_corpus.mmc4.align import loader_view
+
+from ..helpers import index_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -83,7 +84,7 @@ def test_text_survives_and_images_land_on_their_sentences(mmc4_build, mmc4_recip
 
 def test_every_document_and_image_is_in_the_index_once(mmc4_build, mmc4_recipe):
     out, result = mmc4_build
-    rows = pq.read_table(sorted((out / "index").glob("*.parquet"))).to_pylist()
+    rows = index_rows(out)
     lines = _input_lines(mmc4_recipe)
     docs = [r for r in rows if r["kind"] == "document"]
     assert sorted(r["id"] for r in docs) == sorted(f"docs.jsonl:{n}" for n in range(1, len(lines) + 1))
@@ -114,7 +115,7 @@ def test_every_document_and_image_is_in_the_index_once(mmc4_build, mmc4_recipe):
 
 def test_every_kind_of_trouble_has_its_reason(mmc4_build):
     out, _ = mmc4_build
-    rows = pq.read_table(sorted((out / "index").glob("*.parquet"))).to_pylist()
+    rows = index_rows(out)
     reasons = collections.Counter((r["kind"], r["reason"]) for r in rows if r["status"] == "dropped")
     for kind, reason in [
         ("document", "bad_json"),

@@ -27,6 +27,7 @@ from flamingo_corpus.output.verify import verify
 from flamingo_corpus.recipe import load_recipe
 from flamingo_corpus.sample.web import SampleWeb
 
+from ..helpers import index_rows
 from ..loopback_build import jpeg_bytes, smooth_photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -116,8 +117,7 @@ def _tar_stats(out: Path) -> dict:
 
 
 def _index_rows(out: Path) -> list:
-    rows = pq.read_table(sorted((out / "index").glob("*.parquet"))).to_pylist()
-    return sorted(rows, key=lambda r: r["id"])
+    return sorted(index_rows(out), key=lambda r: r["id"])
 
 
 def _assert_identical(resumed: Path, reference: Path) -> None:

@@ -30,6 +30,8 @@ from flamingo_corpus.records import IndexRow
 from flamingo_corpus.stats import compute as stats
 from flamingo_corpus.stats import report
 
+from ..helpers import index_rows
+
 # --- a small hand-written build --------------------------------------------------------------
 
 
@@ -274,10 +276,6 @@ def test_a_folder_that_is_no_build_is_a_clear_error(tmp_path, capsys):
 # --- the sample builds ------------------------------------------------------------------------
 
 
-def _index(out: Path) -> list:
-    return pq.read_table(out / "index").to_pylist()
-
-
 def _is_png(data: bytes) -> bool:
     with Image.open(io.BytesIO(data)) as im:
         return im.format == "PNG" and im.size[0] > 50
@@ -301,7 +299,7 @@ def _self_contained(html: str) -> list:
 class TestSampleBuilds:
     def test_funnel_adds_up_to_the_index_and_the_manifest(self, sample_build):
         out, result = sample_build
-        rows = _index(out)
+        rows = index_rows(out)
         f = stats.funnel(out).to_pylist()
         assert f[0]["count"] == len(rows) == result.rows_in
         assert sum(s["count"] for s in f[1:-1]) + f[-1]["count"] == len(rows)
@@ -314,7 +312,7 @@ class TestSampleBuilds:
 
     def test_kept_and_dropped_similarities_are_what_the_index_holds(self, sample_build):
         out, _ = sample_build
-        rows = _index(out)
+        rows = index_rows(out)
         h = stats.similarity_histogram(out)
         for status in ("kept", "dropped"):
             values = [r["similarity"] for r in rows if r["status"] == status and r["similarity"] is not None]
@@ -324,7 +322,7 @@ class TestSampleBuilds:
 
     def test_download_errors_per_domain_add_up(self, sample_build):
         out, _ = sample_build
-        failed = Counter(r["reason"] for r in _index(out) if r["stage"] == "download")
+        failed = Counter(r["reason"] for r in index_rows(out) if r["stage"] == "download")
         by_domain = stats.download_errors_by_domain(out).to_pylist()
         assert sum(r["total"] for r in by_domain) == sum(failed.values()) > 0
         assert {r["reason"]: r["count"] for r in stats.download_errors(out).to_pylist()} == dict(failed)
@@ -332,7 +330,7 @@ class TestSampleBuilds:
 
     def test_captions_sizes_and_languages_count_every_row(self, sample_build):
         out, _ = sample_build
-        rows = _index(out)
+        rows = index_rows(out)
         words, chars = stats.caption_lengths(out)
         with_caption = [r for r in rows if r["caption"]]
         assert words.total() == chars.total() == len(with_caption)
@@ -349,7 +347,7 @@ class TestSampleBuilds:
 
     def test_duplicate_groups_match_duplicate_of(self, sample_build):
         out, _ = sample_build
-        copies = Counter((r["reason"], r["duplicate_of"]) for r in _index(out) if r["duplicate_of"])
+        copies = Counter((r["reason"], r["duplicate_of"]) for r in index_rows(out) if r["duplicate_of"])
         t = stats.duplicate_groups(out).to_pylist()
         assert sum(r["rows_dropped"] for r in t) == sum(copies.values()) > 0
         sizes = Counter((reason, n + 1) for (reason, _), n in copies.items())
@@ -357,7 +355,7 @@ class TestSampleBuilds:
 
     def test_sample_images_are_kept_samples_with_their_captions(self, sample_build):
         out, _ = sample_build
-        captions = {r["key"]: r["caption"] for r in _index(out) if r["status"] == "kept"}
+        captions = {r["key"]: r["caption"] for r in index_rows(out) if r["status"] == "kept"}
         items = stats.sample_items(out, n=12)
         assert len(items) == 12 and len({i.key for i in items}) == 12
         for item in items:
@@ -400,7 +398,7 @@ class TestSampleBuilds:
 
     def test_mmc4_documents_and_images(self, mmc4_build):
         out, result = mmc4_build
-        rows = _index(out)
+        rows = index_rows(out)
         images = [r for r in rows if r["kind"] == "image"]
         docs_kept = sum(r["kind"] == "document" and r["status"] == "kept" for r in rows)
         t = stats.images_per_document(out).to_pylist()

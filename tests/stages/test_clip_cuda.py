@@ -4,7 +4,6 @@ scores; skipped without a GPU."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import random
 import threading
 
@@ -27,9 +26,7 @@ def _jpegs(n: int):
     out, captions = [], []
     for _ in range(n):
         scene = synthetic.random_scene(rng)
-        buf = io.BytesIO()
-        synthetic.render(scene, 200, 150).save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
+        out.append(_encode(synthetic.render(scene, 200, 150), quality=90))
         captions.append(synthetic.caption(scene, rng))
     return out, captions
 

@@ -33,12 +33,8 @@ from flamingo_corpus.safety.eval_index import (
 from flamingo_corpus.sample import synthetic
 
 from ..beam_util import run_collect
+from ..helpers import flip_bits
 from ..loopback_build import build_over_loopback, jpeg_bytes, smooth_photo
-
-
-def _flip(hex_hash: str, bits: int) -> str:
-    """The hash with its lowest ``bits`` bits inverted: exactly ``bits`` away."""
-    return f"{int(hex_hash, 16) ^ ((1 << bits) - 1):016x}"
 
 
 def _unit(dim: int, *weights) -> np.ndarray:
@@ -207,8 +203,8 @@ def index(tmp_path):
     base = "0123456789abcdef"
     images = [
         {"eval_set": "coco", "item": "a.jpg", "phash": base, "embedding": _unit(3, (0, 1))},
-        {"eval_set": "coco", "item": "b.jpg", "phash": _flip(base, 5), "embedding": _unit(3, (1, 1))},
-        {"eval_set": "vqa", "item": "c.jpg", "phash": _flip(base, 2), "embedding": _unit(3, (2, 1))},
+        {"eval_set": "coco", "item": "b.jpg", "phash": flip_bits(base, range(5)), "embedding": _unit(3, (1, 1))},
+        {"eval_set": "vqa", "item": "c.jpg", "phash": flip_bits(base, range(2)), "embedding": _unit(3, (2, 1))},
         {"eval_set": "vqa", "item": "d.jpg", "phash": "fedcba9876543210", "embedding": _unit(3, (2, 1))},
     ]
     captions = [{"eval_set": "coco", "item": "a.jpg", "caption": "A surfer on a wave."}]
@@ -274,7 +270,7 @@ def test_beam_stage_drops_rows_and_mmc4_images(index, tmp_path):
     idx, base = index
     cfg = DecontaminationConfig(index=idx.header.path, phash_distance=3, min_cosine=None)
     samples = [
-        Sample(id="r:0", source_index=0, row=0, url="http://x/0.jpg", caption="a cat", phash=_flip(base, 1)),
+        Sample(id="r:0", source_index=0, row=0, url="http://x/0.jpg", caption="a cat", phash=flip_bits(base, range(1))),
         Sample(
             id="r:1",
             source_index=0,
@@ -284,7 +280,15 @@ def test_beam_stage_drops_rows_and_mmc4_images(index, tmp_path):
             phash="ffff0000ffff0000",
         ),
         Sample(id="r:2", source_index=0, row=2, url="http://x/2.jpg", caption="a cat", phash="ffff0000ffff0000"),
-        Sample(id="d#0", source_index=0, row=3, url="http://x/3.jpg", doc_id="d", position=0, phash=_flip(base, 2)),
+        Sample(
+            id="d#0",
+            source_index=0,
+            row=3,
+            url="http://x/3.jpg",
+            doc_id="d",
+            position=0,
+            phash=flip_bits(base, range(2)),
+        ),
         Sample(id="d#1", source_index=0, row=3, url="http://x/4.jpg", doc_id="d", position=1, phash="ffff0000ffff0000"),
     ]
 
@@ -493,7 +497,7 @@ def test_chunked_search_gives_the_same_matches(index, monkeypatch):
     import flamingo_corpus.safety.eval_index as eval_index
 
     idx, base = index
-    queries = [base, _flip(base, 1), _flip(base, 3), "fedcba9876543210", "ffff0000ffff0000"]
+    queries = [base, flip_bits(base, range(1)), flip_bits(base, range(3)), "fedcba9876543210", "ffff0000ffff0000"]
     embeddings = [_unit(3, (2, 1)), _unit(3, (1, 1)), None, _unit(3, (0, 1), (2, 0.1)), _unit(3, (2, 1))]
     whole = idx.match(queries, embeddings, (), phash_distance=3, min_cosine=0.9)
     monkeypatch.setattr(eval_index, "CHUNK_CELLS", 1)  # one eval image at a time

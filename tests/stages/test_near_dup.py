@@ -32,6 +32,7 @@ from flamingo_corpus.records import Sample
 from flamingo_corpus.sample import synthetic
 
 from ..beam_util import local_pipeline, run_collect
+from ..helpers import flip_bits
 
 K = 10
 
@@ -200,13 +201,6 @@ def test_identical_hashes_form_one_group():
 # --- Beam ----------------------------------------------------------------------------------------
 
 
-def _flip(phash: str, bits) -> str:
-    value = int(phash, 16)
-    for bit in bits:
-        value ^= 1 << bit
-    return f"{value:016x}"
-
-
 def _dedup_samples():
     """Three near-duplicate groups (one chained through a middle hash), singletons, no-pHash rows.
 
@@ -215,11 +209,11 @@ def _dedup_samples():
     a, b, c = "f0e1d2c3b4a59687", "0f1e2d3c4b5a6978", "123456789abcdef0"
     rows = [
         ("a0", a, 0.30),
-        ("a1", _flip(a, range(4)), 0.50),
-        ("a2", _flip(a, range(4)), 0.50),
+        ("a1", flip_bits(a, range(4)), 0.50),
+        ("a2", flip_bits(a, range(4)), 0.50),
         ("b0", b, None),
-        ("b1", _flip(b, range(8)), None),
-        ("b2", _flip(b, range(8, 16)), None),
+        ("b1", flip_bits(b, range(8)), None),
+        ("b2", flip_bits(b, range(8, 16)), None),
         ("c0", c, 0.9),
         ("c1", c, 0.9),
         ("s0", "aaaaaaaaaaaaaaaa", 0.1),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 import threading
 
@@ -20,6 +19,7 @@ from flamingo_corpus.sample import synthetic
 from flamingo_corpus.sample.web import SampleWeb
 
 from ..beam_util import run_collect
+from ..loopback_build import jpeg_bytes
 
 
 def _sample(i, url="http://example.com/a.jpg", caption="a red circle on the left", **kw):
@@ -134,18 +134,12 @@ def test_download_streams_past_a_slow_url_and_bounds_what_is_in_flight(monkeypat
         fn.teardown()
 
 
-def _jpeg(scene, size=(160, 120)) -> bytes:
-    buf = io.BytesIO()
-    synthetic.render(scene, *size).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 def test_clip_scores_true_captions_above_wrong_ones(tiny_clip_checkpoint):
     rng = random.Random(99)
     scenes = [synthetic.random_scene(rng) for _ in range(24)]
     samples = []
     for i, scene in enumerate(scenes):
-        data = _jpeg(scene)
+        data = jpeg_bytes(synthetic.render(scene, 160, 120))
         samples.append(_sample(2 * i, caption=synthetic.caption(scene, rng), image_bytes=data))
         samples.append(_sample(2 * i + 1, caption=synthetic.wrong_caption(scene, rng), image_bytes=data))
     cfg = ClipConfig(
