@@ -16,7 +16,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import posixpath
+import re
 import time
 from typing import List, Optional, Sequence
 
@@ -27,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from .clip.model import resolve_pretrained
 from .inputs import match_inputs
+from .output.atomic import same_path
 from .output.index import INDEX_DIR, WORK_DIR
 from .output.manifest import MANIFEST, SIZES, BuildResult, collect, read_manifest, summary, write_manifest
 from .output.shard import COMPLETE_DIR, TMP_SUFFIX
@@ -127,12 +130,81 @@ def _clear_for_resume(output_dir: str) -> None:
         FileSystems.delete(stale)
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHARD_FILE = re.compile(r"\d+\.tar(" + re.escape(TMP_SUFFIX) + ")?")
+_INDEX_FILE = re.compile(r"index-\d+-of-\d+\.parquet|beam-temp-.*")
+
+
+def is_our_manifest(manifest: object) -> bool:
+    """True for a manifest.json a build of this tool wrote (its shape, not just its name)."""
+    return (
+        isinstance(manifest, dict)
+        and {"code_version", "recipe_sha256", "recipe", "unit", "shards", "totals"} <= set(manifest)
+        and isinstance(manifest["recipe_sha256"], str)
+        and bool(_SHA256.fullmatch(manifest["recipe_sha256"]))
+        and isinstance(manifest["shards"], list)
+    )
+
+
+def _is_our_state(state: object) -> bool:
+    return (
+        isinstance(state, dict)
+        and state.get("version") == STATE_VERSION
+        and isinstance(state.get("recipe_sha256"), str)
+        and bool(_SHA256.fullmatch(state["recipe_sha256"]))
+    )
+
+
+def _ours_and_foreign(output_dir: str, files: Sequence[str]) -> tuple:
+    """(the files a build of this tool wrote, the others) among ``files`` of ``output_dir``.
+    Nothing is ours unless the folder holds our manifest or our build state; then ours are the
+    names a build writes: manifest.json, sizes.json, NNNNNN.tar, index/index-*.parquet, _build/."""
+    if not (is_our_manifest(read_manifest(output_dir)) or _is_our_state(_read_state(output_dir))):
+        return [], list(files)
+    ours, foreign = [], []
+    for path in files:
+        rel = path[len(output_dir) :].lstrip("/")
+        head, _, rest = rel.partition("/")
+        mine = (
+            rel in (MANIFEST, SIZES)
+            or head == WORK_DIR
+            or (head == INDEX_DIR and bool(_INDEX_FILE.fullmatch(rest.split("/")[0])))
+            or (not rest and bool(_SHARD_FILE.fullmatch(rel)))
+        )
+        (ours if mine else foreign).append(path)
+    return ours, foreign
+
+
+def _names(output_dir: str, paths: Sequence[str], n: int = 4) -> str:
+    shown = [p[len(output_dir) :].lstrip("/") for p in sorted(paths)[:n]]
+    return ", ".join(shown) + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def check_output_is_not_input(output_dir: str, inputs: Sequence[str]) -> None:
+    """An output folder that is an input file, or holds one, is refused: a build writes and
+    (with --overwrite, or resuming) removes files there."""
+    local = "://" not in output_dir
+    out = os.path.realpath(output_dir) if local else output_dir.rstrip("/")
+    for path in inputs:
+        if same_path(path, output_dir):
+            raise OutputExists(f"--output {output_dir} is an input file of the recipe; choose an output folder")
+        if local != ("://" not in path):
+            continue
+        where = os.path.realpath(path) if local else path
+        if where.startswith(out.rstrip("/") + "/"):
+            raise OutputExists(
+                f"--output {output_dir} holds the recipe's input {path}; choose an output folder of its own"
+            )
+
+
 def prepare_output(output_dir: str, overwrite: bool, state: Optional[dict] = None) -> str:
     """Make ``output_dir`` ready and say how to go on: "fresh", "resume" or "complete".
 
     ``state`` (see ``build_state``) is what this build is; without it an existing output is only
     replaced (``overwrite``) or refused, as before builds could resume.
     """
+    if "://" not in output_dir and FileSystems.exists(output_dir) and not os.path.isdir(output_dir):
+        raise OutputExists(f"--output {output_dir} is a file, not a folder")
     old = _previous_outputs(output_dir)
     if old and not overwrite:
         if state is None:
@@ -142,7 +214,13 @@ def prepare_output(output_dir: str, overwrite: bool, state: Optional[dict] = Non
             _clear_for_resume(output_dir)
         return mode
     if old:
-        FileSystems.delete(old)
+        ours, foreign = _ours_and_foreign(output_dir, old)
+        if foreign:
+            raise OutputExists(
+                f"{output_dir} holds files no flamingo-corpus build wrote ({_names(output_dir, foreign)}); "
+                "--overwrite removes only a build of this tool: move them away or choose another output folder"
+            )
+        FileSystems.delete(ours)
     if "://" not in output_dir and not FileSystems.exists(output_dir):
         FileSystems.mkdirs(output_dir)
     if state is not None:
@@ -155,6 +233,12 @@ def _resume_or_complete(output_dir: str, state: dict, n_old: int) -> str:
 
     manifest = read_manifest(output_dir)
     saved = _read_state(output_dir)
+    _, foreign = _ours_and_foreign(output_dir, _previous_outputs(output_dir))
+    if foreign:
+        raise OutputExists(
+            f"{output_dir} holds files no flamingo-corpus build wrote ({_names(output_dir, foreign)}); "
+            "choose another output folder"
+        )
     if manifest is not None:
         done = {"recipe_sha256": manifest.get("recipe_sha256"), "inputs": manifest.get("inputs")}
         why = _differs(done, state)
@@ -231,6 +315,7 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
     same build, or not at all when the output is complete (the result says which)."""
     output_dir = output_dir.rstrip("/")
     inputs = match_inputs(recipe.input.path)
+    check_output_is_not_input(output_dir, inputs)
     if recipe.input.corpus == "laion":
         from .laion.pipeline import build_laion as build
 
