@@ -28,6 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from .clip.model import resolve_pretrained
+from .errors import UserError
 from .inputs import match_inputs
 from .output.atomic import same_path
 from .output.index import INDEX_DIR, WORK_DIR
@@ -42,7 +43,7 @@ STATE = "state.json"  # under WORK_DIR: what the build is, so that a restart can
 STATE_VERSION = 1
 
 
-class OutputExists(RuntimeError):
+class OutputExists(UserError, RuntimeError):
     pass
 
 

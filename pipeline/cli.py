@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .errors import UserError
 from .paths import CHECKOUT_MANIFESTS
 from .recipe import RecipeError, load_recipe
 
@@ -349,7 +352,54 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     for noisy in ("apache_beam", "urllib3", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return args.func(args, rest)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_explained_elsewhere)
+    try:
+        return args.func(args, rest)
+    except UserError as e:
+        print(f"flamingo-corpus: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - only storage trouble is turned into a line; the rest re-raised
+        line = storage_problem(e)
+        if line is None:
+            raise
+        print(f"flamingo-corpus: {line}", file=sys.stderr)
+        return 2
+
+
+# What a full disk, a quota, a read-only or a forbidden output folder raises; the pipeline's
+# workers report it inside the runner's own exception, so the message is searched as well.
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only"}
+_STORAGE_ERRNOS.update({errno.EACCES: "permission denied", errno.EPERM: "not permitted"})
+_STORAGE_TEXT = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system|Permission denied")
+STORAGE_HINT = (
+    "free the space or choose a writable --output, then run the same command again: a build resumes where it stopped"
+)
+
+
+def _explained_elsewhere(record: logging.LogRecord) -> bool:
+    """Leave out Beam's log of a worker failure that the command explains in one line itself
+    (a full or read-only output): the traceback would bury that line."""
+    if not record.name.startswith("apache_beam") or record.levelno < logging.ERROR:
+        return True
+    exc = record.exc_info[1] if record.exc_info else None
+    return not ((exc is not None and storage_problem(exc)) or _STORAGE_TEXT.search(record.getMessage()))
+
+
+def storage_problem(exc: BaseException) -> Optional[str]:
+    """One line for an exception caused by the output's storage (full, read-only, forbidden),
+    None for any other."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            where = f" writing {exc.filename}" if exc.filename else ""
+            return f"{exc.strerror or _STORAGE_ERRNOS[exc.errno]}{where}; {STORAGE_HINT}"
+        match = _STORAGE_TEXT.search(str(exc))
+        if match:
+            return f"{match.group(0)} while writing the output; {STORAGE_HINT}"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 if __name__ == "__main__":

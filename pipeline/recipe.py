@@ -20,8 +20,10 @@ from typing import Any, Optional
 
 import yaml
 
+from .errors import UserError
 
-class RecipeError(ValueError):
+
+class RecipeError(UserError, ValueError):
     """A recipe that cannot be used: unknown key, wrong type or bad value."""
 
 

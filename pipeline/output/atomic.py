@@ -16,12 +16,14 @@ from typing import BinaryIO, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
+from ..errors import UserError
+
 __all__ = ["atomic_create", "atomic_write", "same_path", "OutputIsInput", "TMP_MARK"]
 
 TMP_MARK = ".tmp-"  # in the names of files being written (flamingo-corpus removes them on resume)
 
 
-class OutputIsInput(ValueError):
+class OutputIsInput(UserError, ValueError):
     """The file a command would write is one of the files it reads."""
 
 

@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from ..errors import UserError
 from ..paths import CHECKOUT_MANIFESTS
 
 RUNNERS_DIR = CHECKOUT_MANIFESTS / "runners"
@@ -43,7 +44,7 @@ RUNNERS_DIR = CHECKOUT_MANIFESTS / "runners"
 PLACEHOLDER = re.compile(r"YOUR-[A-Z]+")
 
 
-class RunnerOptionsError(ValueError):
+class RunnerOptionsError(UserError, ValueError):
     """A runner option file that cannot be used: unknown option, bad value, placeholder left."""
 
 

@@ -28,13 +28,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
+from ..errors import UserError
 from ..paths import ASSETS
 from ..recipe import Recipe
 
 MEASURED = ASSETS / "measured.json"  # shipped in the package
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """A plan that cannot be made: a stage without a figure, a cluster that cannot run it."""
 
 

@@ -54,6 +54,7 @@ Run ``python -m flamingo_corpus.sample.web ROOT [--port N]`` to serve a folder u
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import gzip
 import socket
@@ -67,6 +68,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Optional, Union
 from urllib.parse import parse_qs, quote, unquote
+
+from ..errors import UserError
 
 CONTENT_TYPES = {
     ".jpg": "image/jpeg",
@@ -221,6 +224,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         raw.close()  # closing with a zero linger time sends RST
         self.close_connection = True
+
+
+class PortInUse(UserError, OSError):
+    """The port the sample web must serve on is taken."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -529,7 +536,15 @@ class SampleWeb:
         if self._server is not None:
             raise RuntimeError("SampleWeb is already running")
         self._stopping.clear()
-        self._server = _Server((self.host, self._requested_port), self)
+        try:
+            self._server = _Server((self.host, self._requested_port), self)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            raise PortInUse(
+                f"port {self._requested_port} on {self.host} is in use (another sample build running?); the "
+                "bundled sample's URLs name this port: wait for the other build, or stop what holds the port"
+            ) from None
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
