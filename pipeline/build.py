@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from .clip.model import resolve_pretrained
+from .clip.model import check_clip, resolve_pretrained
 from .errors import UserError
 from .inputs import match_inputs
 from .output.atomic import same_path
@@ -334,6 +334,7 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
             FileSystems.delete([work])
         return BuildResult.from_manifest(output_dir, recipe, read_manifest(output_dir))
     if recipe.clip.enabled:
+        check_clip(recipe.clip)  # an unknown model or a bad checkpoint: one line here, not a failure per worker
         resolve_pretrained(recipe.clip)  # builds the tiny synthetic-world CLIP here, not in every worker
     log.info(
         "%s %s: %d input files -> %s",

@@ -17,7 +17,9 @@ fp32 weights, PIL decode and geometry on the thread pool.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
+import json
 import logging
 import math
 import os
@@ -25,6 +27,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
@@ -33,6 +36,7 @@ from .preprocess import SplitPreprocess, gpu_decodable
 
 if TYPE_CHECKING:  # torch is imported lazily: Beam launchers need not load it
     import torch
+from ..errors import UserError
 from ..recipe import ClipConfig
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,71 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision != "auto":
         return precision
     return "bf16" if device.startswith("cuda") else "fp32"
+
+
+class ClipConfigError(UserError, ValueError):
+    """A clip section that names a model, tag, checkpoint or config open_clip cannot load."""
+
+
+_CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
+
+
+def _is_path(pretrained: str) -> bool:
+    return "/" in pretrained or pretrained.startswith(".") or pretrained.endswith(_CHECKPOINT_SUFFIXES)
+
+
+def check_clip(cfg: ClipConfig) -> None:
+    """Fail fast, on the launching machine, for what would otherwise fail on every worker: an
+    unknown model name, a tag open_clip does not have for the model, a checkpoint or model config
+    that is missing or does not load."""
+    import open_clip
+
+    from ..sample import tiny_clip
+
+    if cfg.model_config:
+        try:
+            json.loads(Path(cfg.model_config).read_text())
+            open_clip.add_model_config(cfg.model_config)
+        except (OSError, ValueError) as e:
+            raise ClipConfigError(f"clip.model_config {cfg.model_config}: not a readable model config ({e})") from e
+    if cfg.model == tiny_clip.TINY_MODEL_NAME:
+        tiny_clip.register_tiny_config()
+    known = open_clip.list_models()
+    if cfg.model not in known:
+        close = difflib.get_close_matches(cfg.model, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; a custom architecture needs clip.model_config"
+        raise ClipConfigError(f"clip.model {cfg.model!r} is not a model open_clip knows{hint}")
+    pretrained = cfg.pretrained
+    if pretrained in (None, SYNTHETIC_TAG):
+        if pretrained == SYNTHETIC_TAG and cfg.model != tiny_clip.TINY_MODEL_NAME:
+            raise ClipConfigError(
+                f"clip.pretrained {SYNTHETIC_TAG!r} only exists for model {tiny_clip.TINY_MODEL_NAME!r}"
+            )
+        return
+    if _is_path(pretrained):
+        if "://" in pretrained:
+            from apache_beam.io.filesystems import FileSystems
+
+            if not FileSystems.exists(pretrained):
+                raise ClipConfigError(f"clip.pretrained: no checkpoint at {pretrained}")
+            return
+        path = Path(pretrained)
+        if not path.is_file():
+            raise ClipConfigError(f"clip.pretrained: no checkpoint file at {pretrained}")
+        if path.suffix != ".safetensors":
+            import torch
+
+            try:  # mmap: reads the archive's index, not the weights
+                torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any failure to load is the user's file
+                raise ClipConfigError(f"clip.pretrained: {pretrained} does not load as a checkpoint ({e})") from e
+        return
+    tags = open_clip.list_pretrained_tags_by_model(cfg.model)
+    if pretrained not in tags:
+        raise ClipConfigError(
+            f"clip.pretrained {pretrained!r} is not a tag of {cfg.model} (open_clip has: {', '.join(tags) or 'none'}); "
+            "or give the path of a checkpoint file"
+        )
 
 
 def resolve_pretrained(cfg: ClipConfig) -> Optional[str]:

@@ -566,8 +566,9 @@ def build_index(
     use_clip = recipe is not None and recipe.clip.enabled
     model = None
     if use_clip:
-        from ..clip.model import load_clip
+        from ..clip.model import check_clip, load_clip
 
+        check_clip(recipe.clip)
         model = load_clip(recipe.clip)
     batch = recipe.clip.batch_size if use_clip else 256
     images: List[dict] = []
