@@ -15,6 +15,8 @@ from apache_beam.metrics import Metrics
 
 from .records import Sample, dropped
 
+__all__ = ["Stages", "apply_with_drops", "drop", "KeepOnePerKey", "DedupRule", "input_order", "DROPPED_TAG"]
+
 DROPPED_TAG = "dropped"
 
 

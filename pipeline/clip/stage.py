@@ -18,6 +18,8 @@ from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .model import ClipModel, load_clip, texts_of
 
+__all__ = ["EmbedWithClip", "ScoreWithClip", "OpenClipHandler"]
+
 STAGE = "clip"
 # Batched float32 inference differs in the last bits with the batch's composition (which the
 # runner decides); scores are rounded so the stored value and the threshold decision are the

@@ -11,6 +11,8 @@ import apache_beam as beam
 from ..records import Sample
 from ..stage import DedupRule, KeepOnePerKey, input_order
 
+__all__ = ["DedupExactImages", "EXACT_IMAGES", "representative_order"]
+
 STAGE = "dedup"
 
 

@@ -26,6 +26,17 @@ from ..records import Sample
 from ..stage import apply_with_drops, drop
 from . import perceptual
 
+__all__ = [
+    "ProcessImages",
+    "process_image",
+    "ProcessedImage",
+    "ImageRejected",
+    "target_size",
+    "decode",
+    "resize",
+    "encode",
+]
+
 STAGE = "image"
 WHITE = (255, 255, 255)
 _ORIENTATION = 0x0112  # EXIF tag

@@ -11,6 +11,8 @@ from ..recipe import MetadataFilterConfig
 from ..records import Sample
 from ..stage import KeepOnePerKey, apply_with_drops, drop, input_order
 
+__all__ = ["FilterMetadata"]
+
 STAGE = "metadata"
 
 

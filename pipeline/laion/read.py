@@ -31,6 +31,8 @@ from ..stage import apply_with_drops, drop
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ReadLaionRows"]
+
 # Canonical names of the optional LAION columns, as the rest of the pipeline sees them in Sample.meta.
 OPTIONAL_COLUMNS = ("width", "height", "similarity", "punsafe", "pwatermark", "language", "hash", "key")
 NUMERIC_COLUMNS = ("width", "height", "similarity", "punsafe", "pwatermark")

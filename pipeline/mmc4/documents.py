@@ -27,6 +27,8 @@ from ..stage import KeepOnePerKey, apply_with_drops, drop, input_order
 from . import align
 from . import files as mmc4
 
+__all__ = ["ReadMmc4Documents", "FilterDocuments", "SplitDocuments", "AssembleDocuments"]
+
 READ, DOCUMENT, IMAGE, ALIGN = "read", "document", "metadata", "align"
 SIMILARITY_DECIMALS = 4  # as the CLIP stage: identical scores whatever the batching
 # Fields of an input image_info entry that the output recomputes or adds.

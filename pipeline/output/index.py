@@ -17,6 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from ..records import IndexRow
 
+__all__ = ["WriteIndex", "WriteShardList", "WriteJsonLines", "INDEX_SCHEMA", "INDEX_DIR", "WORK_DIR"]
+
 INDEX_DIR = "index"
 WORK_DIR = "_build"
 
@@ -114,6 +116,8 @@ class WriteJsonLines(beam.PTransform):
 
 
 class WriteShardList(beam.PTransform):
+    """Shard infos -> ``_build/shards.jsonl``, a JSON line per shard, for the manifest."""
+
     def __init__(self, output_dir: str):
         super().__init__()
         self.output_dir = output_dir
