@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zipfile
 from typing import IO, Any, Iterable, Iterator, Optional, Tuple
 
@@ -29,7 +30,8 @@ def read_documents(path: str) -> Iterator[Item]:
     """Yield ``(line_number, document, None)`` or ``(line_number, None, error)`` for every line.
 
     Lines are numbered from 1; blank lines are skipped (they hold no document) but still counted.
-    A line that is not JSON gives ``"bad_json: <why>"``.  Errors about the whole file have line 0:
+    A line that is not JSON gives ``"bad_json: <why>"``, JSON holding a string that is not valid
+    Unicode (a lone surrogate escape) ``"bad_unicode: <where>"``.  Errors about the whole file have line 0:
     ``zip_without_jsonl``, ``zip_with_several_jsonl`` and ``bad_zip`` (not a zip archive).
     """
     with FileSystems.open(path) as raw:
@@ -55,14 +57,48 @@ def _read_zip(raw: IO[bytes]) -> Iterator[Item]:
             yield from _parse_lines(member)
 
 
+# A \\u escape of a surrogate: JSON allows a lone one ("\\ud800"), which no UTF-8 writer accepts.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def _parse_lines(lines: Iterable[bytes]) -> Iterator[Item]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line), None
+            doc = json.loads(line)
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are ValueErrors
             yield number, None, f"bad_json: {e}"
+            continue
+        where = _lone_surrogate(doc) if _SURROGATE_ESCAPE.search(line) else None
+        if where is not None:
+            yield number, None, f"bad_unicode: a lone surrogate in {where} (not valid Unicode text)"
+            continue
+        yield number, doc, None
+
+
+def _lone_surrogate(value: Any, where: str = "the document") -> Optional[str]:
+    """Where in ``value`` a string holds a lone surrogate (a pair decodes to one character and is
+    fine), None when nowhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        items: Iterable[Tuple[Any, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and _lone_surrogate(key) is not None:
+            return f"a key of {where}"
+        found = _lone_surrogate(item, f"{key}" if where == "the document" else f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def validate_document(doc: Any) -> Optional[str]:

@@ -72,6 +72,7 @@ _READ = [
         "counted as one input row",
     ),
     Reason("read", "bad_json", DOC, "the line is not JSON"),
+    Reason("read", "bad_unicode", DOC, "a string of the document holds a lone surrogate (not valid Unicode)"),
     Reason("read", "not_an_object", DOC, "the line is JSON but not an object"),
     Reason("read", "missing_field", DOC, "one of url, text_list, image_info, similarity_matrix is missing"),
     Reason("read", "bad_text_list", DOC, "text_list is not a non-empty list of strings"),

@@ -239,6 +239,11 @@ def test_bad_mmc4_input_is_dropped_with_reasons(tmp_path):
             ).encode(),  # 5: no image fetchable
             b"",  # 6: blank, no document
             b"[1, 2]",  # 7
+            # 8-10: valid JSON whose strings are not valid Unicode (a lone surrogate escape), in a
+            # sentence, the document URL and an image URL: each would stop the build when written
+            json.dumps(_doc(w, [f"{w}/0.jpg"], texts=["A sentence \ud800 broken.", "More."])).encode(),
+            json.dumps(_doc(w, [f"{w}/0.jpg"], url="https://example.com/\udfff")).encode(),
+            json.dumps(_doc(w, [f"{w}/\ud83d.jpg"])).encode(),
         ]
         (folder / "a-docs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
         with zipfile.ZipFile(folder / "b-no-jsonl.zip", "w") as z:
@@ -261,6 +266,9 @@ def test_bad_mmc4_input_is_dropped_with_reasons(tmp_path):
         "a-docs.jsonl:4": ("dropped", "bad_matrix_shape"),
         "a-docs.jsonl:5": ("dropped", "too_few_images"),
         "a-docs.jsonl:7": ("dropped", "not_an_object"),
+        "a-docs.jsonl:8": ("dropped", "bad_unicode"),
+        "a-docs.jsonl:9": ("dropped", "bad_unicode"),
+        "a-docs.jsonl:10": ("dropped", "bad_unicode"),
         "b-no-jsonl.zip:0": ("dropped", "zip_without_jsonl"),
         "c-truncated.zip:0": ("dropped", "bad_zip"),
     }
@@ -274,7 +282,7 @@ def test_bad_mmc4_input_is_dropped_with_reasons(tmp_path):
         "a-docs.jsonl:5#3": ("dropped", "bad_scheme"),
     }
     assert docs["a-docs.jsonl:5"]["url"] is None  # a non-text document URL is not carried as one
-    _assert_counts_add_up(out, rows, "documents", 8)
+    _assert_counts_add_up(out, rows, "documents", 11)
     _assert_counts_add_up(out, rows, "images", 6)
     assert result.kept == 1
     report = verify(str(out))
