@@ -13,7 +13,7 @@ import subprocess
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -65,6 +65,22 @@ def _write_json(path: str, obj) -> None:
 UNITS = {"row": "rows", "document": "documents", "image": "images"}
 
 
+def unit_totals(kind: str, counts: Iterable[Tuple[Optional[str], str, int]]) -> Dict[str, int]:
+    """The headline figures of one kind from its (stage, status, count) triples: accounted, kept,
+    dropped and, but for documents (their images are what is downloaded), downloaded: what was
+    kept or dropped after the download stages (BEFORE_DOWNLOAD).  The summary, the manifest's
+    totals and the statistics report's headline all read them from here."""
+    accounted = kept = downloaded = 0
+    for stage, status, n in counts:
+        accounted += n
+        kept += n if status == "kept" else 0
+        downloaded += n if status == "kept" or stage not in BEFORE_DOWNLOAD else 0
+    totals = {"accounted": accounted, "kept": kept, "dropped": accounted - kept}
+    if kind != "document":
+        totals["downloaded"] = downloaded
+    return totals
+
+
 @dataclass
 class BuildResult:
     """The counts of a finished build.  ``kind`` is what one input row is: a LAION "row" or an
@@ -90,11 +106,15 @@ class BuildResult:
         kind = kind or self.kind
         return [c for c in self.counts if c.get("kind", "row") == kind]
 
+    def totals_of(self, kind: Optional[str] = None) -> Dict[str, int]:
+        """accounted, kept, dropped (and downloaded, but for documents) of one kind: unit_totals."""
+        return unit_totals(kind or self.kind, ((c["stage"], c["status"], c["count"]) for c in self._counts(kind)))
+
     def kept_of(self, kind: Optional[str] = None) -> int:
-        return sum(c["count"] for c in self._counts(kind) if c["status"] == "kept")
+        return self.totals_of(kind)["kept"]
 
     def accounted_of(self, kind: Optional[str] = None) -> int:
-        return sum(c["count"] for c in self._counts(kind))
+        return self.totals_of(kind)["accounted"]
 
     def drops_of(self, kind: Optional[str] = None) -> Dict[str, int]:
         out: Dict[str, int] = defaultdict(int)
@@ -119,20 +139,8 @@ class BuildResult:
     def kinds(self) -> List[str]:
         return sorted({c.get("kind", "row") for c in self.counts} | {self.kind}, key=list(UNITS).index)
 
-    def downloaded_of(self, kind: str) -> int:
-        return sum(c["count"] for c in self._counts(kind) if c["status"] == "kept" or c["stage"] not in BEFORE_DOWNLOAD)
-
     def _totals(self, kind: str) -> dict:
-        unit = UNITS[kind]
-        totals = {
-            f"{unit}_in": self.rows_in if kind == self.kind else None,
-            "accounted": self.accounted_of(kind),
-            "kept": self.kept_of(kind),
-            "dropped": self.accounted_of(kind) - self.kept_of(kind),
-        }
-        if kind != "document":
-            totals["downloaded"] = self.downloaded_of(kind)
-        return totals
+        return {f"{UNITS[kind]}_in": self.rows_in if kind == self.kind else None, **self.totals_of(kind)}
 
     def manifest(self) -> dict:
         shards = [{k: s[k] for k in SHARD_FIELDS} for s in sorted(self.shards, key=lambda s: s["name"])]
@@ -220,13 +228,14 @@ def _mb(n: int) -> str:
 
 def _block(r: BuildResult, kind: str, rows_in: Optional[int]) -> List[str]:
     unit = UNITS[kind]
-    n_in = rows_in if rows_in is not None else r.accounted_of(kind)
-    kept = r.kept_of(kind)
+    totals = r.totals_of(kind)
+    n_in = rows_in if rows_in is not None else totals["accounted"]
+    kept = totals["kept"]
     pct = f" ({100 * kept / n_in:.1f}%)" if n_in else ""
     lines = [f"  {unit + ' in':<15}{n_in:>10,}"]
-    if kind != "document":
-        lines.append(f"  {'downloaded':<15}{r.downloaded_of(kind):>10,}")
-    lines += [f"  {'kept':<15}{kept:>10,}{pct}", f"  {'dropped':<15}{r.accounted_of(kind) - kept:>10,}"]
+    if "downloaded" in totals:
+        lines.append(f"  {'downloaded':<15}{totals['downloaded']:>10,}")
+    lines += [f"  {'kept':<15}{kept:>10,}{pct}", f"  {'dropped':<15}{totals['dropped']:>10,}"]
     lines += [f"    {reason:<38}{n:>8,}" for reason, n in r.drops_of(kind).items()]
     return lines
 

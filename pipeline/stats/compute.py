@@ -39,7 +39,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from ..output.index import INDEX_DIR
-from ..output.manifest import BEFORE_DOWNLOAD, MANIFEST, UNITS
+from ..output.manifest import MANIFEST, UNITS, unit_totals
 
 # The order the stages drop rows in (pipeline/laion/pipeline.py, pipeline/mmc4.pipeline.py), for the
 # funnel.  ``safety`` runs at several points (URL, download, image, NSFW); it is listed at its
@@ -203,19 +203,17 @@ def headline(build) -> Dict[str, float]:
     kept (and its percentage), dropped; shards and their bytes."""
     b = open_build(build)
     out: Dict[str, float] = {}
+    counts = b.counts.to_pylist()
     for kind in b.kinds:
         unit = UNITS[kind]
-        rows = [r for r in b.counts.to_pylist() if r["kind"] == kind]
-        total = sum(r["n"] for r in rows)
-        kept = sum(r["n"] for r in rows if r["status"] == "kept")
+        totals = unit_totals(kind, ((r["stage"], r["status"], r["n"]) for r in counts if r["kind"] == kind))
+        total, kept = totals["accounted"], totals["kept"]
         out[f"{unit} in"] = total
-        if kind != "document":
-            out[f"{unit} downloaded"] = sum(
-                r["n"] for r in rows if r["status"] == "kept" or r["stage"] not in BEFORE_DOWNLOAD
-            )
+        if "downloaded" in totals:
+            out[f"{unit} downloaded"] = totals["downloaded"]
         out[f"{unit} kept"] = kept
         out[f"{unit} kept %"] = round(100.0 * kept / total, 1) if total else 0.0
-        out[f"{unit} dropped"] = total - kept
+        out[f"{unit} dropped"] = totals["dropped"]
     listed = b.manifest.get("shards") or []
     out["shards"] = len(listed)
     out["shard bytes"] = sum(s.get("bytes") or 0 for s in listed)

@@ -26,6 +26,8 @@ from PIL import Image
 
 from flamingo_corpus import cli
 from flamingo_corpus.output.index import INDEX_SCHEMA
+from flamingo_corpus.output.manifest import BuildResult, summary
+from flamingo_corpus.recipe import recipe_from_dict
 from flamingo_corpus.records import IndexRow
 from flamingo_corpus.stats import compute as stats
 from flamingo_corpus.stats import report
@@ -174,6 +176,28 @@ def test_headline_counts_downloads_as_everything_past_the_download_stage(crafted
     assert (h["rows in"], h["rows kept"], h["rows dropped"]) == (14, 2, 12)
     assert h["rows downloaded"] == 6  # kept, clip and dedup drops
     assert h["rows kept %"] == pytest.approx(14.3)
+
+
+def test_headline_and_the_build_summary_give_the_same_figures(crafted):
+    """The report's headline (from the index) and the summary and manifest (from the build's
+    counts) compute their figures with one function: the same counts give the same figures."""
+    counts = Counter((r["stage"], r["status"], r["reason"]) for r in CRAFTED)
+    result = BuildResult(
+        str(crafted),
+        recipe_from_dict({"name": "crafted"}),
+        len(CRAFTED),
+        [{"stage": s, "status": st, "reason": r, "count": n} for (s, st, r), n in counts.items()],
+        [],
+        0.0,
+    )
+    h = stats.headline(crafted)
+    assert result.totals_of() == {
+        "accounted": h["rows in"],
+        "kept": h["rows kept"],
+        "dropped": h["rows dropped"],
+        "downloaded": h["rows downloaded"],
+    }
+    assert h["rows downloaded"] == 6 and "  downloaded              6" in summary(result)
 
 
 def test_host_of_takes_the_host_of_any_url():
