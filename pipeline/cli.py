@@ -390,15 +390,16 @@ def storage_problem(exc: BaseException) -> Optional[str]:
     """One line for an exception caused by the output's storage (full, read-only, forbidden),
     None for any other."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
-            where = f" writing {exc.filename}" if exc.filename else ""
-            return f"{exc.strerror or _STORAGE_ERRNOS[exc.errno]}{where}; {STORAGE_HINT}"
-        match = _STORAGE_TEXT.search(str(exc))
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _STORAGE_ERRNOS:
+            where = f" writing {current.filename}" if current.filename else ""
+            return f"{current.strerror or _STORAGE_ERRNOS[current.errno]}{where}; {STORAGE_HINT}"
+        match = _STORAGE_TEXT.search(str(current))
         if match:
             return f"{match.group(0)} while writing the output; {STORAGE_HINT}"
-        exc = exc.__cause__ or exc.__context__
+        current = current.__cause__ or current.__context__
     return None
 
 

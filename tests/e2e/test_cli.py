@@ -46,5 +46,8 @@ def test_build_refuses_to_mix_with_an_earlier_build(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: x\ninput:\n  path: {data}\n")
     assert cli.main(["build", str(recipe), "--output", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert "no flamingo-corpus build wrote (000000.tar)" in capsys.readouterr().err
+    # nothing shows this tar is ours: --overwrite leaves it too
+    assert cli.main(["build", str(recipe), "--output", str(out), "--overwrite"]) == 2
+    assert "000000.tar" in capsys.readouterr().err
     assert (out / "000000.tar").exists()
