@@ -9,11 +9,12 @@ the connected components of that relation, found with the band plan of ``hamming
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
 
+from ..recipe import DedupConfig
 from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .exact import representative_order
@@ -26,6 +27,8 @@ from .hamming_index import (
     flip_masks,
     found_on_earlier_band,
 )
+
+__all__ = ["DedupNearImages", "DropFrequentImages"]
 
 STAGE = "near_dup"
 
@@ -128,15 +131,17 @@ class _DropNonRepresentatives(beam.DoFn):
 
 
 class DedupNearImages(beam.PTransform):
-    """One sample per near-duplicate group (pHash within ``max_distance`` bits, transitively).
+    """One sample per near-duplicate group (pHash within ``dedup.near_max_distance`` bits,
+    transitively).
 
     samples -> (kept, dropped).  Samples are first grouped by exact hash: copies are joined to
     the copy with the smallest id, which alone goes on.  Each distinct hash is then keyed by its
     ``bands`` band values (stored) and by the values within each band's radius (probes), all
     through one GroupByKey; in each bucket probing and stored hashes are confirmed by true
-    distance, each edge in exactly one bucket (see the module docstring).  ``bands`` None picks
-    ``auto_bands(max_distance)``; a probe key costs one shuffled element, so a Beam run may prefer
-    fewer probes (more bands) than the in-memory search when buckets stay small.
+    distance, each edge in exactly one bucket (see the module docstring).  ``dedup.near_bands``
+    None picks ``auto_bands(near_max_distance)``; a probe key costs one shuffled element, so a
+    Beam run may prefer fewer probes (more bands) than the in-memory search when buckets stay
+    small.
 
     The confirmed edges (two ids and their order keys each, never samples) are gathered on one
     worker with ``ToList`` and joined into components by union-find; the resulting id ->
@@ -147,10 +152,10 @@ class DedupNearImages(beam.PTransform):
     bundle order or worker count.  Ids must be unique; samples without a pHash pass.
     """
 
-    def __init__(self, max_distance: int, stage: str = STAGE, bands: Optional[int] = None):
+    def __init__(self, cfg: DedupConfig, stage: str = STAGE):
         super().__init__()
-        self.plan = band_plan(max_distance, bands)  # validates both
-        self.max_distance, self.stage = max_distance, stage
+        self.plan = band_plan(cfg.near_max_distance, cfg.near_bands)  # validates both
+        self.max_distance, self.stage = cfg.near_max_distance, stage
 
     def expand(self, samples):
         k, plan = self.max_distance, self.plan
@@ -221,18 +226,20 @@ class _DropFrequent(beam.DoFn):
 
 
 class DropFrequentImages(beam.PTransform):
-    """MMC4: drop, everywhere, images whose exact pHash occurs in more than ``max_documents``
-    distinct documents (logos, buttons, ads).
+    """MMC4: drop, everywhere, images whose exact pHash occurs in more than
+    ``dedup.max_image_documents`` distinct documents (logos, buttons, ads).
 
     Keyed by exact pHash rather than near-duplicate group, so it is one CombinePerKey (distinct
-    doc ids per hash, the set capped at ``max_documents + 1``) and a side input of the frequent
-    hashes, which are few.  Run it before ``DedupNearImages``, which would otherwise have reduced
-    a logo's copies to one.  Samples without a pHash or doc id pass.
+    doc ids per hash, the set capped at ``max_image_documents + 1``) and a side input of the
+    frequent hashes, which are few.  Run it before ``DedupNearImages``, which would otherwise have
+    reduced a logo's copies to one.  Samples without a pHash or doc id pass.
     """
 
-    def __init__(self, max_documents: int, stage: str = STAGE):
+    def __init__(self, cfg: DedupConfig, stage: str = STAGE):
         super().__init__()
-        self.max_documents, self.stage = max_documents, stage
+        if cfg.max_image_documents is None:
+            raise ValueError("dedup.max_image_documents is not set")
+        self.max_documents, self.stage = cfg.max_image_documents, stage
 
     def expand(self, samples):
         n = self.max_documents

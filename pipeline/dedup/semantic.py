@@ -26,9 +26,19 @@ import apache_beam as beam
 import numpy as np
 from scipy.cluster.vq import kmeans2
 
+from ..recipe import DedupConfig
 from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .exact import representative_order
+
+__all__ = [
+    "DedupSemantic",
+    "stable_hash",
+    "fit_centroids",
+    "nearest_centroid",
+    "cluster_duplicates",
+    "semantic_duplicates",
+]
 
 STAGE = "sem_dedup"
 REASON = "semantic_duplicate"
@@ -154,18 +164,20 @@ class _Decide(beam.DoFn):
 
 
 class DedupSemantic(beam.PTransform):
-    """Drop images whose CLIP image embedding has cosine above ``max_similarity`` with a
-    better-ranked image (higher CLIP similarity, then input order) of the same k-means cluster.
+    """Drop images whose CLIP image embedding has cosine above ``dedup.semantic_max_similarity``
+    with a better-ranked image (higher CLIP similarity, then input order) of the same k-means
+    cluster (``dedup.semantic_clusters`` of them, fitted on ``dedup.semantic_fit_rows``).
 
     samples -> (kept, dropped).  Samples without an image embedding (CLIP off, MMC4 sentences)
     pass untouched.  Ids must be unique.
     """
 
-    def __init__(self, n_clusters: int, max_similarity: float, fit_rows: int, stage: str = STAGE):
+    def __init__(self, cfg: DedupConfig, stage: str = STAGE):
         super().__init__()
-        if n_clusters < 1 or fit_rows < n_clusters:
-            raise ValueError("need 1 <= n_clusters <= fit_rows")
-        self.n_clusters, self.max_similarity, self.fit_rows, self.stage = n_clusters, max_similarity, fit_rows, stage
+        if cfg.semantic_clusters < 1 or cfg.semantic_fit_rows < cfg.semantic_clusters:
+            raise ValueError("need 1 <= dedup.semantic_clusters <= dedup.semantic_fit_rows")
+        self.n_clusters, self.max_similarity = cfg.semantic_clusters, cfg.semantic_max_similarity
+        self.fit_rows, self.stage = cfg.semantic_fit_rows, stage
 
     def expand(self, samples):
         members = samples | "Embeddings" >> beam.FlatMap(_member)
@@ -183,8 +195,3 @@ class DedupSemantic(beam.PTransform):
         by_id = samples | "Key by id" >> beam.Map(lambda s: (s.id, s))
         joined = {"sample": by_id, "kept_as": kept_as} | "Join decisions" >> beam.CoGroupByKey()
         return apply_with_drops(joined, "Drop semantic duplicates", _Decide(self.stage))
-
-
-def semantic_dedup(cfg) -> DedupSemantic:
-    """The stage as a recipe's ``dedup`` section configures it."""
-    return DedupSemantic(cfg.semantic_clusters, cfg.semantic_max_similarity, cfg.semantic_fit_rows)

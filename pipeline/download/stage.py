@@ -24,6 +24,8 @@ from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .fetch import Fetcher, FetchPolicy
 
+__all__ = ["DownloadImages"]
+
 STAGE = "download"
 log = logging.getLogger(__name__)
 
@@ -111,4 +113,4 @@ class DownloadImages(beam.PTransform):
         self.cfg = cfg
 
     def expand(self, samples):
-        return apply_with_drops(samples, "Fetch images", _Download(self.cfg))
+        return apply_with_drops(samples, "Fetch URLs", _Download(self.cfg))

@@ -1,11 +1,14 @@
 """The MMC4 interleaved pipeline: documents in, OpenFlamingo interleaved tars out.
 
 Read MMC4 documents -> Filter documents -> Split into images and sentences
-  -> Download images -> Process images        (the LAION path's own stages)
-  -> Drop frequent images (optional: logos, buttons, ads found in many documents)
-  -> Embed images and sentences with CLIP     (one model, one RunInference; with clip.enabled
-                                               false, the release's own similarity matrix is used)
-  -> Align images to sentences, document filters -> Write shards (+ index of documents and images)
+  -> Fetch images                   (shared with the LAION path: removal-list screens, download,
+                                     image processing; shared.py)
+  -> (Drop frequent images)         (logos, buttons, ads found in many documents)
+  -> (Embed with CLIP)              (images and sentences, one model, one RunInference; with
+                                     clip.enabled false, the release's own similarity matrix is
+                                     used) -> (Score NSFW head) -> (Dedup semantic duplicates)
+  -> (Decontaminate against eval sets)
+  -> Align documents -> Write output (shared: shards + index of documents and images)
 """
 
 from __future__ import annotations
@@ -15,18 +18,16 @@ from typing import List
 import apache_beam as beam
 
 from ..dedup.near import DropFrequentImages
-from ..dedup.semantic import semantic_dedup
-from ..download.stage import DownloadImages
-from ..images.process import ProcessImages
-from ..output.index import WriteIndex, WriteShardList
-from ..output.shard import WriteShards, canonical_json
+from ..output.shard import canonical_json
 from ..recipe import Recipe
 from ..records import Sample
-from ..safety.decontaminate import decontaminate
-from ..safety.nsfw import score_nsfw
-from ..safety.screen import read_removal_list, screen
+from ..safety.decontaminate import Decontaminate
+from ..safety.nsfw import ScoreNsfw
+from ..shared import FetchImages, WriteOutput
 from ..stage import Stages
 from .documents import AssembleDocuments, FilterDocuments, ReadMmc4Documents, SplitDocuments
+
+__all__ = ["build_mmc4", "mmc4_members"]
 
 
 def mmc4_members(key: str, s: Sample) -> dict:
@@ -39,19 +40,15 @@ def _is_image(s: Sample, n: int) -> int:
 
 
 def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
+    """Add the MMC4 stages to ``p``: the jsonl shards ``inputs`` -> tars and index in ``output_dir``."""
     stage = Stages()
-    removal = read_removal_list(p, recipe.safety)  # the recipe's removal list, read once for every screen
     docs = stage(p, "Read MMC4 documents", ReadMmc4Documents(inputs))
     docs = stage(docs, "Filter documents", FilterDocuments(recipe.mmc4))
     images, sentences, url_drops = docs | "Split into images and sentences" >> SplitDocuments(recipe.mmc4)
     stage.drops.append(url_drops)
-    images = screen(images, removal, stage, "url")
-    images = stage(images, "Download images", DownloadImages(recipe.download))
-    images = screen(images, removal, stage, "download")
-    images = stage(images, "Process images", ProcessImages(recipe.image))
-    images = screen(images, removal, stage, "image")
+    images = stage(images, "Fetch images", FetchImages(recipe))
     if recipe.dedup.max_image_documents is not None:
-        images = stage(images, "Drop frequent images", DropFrequentImages(recipe.dedup.max_image_documents))
+        images = stage(images, "Drop frequent images", DropFrequentImages(recipe.dedup))
     if recipe.clip.enabled:
         from ..clip.stage import EmbedWithClip  # here: it pulls in torch, which a build without CLIP never needs
 
@@ -62,18 +59,13 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
         )
         images, sentences = embedded | "Split embeddings" >> beam.Partition(_is_image, 2)
         if recipe.safety.nsfw_head:
-            images = stage(images, "Score NSFW head", score_nsfw(recipe.safety))
+            images = stage(images, "Score NSFW head", ScoreNsfw(recipe.safety))
         if recipe.dedup.semantic:  # across documents; off by default, as in mmc4
-            images = stage(images, "Dedup semantic duplicates", semantic_dedup(recipe.dedup))
+            from ..dedup.semantic import DedupSemantic  # here: it imports scipy.cluster
+
+            images = stage(images, "Dedup semantic duplicates", DedupSemantic(recipe.dedup))
     # else: alignment uses the similarity matrix the release ships (mmc4: CLIP ViT-L/14).
-    images = decontaminate(images, recipe, stage)  # eval-set images; sentences are left in place
+    if recipe.decontamination.index:  # eval-set images; sentences are left in place
+        images = stage(images, "Decontaminate against eval sets", Decontaminate(recipe.decontamination, recipe.clip))
     aligned = stage((docs, images, sentences), "Align documents", AssembleDocuments(recipe.mmc4))
-    shards, kept_index = aligned | "Write shards" >> WriteShards(
-        output_dir, recipe.shard.samples_per_shard, mmc4_members
-    )
-    shards | "Record shards" >> WriteShardList(output_dir)
-    (
-        (kept_index, *stage.drops)
-        | "Every document and image" >> beam.Flatten()
-        | "Write index" >> WriteIndex(output_dir, recipe.shard.index_shards)
-    )
+    (aligned, *stage.drops) | "Write output" >> WriteOutput(recipe.shard, output_dir, mmc4_members)

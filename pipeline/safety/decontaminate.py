@@ -35,11 +35,12 @@ from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .eval_index import EvalIndex, load_index, read_header
 
+__all__ = ["Decontaminate"]
+
 log = logging.getLogger(__name__)
 
 STAGE = "decontaminate"
 REASON = "eval_overlap"
-LABEL = "Decontaminate against eval sets"
 MAX_BATCH = 256
 
 
@@ -79,7 +80,7 @@ class Decontaminate(beam.PTransform):
         self.use_embeddings = bool(
             clip_cfg is not None and clip_cfg.enabled and cfg.min_cosine is not None and header.has_embeddings
         )
-        if self.use_embeddings:
+        if self.use_embeddings and clip_cfg is not None:
             header.check_clip(clip_cfg)
         elif clip_cfg is not None and clip_cfg.enabled and cfg.min_cosine is not None:
             log.warning(
@@ -92,10 +93,3 @@ class Decontaminate(beam.PTransform):
     def expand(self, samples):
         batches = samples | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=MAX_BATCH)
         return apply_with_drops(batches, "Match eval index", _MatchBatch(self.cfg, self.use_embeddings))
-
-
-def decontaminate(samples, recipe, stage):
-    """The decontamination stage, when the recipe names an eval index."""
-    if not recipe.decontamination.index:
-        return samples
-    return stage(samples, LABEL, Decontaminate(recipe.decontamination, recipe.clip))

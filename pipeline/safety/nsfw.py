@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from ..filters import safety
+from ..recipe import SafetyConfig
 from ..records import Sample
 from ..stage import apply_with_drops, drop
+
+__all__ = ["ScoreNsfw", "NsfwHead", "NsfwHeadError", "load_head"]
 
 STAGE = "safety"
 
@@ -56,7 +59,7 @@ class NsfwHead:
         return z[:, 1] / z.sum(axis=1)
 
     def save(self, path: str) -> None:
-        arrays = {f"w{i}": w for i, w in enumerate(self.weights)}
+        arrays: Dict[str, Any] = {f"w{i}": w for i, w in enumerate(self.weights)}
         arrays.update({f"b{i}": b for i, b in enumerate(self.biases)})
         with open(path, "wb") as f:
             np.savez(f, **arrays)
@@ -115,17 +118,15 @@ class _Score(beam.DoFn):
 
 
 class ScoreNsfw(beam.PTransform):
-    """Score images with the head, drop those above ``max_nsfw`` (reason ``nsfw``)."""
+    """Score images with the head ``safety.nsfw_head``, drop those above ``safety.max_nsfw``
+    (reason ``nsfw``)."""
 
-    def __init__(self, path: str, max_nsfw: float):
+    def __init__(self, cfg: SafetyConfig):
         super().__init__()
-        load_head(path)  # a bad head file is an error when the pipeline is built, not on a worker
-        self.path, self.max_nsfw = path, max_nsfw
+        if not cfg.nsfw_head:
+            raise ValueError("safety.nsfw_head is not set")
+        load_head(cfg.nsfw_head)  # a bad head file is an error when the pipeline is built, not on a worker
+        self.path, self.max_nsfw = cfg.nsfw_head, cfg.max_nsfw
 
     def expand(self, samples):
         return apply_with_drops(samples, "Score NSFW head", _Score(self.path, self.max_nsfw))
-
-
-def score_nsfw(cfg) -> ScoreNsfw:
-    """The stage as a recipe's ``safety`` section configures it."""
-    return ScoreNsfw(cfg.nsfw_head, cfg.max_nsfw)

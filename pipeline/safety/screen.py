@@ -9,7 +9,6 @@ lookup data, broadcast to the workers by the runner, never shared through a proc
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -17,7 +16,9 @@ from apache_beam.io.filesystems import FileSystems
 from ..filters.removal_list import Blocklist
 from ..recipe import SafetyConfig
 from ..records import Sample
-from ..stage import Stages, apply_with_drops, drop
+from ..stage import apply_with_drops, drop
+
+__all__ = ["ApplyBlocklist", "read_removal_list", "load_blocklist"]
 
 STAGE = "safety"
 WHAT = ("url", "download", "image")
@@ -36,6 +37,7 @@ class _Screen(beam.DoFn):
         if self.what == "url":
             rule = blocklist.check_url(s.url)
         elif self.what == "download":  # removal lists hash the bytes as published
+            assert s.image_bytes is not None  # set by the download stage
             rule = blocklist.check_image(hashlib.sha256(s.image_bytes).hexdigest(), None)
         else:
             rule = blocklist.check_image(s.sha256, s.phash)
@@ -62,22 +64,15 @@ class ApplyBlocklist(beam.PTransform):
         )
 
 
-def read_removal_list(p: beam.Pipeline, safety: SafetyConfig) -> Optional[beam.PCollection]:
-    """The recipe's removal list as a one-element PCollection (read and parsed once, by one step
-    of the pipeline), or None when the recipe names none.  The list is also parsed here, where
-    the pipeline is built, so that a bad list is an error before anything runs."""
+def read_removal_list(p: beam.Pipeline, safety: SafetyConfig) -> beam.PCollection:
+    """The recipe's removal list (``safety.blocklist``) as a one-element PCollection, read and
+    parsed once, by one step of the pipeline.  The list is also parsed here, where the pipeline is
+    built, so that a bad list is an error before anything runs."""
     if not safety.blocklist:
-        return None
+        raise ValueError("safety.blocklist is not set")
     load_blocklist(safety.blocklist, safety.blocklist_phash_distance)
     return (
         p
         | "Removal list path" >> beam.Create([safety.blocklist])
         | "Read removal list" >> beam.Map(load_blocklist, safety.blocklist_phash_distance)
     )
-
-
-def screen(samples, removal: Optional[beam.PCollection], stage: Stages, what: str):
-    """The removal-list stage for URLs, downloads or images, when there is a list."""
-    if removal is None:
-        return samples
-    return stage(samples, f"Blocklist {what}s", ApplyBlocklist(removal, what))

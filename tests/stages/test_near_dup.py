@@ -28,6 +28,7 @@ from flamingo_corpus.dedup.hamming_index import (
 from flamingo_corpus.dedup.near import DedupNearImages, DropFrequentImages, _bucket_edges, _index_entries
 from flamingo_corpus.images import perceptual
 from flamingo_corpus.images.perceptual import hamming
+from flamingo_corpus.recipe import DedupConfig
 from flamingo_corpus.records import Sample
 from flamingo_corpus.sample import synthetic
 
@@ -134,7 +135,7 @@ def test_band_counts_outside_1_to_k_plus_1_are_refused(bands_):
     with pytest.raises(ValueError):
         band_plan(5, bands_)
     with pytest.raises(ValueError):
-        DedupNearImages(5, bands=bands_)
+        DedupNearImages(DedupConfig(near_max_distance=5, near_bands=bands_))
 
 
 def _planted(n: int, k: int, seed: int) -> dict:
@@ -261,7 +262,7 @@ def _clustered_samples(k: int, n: int = 600):
 
 def _run_dedup(samples, bands_=None):
     def build(p):
-        kept, dropped = p | beam.Create(samples) | DedupNearImages(K, bands=bands_)
+        kept, dropped = p | beam.Create(samples) | DedupNearImages(DedupConfig(near_max_distance=K, near_bands=bands_))
         return {"kept": kept, "dropped": dropped}
 
     out = run_collect(build)
@@ -313,7 +314,7 @@ def test_dedup_near_images_on_two_worker_processes(tmp_path):
     assert not {s.phash for s in small} & {s.phash for s in clustered}
     options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     with local_pipeline(options=options) as p:
-        kept, dropped = p | beam.Create(samples) | DedupNearImages(K)
+        kept, dropped = p | beam.Create(samples) | DedupNearImages(DedupConfig(near_max_distance=K))
         (
             (kept, dropped)
             | beam.Flatten()
@@ -348,7 +349,7 @@ def test_drop_frequent_images_counts_distinct_documents():
     ]
 
     def build(p):
-        kept, dropped = p | beam.Create(samples) | DropFrequentImages(3)
+        kept, dropped = p | beam.Create(samples) | DropFrequentImages(DedupConfig(max_image_documents=3))
         return {"kept": kept, "dropped": dropped}
 
     out = run_collect(build)

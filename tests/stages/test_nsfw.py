@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flamingo_corpus.clip.model import load_clip
-from flamingo_corpus.recipe import ClipConfig, RecipeError, recipe_from_dict
+from flamingo_corpus.recipe import ClipConfig, RecipeError, SafetyConfig, recipe_from_dict
 from flamingo_corpus.records import Sample
 from flamingo_corpus.safety.nsfw import NsfwHead, NsfwHeadError, ScoreNsfw, load_head
 from flamingo_corpus.sample import synthetic
@@ -66,7 +66,7 @@ def test_bad_head_files_are_clear_errors(tmp_path):
         load_head(path)
     (tmp_path / "junk.npz").write_bytes(b"not a numpy file")
     with pytest.raises(NsfwHeadError, match="cannot read"):
-        ScoreNsfw(str(tmp_path / "junk.npz"), 0.5)
+        ScoreNsfw(SafetyConfig(nsfw_head=str(tmp_path / "junk.npz"), max_nsfw=0.5))
     with pytest.raises(RecipeError, match="clip.enabled"):
         recipe_from_dict({"clip": {"enabled": False}, "safety": {"nsfw_head": path}})
 
@@ -80,7 +80,8 @@ def test_rows_with_punsafe_are_not_rescored(tmp_path):
         Sample(id="laion:1", source_index=0, row=1, url="u", image_embedding=emb, meta={"punsafe": None}),
         Sample(id="mmc4:2", source_index=0, row=2, url="u", image_embedding=emb),
     ]
-    out = run_collect(lambda p: dict(zip(("kept", "dropped"), p | beam.Create(samples) | ScoreNsfw(path, 0.5))))
+    score = ScoreNsfw(SafetyConfig(nsfw_head=path, max_nsfw=0.5))
+    out = run_collect(lambda p: dict(zip(("kept", "dropped"), p | beam.Create(samples) | score)))
     assert [s.id for s in out["kept"]] == ["laion:0"] and out["kept"][0].nsfw is None
     assert sorted((r.id, r.reason) for r in out["dropped"]) == [("laion:1", "nsfw"), ("mmc4:2", "nsfw")]
     assert all(r.nsfw > 0.99 and r.stage == "safety" for r in out["dropped"])

@@ -20,7 +20,7 @@ from flamingo_corpus.dedup.semantic import (
     stable_hash,
 )
 from flamingo_corpus.images.perceptual import hamming, phash
-from flamingo_corpus.recipe import ClipConfig, RecipeError, recipe_from_dict
+from flamingo_corpus.recipe import ClipConfig, DedupConfig, RecipeError, recipe_from_dict
 from flamingo_corpus.records import Sample
 from flamingo_corpus.sample import synthetic
 
@@ -129,8 +129,9 @@ def _line(record) -> str:
 
 
 def _run(tmp_path, options) -> list:
+    cfg = DedupConfig(semantic_clusters=4, semantic_max_similarity=0.97, semantic_fit_rows=60)
     with local_pipeline(options=PipelineOptions(options)) as p:
-        kept, dropped = p | beam.Create(_samples()) | DedupSemantic(n_clusters=4, max_similarity=0.97, fit_rows=60)
+        kept, dropped = p | beam.Create(_samples()) | DedupSemantic(cfg)
         (
             (kept, dropped)
             | beam.Flatten()
@@ -158,11 +159,12 @@ def test_stage_is_the_same_on_one_and_two_worker_processes(tmp_path):
 
 def test_samples_without_an_embedding_pass():
     samples = [Sample(id=f"n:{i}", source_index=0, row=i, url=None, caption="a sentence") for i in range(3)]
+    cfg = DedupConfig(semantic_clusters=2, semantic_max_similarity=0.9, semantic_fit_rows=10)
     out = run_collect(
         lambda p: dict(
             zip(
                 ("kept", "dropped"),
-                p | beam.Create(samples) | DedupSemantic(n_clusters=2, max_similarity=0.9, fit_rows=10),
+                p | beam.Create(samples) | DedupSemantic(cfg),
             )
         )
     )

@@ -1,0 +1,84 @@
+"""The two stretches of the story that the LAION and MMC4 pipelines share, named once.
+
+    Fetch images:  (Blocklist urls) -> Download images -> (Blocklist downloads)
+                   -> Process images -> (Blocklist images)
+    Write output:  Write shards -> Record shards -> Every index row -> Write index
+
+The corpora differ before the fetch (how samples are read and filtered) and between the fetch and
+the output (CLIP, safety, dedup, alignment): laion/pipeline.py and mmc4/pipeline.py spell out
+those parts and call these two for the rest.  A module of its own, beside the two pipelines that
+use it, rather than in download/ or output/: ``FetchImages`` spans the download, image and safety
+stages, and both composites are wiring of stages, not stages of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import apache_beam as beam
+
+from .download.stage import DownloadImages
+from .images.process import ProcessImages
+from .output.index import WriteIndex, WriteShardList
+from .output.shard import WriteShards
+from .recipe import Recipe, ShardConfig
+from .records import Sample
+from .safety.screen import ApplyBlocklist, read_removal_list
+from .stage import DedupRule, Stages
+
+__all__ = ["FetchImages", "WriteOutput"]
+
+
+class FetchImages(beam.PTransform):
+    """Samples with URLs -> (samples with processed images, every drop on the way).
+
+    With a removal list (``safety.blocklist``), it is read once and screens the URLs before
+    anything is downloaded, the bytes as downloaded, and the encoded image and its pHash.
+    """
+
+    def __init__(self, recipe: Recipe):
+        super().__init__()
+        self.recipe = recipe
+
+    def expand(self, samples):
+        recipe, stage = self.recipe, Stages()
+        removal = read_removal_list(samples.pipeline, recipe.safety) if recipe.safety.blocklist else None
+        if removal is not None:
+            samples = stage(samples, "Blocklist urls", ApplyBlocklist(removal, "url"))
+        samples = stage(samples, "Download images", DownloadImages(recipe.download))
+        if removal is not None:
+            samples = stage(samples, "Blocklist downloads", ApplyBlocklist(removal, "download"))
+        samples = stage(samples, "Process images", ProcessImages(recipe.image))
+        if removal is not None:
+            samples = stage(samples, "Blocklist images", ApplyBlocklist(removal, "image"))
+        return samples, tuple(stage.drops) | "Fetch drops" >> beam.Flatten()
+
+
+class WriteOutput(beam.PTransform):
+    """(kept samples, *drop outputs) -> the tars, the shard list and the index of every input.
+
+    ``to_members(key, sample)`` gives a kept sample's tar members, the one thing the corpora
+    write differently; ``dedup`` is an exact dedup left to the shard numbering (``WriteShards``).
+    """
+
+    def __init__(
+        self,
+        cfg: ShardConfig,
+        output_dir: str,
+        to_members: Callable[[str, Sample], dict],
+        dedup: Optional[DedupRule] = None,
+    ):
+        super().__init__()
+        self.cfg, self.output_dir, self.to_members, self.dedup = cfg, output_dir, to_members, dedup
+
+    def expand(self, inputs):
+        kept, *drops = inputs
+        shards, kept_index = kept | "Write shards" >> WriteShards(
+            self.output_dir, self.cfg.samples_per_shard, self.to_members, dedup=self.dedup
+        )
+        shards | "Record shards" >> WriteShardList(self.output_dir)
+        return (
+            (kept_index, *drops)
+            | "Every index row" >> beam.Flatten()
+            | "Write index" >> WriteIndex(self.output_dir, self.cfg.index_shards)
+        )
