@@ -73,6 +73,23 @@ def _cmd_verify(args, beam_args: List[str]) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_why(args, beam_args: List[str]) -> int:
+    from .output.why import WhyError, explain
+
+    try:
+        text = explain(args.output_dir, args.query)
+    except WhyError as e:
+        print(f"flamingo-corpus: {e}", file=sys.stderr)
+        return 2
+    if text is None:
+        print(
+            f"flamingo-corpus: no row, document, image, URL or key {args.query!r} in {args.output_dir}", file=sys.stderr
+        )
+        return 1
+    print(text)
+    return 0
+
+
 def _cmd_tiny_clip(args, beam_args: List[str]) -> int:
     from .sample.tiny_clip import ensure_tiny_clip, metrics_path
 
@@ -221,6 +238,18 @@ def parser() -> argparse.ArgumentParser:
     )
     v.add_argument("output_dir", metavar="DIR", help="a build's output directory (local or gs://, s3://, ...)")
     v.set_defaults(func=_cmd_verify)
+
+    w = _sub(
+        sub,
+        "why",
+        help="what happened to one input row, document, image, URL or key",
+        description="Look QUERY up in DIR's index (by id, URL, key or MMC4 document id) and say which "
+        "stages it passed, where and why it was dropped, or the shard and key it was written to. "
+        "Exit 1 when nothing matches.",
+    )
+    w.add_argument("output_dir", metavar="DIR", help="a build's output directory")
+    w.add_argument("query", metavar="QUERY", help="an id (metadata.parquet:47, docs.jsonl:6#4), a URL or a key")
+    w.set_defaults(func=_cmd_why)
 
     t = _sub(sub, "tiny-clip", help="train (once) and show the tiny CLIP used by tests and samples")
     t.add_argument("--cache-dir", help="cache directory (default: $FLAMINGO_CORPUS_CACHE or ~/.cache/flamingo-corpus)")
