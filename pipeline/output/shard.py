@@ -42,6 +42,20 @@ from .index import WORK_DIR
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "WriteShards",
+    "NumberSamples",
+    "canonical_json",
+    "sample_key",
+    "shard_name",
+    "shard_layout",
+    "write_tar",
+    "KEY_DIGITS",
+    "TAR_MTIME",
+    "COMPLETE_DIR",
+    "TMP_SUFFIX",
+]
+
 KEY_DIGITS = 10
 SHARD_DIGITS = 6
 # Fixed member mtime, for reproducible bytes.  An int: tarfile's (default) PAX format stores a
