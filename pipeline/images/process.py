@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import apache_beam as beam
+import numpy as np
 from PIL import Image, ImageOps
 
 from ..filters import image as image_filter
@@ -83,13 +84,42 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise ImageRejected("decompression_bomb", str(e)) from e
     except Exception as e:  # UnidentifiedImageError and friends: the bytes are not an image
-        raise ImageRejected("not_an_image", str(e)[:200]) from e
+        # not str(e): Pillow's message names the BytesIO's memory address, which would make the
+        # index differ from run to run; the first bytes say more about what came instead
+        raise ImageRejected("not_an_image", f"{type(e).__name__}: the bytes begin {data[:16]!r}") from e
     if img.width * img.height > max_pixels:
         raise ImageRejected("decompression_bomb", f"{img.width}x{img.height} pixels", size=img.size)
     return img
 
 
+# Greyscale modes of more than 8 bits (16-bit PNGs and TIFFs, 32-bit integer and float TIFFs):
+# Pillow's convert("RGB") clips their values to 255, so a 16-bit picture would come out white.
+_HIGH_DEPTH = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _to_8bit_grey(img: Image.Image) -> Image.Image:
+    """A high-bit-depth greyscale picture as 8-bit "L", scaled rather than clipped: 16-bit
+    ranges by 1/257; 32-bit integers by their own range when it passes 16 bits; floats in [0, 1]
+    (the usual convention) by 255, other floats clipped to [0, 255]."""
+    values = np.asarray(img, dtype=np.float64)
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(values.max()) if values.size else 0.0
+    if img.mode == "F":
+        scale = 255.0 if top <= 1.0 else 1.0
+    elif img.mode.startswith("I;16") or top > 255:
+        scale = 255.0 / (65535.0 if top <= 65535 else top)
+    else:  # "I" holding 8-bit values
+        scale = 1.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode Pillow decodes as 8-bit RGB that shows the same picture: transparency over white,
+    high bit depths scaled, premultiplied alpha undone."""
+    if img.mode in _HIGH_DEPTH:
+        return _to_8bit_grey(img).convert("RGB")
+    if img.mode in ("RGBa", "La"):  # premultiplied alpha: Pillow undoes it going to RGBA / LA
+        img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, WHITE)

@@ -69,17 +69,17 @@ def _value(v):
 
 
 def _number(v) -> Optional[float]:
-    """An optional numeric column's value, or None for null, NaN and anything not a number (a
-    string "0.9" is read as the number; "high" as missing, as a null would be)."""
+    """An optional numeric column's value, or None for null, NaN, infinities and anything not a
+    number (a string "0.9" is read as the number; "high" as missing, as a null would be)."""
     if v is None or isinstance(v, bool):
         return None
     if isinstance(v, (int, float)):
-        return None if isinstance(v, float) and math.isnan(v) else v
+        return None if isinstance(v, float) and not math.isfinite(v) else v
     try:
         f = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return None if math.isnan(f) else f
+    return f if math.isfinite(f) else None
 
 
 def _text_type_problem(t: pa.DataType) -> Optional[str]:

@@ -23,11 +23,13 @@ tar this run would write is that same tar (see ``_WriteShard``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import logging
+import math
 import posixpath
 import tarfile
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -205,7 +207,25 @@ class _HashingWriter:
 
 
 def canonical_json(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+    """``obj`` as compact, key-sorted UTF-8 JSON. Strict JSON: a NaN or infinity (which Python's
+    json would write as the non-JSON ``NaN``/``Infinity``, and which MMC4 lines may carry, since
+    Python reads those words) is written as null."""
+    try:
+        text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(obj), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text.encode("utf-8")
+
+
+def _finite(obj):
+    """``obj`` with every float that is not finite replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 TAR_USER = TAR_GROUP = "bigdata"  # webdataset's TarWriter defaults
@@ -241,9 +261,15 @@ def _write_members(out: _HashingWriter, samples: Iterable[dict]) -> int:
 def write_tar(path: str, samples: Iterable[dict]) -> Tuple[int, int, str]:
     """Write webdataset samples to ``path`` atomically; returns (count, bytes, sha256)."""
     tmp = path + TMP_SUFFIX
-    with FileSystems.create(tmp) as raw:
-        out = _HashingWriter(raw)
-        count = _write_members(out, samples)
+    try:
+        with FileSystems.create(tmp) as raw:
+            out = _HashingWriter(raw)
+            count = _write_members(out, samples)
+    except BaseException:  # a full disk, a bad member, a kill signal: no partial tar stays behind
+        with contextlib.suppress(Exception):
+            if FileSystems.exists(tmp):
+                FileSystems.delete([tmp])
+        raise
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -130,6 +131,20 @@ def _laion_inputs(folder: Path, web: str) -> dict:
     (folder / "f-truncated.parquet").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (folder / "g-empty.parquet").write_bytes(b"")
     expected.update({"f-truncated.parquet:*": "unreadable_input", "g-empty.parquet:*": "unreadable_input"})
+    # Numbers that are not finite: read as missing, never written into a sample's JSON as the
+    # non-JSON words NaN / Infinity.
+    table(
+        "h-non-finite.parquet",
+        {
+            "URL": [f"{web}/5.jpg"],
+            "TEXT": [caption],
+            "punsafe": [float("nan")],
+            "pwatermark": [float("-inf")],
+            "similarity": [float("inf")],
+            "WIDTH": [float("inf")],
+        },
+        [None],
+    )
     return expected
 
 
@@ -156,7 +171,7 @@ def _assert_counts_add_up(out: Path, rows: list, unit: str, n_in: int) -> dict:
 
 
 def test_bad_laion_metadata_is_dropped_with_reasons(tmp_path):
-    _serve_pictures(tmp_path / "web", 5)
+    _serve_pictures(tmp_path / "web", 6)
     with SampleWeb(tmp_path / "web") as web:
         expected = _laion_inputs(tmp_path / "in", web.url)
         recipe = _recipe(tmp_path, "laion", str(tmp_path / "in" / "*.parquet"))
@@ -181,11 +196,19 @@ def test_bad_laion_metadata_is_dropped_with_reasons(tmp_path):
     # Inputs: rows from the footers, plus one for each file whose footer is unreadable.
     manifest = _assert_counts_add_up(out, rows, "rows", len(expected))
     assert manifest["totals"]["rows_in"] == result.rows_in == len(expected)
-    assert result.kept == sum(v is None for v in expected.values()) == 5
+    assert result.kept == sum(v is None for v in expected.values()) == 6
+    non_finite = by_id["h-non-finite.parquet:0"]
+    with tarfile.open(out / non_finite["shard"]) as tar:
+        member = json.loads(tar.extractfile(f"{non_finite['key']}.json").read(), parse_constant=_not_json)
+    assert member["metadata"]["punsafe"] is None and member["metadata"]["similarity"] is None
     assert "WARNING" not in summary(result)
     report = verify(str(out))
     assert report.ok, str(report)
     _assert_complete_again(recipe, out, result)
+
+
+def _not_json(word: str):
+    raise AssertionError(f"{word} in a sample's JSON: not JSON")
 
 
 def _assert_complete_again(recipe, out: Path, result) -> None:
