@@ -27,8 +27,8 @@ Any further arguments are Beam pipeline options, for example:
   --direct_running_mode=multi_processing --direct_num_workers=2   (local, one process per core)
   --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
   --runner=SparkRunner / --runner=FlinkRunner (portable runners)
-or keep them in a file: --runner-options dataflow-gpu (manifests/runners/*.yaml; see the README's
-'Running at scale').
+or keep them in a file: --runner-options dataflow-gpu (manifests/runners/*.yaml; see
+docs/scale.md).
 """
 
 

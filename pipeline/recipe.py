@@ -1,7 +1,7 @@
 """The build recipe: a typed description of one build, loaded from YAML.
 
 Every threshold the pipeline uses lives here, with the value the papers used as the default
-where there is one (see DESIGN.md section 8).  Unknown keys are an error that names the key, where
+where there is one (docs/recipes.md says where each comes from).  Unknown keys are an error that names the key, where
 it was found and which keys are allowed: a typo in a recipe must never silently fall back to a
 default on a billion-row run.
 """

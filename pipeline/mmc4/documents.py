@@ -4,7 +4,7 @@ download/image/CLIP stages, and put them back together aligned.
 A document travels as a Sample whose ``document`` is the JSON object; each of its images as a
 Sample with ``doc_id`` and ``position`` (index in the input ``image_info``); each sentence as a
 Sample with a caption and no URL.  After CLIP, ``AssembleDocuments`` groups the three by document
-id and builds the output document of DESIGN.md section 6.
+id and builds the output document (docs/output.md, the MMC4 sample).
 """
 
 from __future__ import annotations
