@@ -34,8 +34,10 @@ from .output.atomic import same_path
 from .output.index import INDEX_DIR, WORK_DIR
 from .output.manifest import MANIFEST, SIZES, BuildResult, collect, read_manifest, summary, write_manifest
 from .output.shard import COMPLETE_DIR, TMP_SUFFIX
+from .progress import ProgressReport
 from .recipe import Recipe
 from .runners.local import cpu_threads_per_worker, local_runner
+from .runners.stop import BuildInterrupted, stoppable
 
 log = logging.getLogger(__name__)
 
@@ -344,10 +346,23 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
         output_dir,
     )
     start = time.monotonic()
-    with sample_web_for(recipe):
-        options = pipeline_options(beam_args)
-        with beam.Pipeline(runner=local_runner(options), options=options) as p:
-            build(p, with_cpu_threads(recipe, options), inputs, output_dir)
+    report = ProgressReport(rows_in, unit=f"{kind}s")
+    stopping: List[int] = []
+    try:
+        with stoppable() as stopping, sample_web_for(recipe), report:
+            options = pipeline_options(beam_args)
+            with beam.Pipeline(runner=local_runner(options), options=options) as p:
+                build(p, with_cpu_threads(recipe, options), inputs, output_dir)
+    except BuildInterrupted as e:
+        e.progress = report.line(report.final)
+        raise
+    except Exception:
+        if not stopping:
+            raise
+        # Beam handed the stop on inside its own exception: it is a stop all the same
+        stopped = BuildInterrupted(stopping[0])
+        stopped.progress = report.line(report.final)
+        raise stopped from None
     result = collect(
         output_dir,
         recipe,

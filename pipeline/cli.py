@@ -6,11 +6,14 @@ import argparse
 import errno
 import logging
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from .errors import UserError
+from .logs import configure as configure_logging
+from .runners.stop import BuildInterrupted
 from .paths import CHECKOUT_MANIFESTS
 from .recipe import RecipeError, load_recipe
 
@@ -190,7 +193,11 @@ def _sub(sub, name: str, **kwargs) -> argparse.ArgumentParser:
 def parser() -> argparse.ArgumentParser:
     # allow_abbrev=False everywhere: --runner must reach Beam, not be taken for --runner-options
     ap = argparse.ArgumentParser(prog="flamingo-corpus", description=__doc__, allow_abbrev=False)
-    ap.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    loudness = ap.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-v", "--verbose", action="count", default=0, help="-v: our debug lines and the libraries' info; -vv: all"
+    )
+    loudness.add_argument("-q", "--quiet", action="store_true", help="warnings, errors and the final summary only")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = _sub(
@@ -376,15 +383,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, rest = parser().parse_known_args(argv)
     if rest and args.command not in ("build", "sample"):  # only builds take Beam options
         parser().error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("apache_beam", "urllib3", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(-1 if args.quiet else min(args.verbose, 2))
     for handler in logging.getLogger().handlers:
         handler.addFilter(_explained_elsewhere)
     try:
         return args.func(args, rest)
+    except BuildInterrupted as e:
+        command = shlex.join(["flamingo-corpus", *(sys.argv[1:] if argv is None else argv)])
+        again = (
+            "the same command builds the sample again from nothing"
+            if args.command == "sample"
+            else f"the output is resumable: run the same command to go on: {command}"
+        )
+        how_far = f" after {e.progress}" if e.progress else ""
+        print(f"flamingo-corpus: stopped by {e}{how_far}; {again}", file=sys.stderr)
+        return e.exit_status
     except UserError as e:
         print(f"flamingo-corpus: {e}", file=sys.stderr)
         return 2
@@ -412,7 +425,10 @@ def _explained_elsewhere(record: logging.LogRecord) -> bool:
     if not record.name.startswith("apache_beam") or record.levelno < logging.ERROR:
         return True
     exc = record.exc_info[1] if record.exc_info else None
-    return not ((exc is not None and storage_problem(exc)) or _STORAGE_TEXT.search(record.getMessage()))
+    text = record.getMessage() + (f" {type(exc).__name__}: {exc}" if exc is not None else "")
+    if "BuildInterrupted" in text:  # a stop: the command says so in one line
+        return False
+    return not ((exc is not None and storage_problem(exc)) or _STORAGE_TEXT.search(text))
 
 
 def storage_problem(exc: BaseException) -> Optional[str]:

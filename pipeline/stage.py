@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
+from .progress import record
 from .records import Sample, dropped
 
 __all__ = ["Stages", "apply_with_drops", "drop", "KeepOnePerKey", "DedupRule", "input_order", "DROPPED_TAG"]
@@ -22,6 +23,7 @@ DROPPED_TAG = "dropped"
 
 def drop(sample: Sample, reason: str, stage: str, detail: Optional[str] = None, **extra) -> pvalue.TaggedOutput:
     Metrics.counter("drops", f"{stage}.{reason}").inc()
+    record(f"{stage} dropped")
     return pvalue.TaggedOutput(DROPPED_TAG, dropped(sample, reason, stage, detail, **extra))
 
 

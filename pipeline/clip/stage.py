@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from ..filters import image as image_filter
+from ..progress import record
 from ..recipe import ClipConfig
 from ..records import Sample
 from ..stage import apply_with_drops, drop
@@ -59,6 +60,7 @@ class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
             img, txt = image_emb.get(i), text_emb.get(i)
             sim = round(float(img @ txt), SIMILARITY_DECIMALS) if img is not None and txt is not None else None
             out.append(s.replace(image_embedding=img, text_embedding=txt, similarity=sim))
+        record("clip", len(with_image))
         return out
 
     def batch_elements_kwargs(self):

@@ -52,6 +52,11 @@ def outcome(s: Sample, r):
     return drop(s.replace(http_status=r.status), r.reason, STAGE, detail=r.detail)
 
 
+class WorkerShuttingDown(Exception):
+    """A bundle stopped because its worker is being shut down (a stopped build): the runner
+    discards the bundle, and the log leaves this out (logs.SHUTDOWN)."""
+
+
 class _Download(beam.DoFn):
     """Each finished fetch puts its (sample, future) on the bundle's ``queue.SimpleQueue`` (a
     done-callback), where the bundle thread picks it up: ``concurrent.futures.wait`` over the
@@ -96,6 +101,8 @@ class _Download(beam.DoFn):
 
     def _finish(self, s: Sample, future: cf.Future):
         self._in_flight -= 1
+        if future.cancelled():  # teardown cancelled the fetches: the worker is being shut down
+            raise WorkerShuttingDown("worker shutting down: the bundle's fetches were cancelled")
         r = future.result()
         self._progress.add(1, ok=int(r.ok))
         return outcome(s, r)

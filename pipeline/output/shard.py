@@ -38,6 +38,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from ..progress import record
 from ..records import KEPT, IndexRow, Sample
 from ..stage import DROPPED_TAG, DedupRule, drop, input_order
 from .index import WORK_DIR
@@ -273,6 +274,7 @@ def write_tar(path: str, samples: Iterable[dict]) -> Tuple[int, int, str]:
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
+    record("written", count)
     return count, out.size, out.sha.hexdigest()
 
 

@@ -79,7 +79,10 @@ class LocalFnApiRunner(fn_runner.FnApiRunner):
         swapped = 0
         for environment in pipeline_proto.components.environments.values():
             if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload == beam_command:
-                environment.payload = worker_command(local_worker.__name__).encode()
+                # exec: Beam starts the command through a shell; without exec that shell is the
+                # worker's parent, dies of a terminal's Ctrl-C and takes the build down with a
+                # traceback, while the worker itself leaves stopping to the launcher
+                environment.payload = ("exec " + worker_command(local_worker.__name__)).encode()
                 swapped += 1
         return swapped
 

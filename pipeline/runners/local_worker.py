@@ -21,7 +21,14 @@ import atexit
 import os
 import sys
 
-from apache_beam.runners.worker import sdk_worker_main
+from ..logs import configure_worker
+from .stop import ignore_interrupts
+
+if __name__ == "__main__":  # a worker process (the launcher imports this module for BEAM_MODULE)
+    configure_worker()  # before Beam's import, which logs that apitools is missing
+    ignore_interrupts()  # Ctrl-C reaches the whole process group: the launcher stops the workers
+
+from apache_beam.runners.worker import sdk_worker_main  # noqa: E402 - after the log is set up
 
 BEAM_MODULE = sdk_worker_main.__name__  # the module the FnApiRunner starts its workers with
 

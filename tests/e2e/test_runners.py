@@ -530,7 +530,7 @@ def test_a_subprocess_environment_the_user_set_keeps_its_command(tmp_path, monke
     beams = proto(worker_command("apache_beam.runners.worker.sdk_worker_main"))
     assert LocalFnApiRunner.use_local_worker(beams) == 1
     commands = {e.payload.decode() for e in beams.components.environments.values() if e.payload}
-    assert worker_command("flamingo_corpus.runners.local_worker") in commands
+    assert "exec " + worker_command("flamingo_corpus.runners.local_worker") in commands
     users = proto("/opt/my-python -m my_worker")
     before = users.SerializeToString()
     assert LocalFnApiRunner.use_local_worker(users) == 0
