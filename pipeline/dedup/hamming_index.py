@@ -195,7 +195,7 @@ def found_on_earlier_band(xor: np.ndarray, plan: Sequence[Band], index: int) -> 
     return earlier
 
 
-class _SortedBand:
+class SortedBand:
     """One band's values of all hashes, sorted, with the range of positions holding each value.
 
     Hand-written rather than a dict of buckets so that every lookup is a vectorised gather: a
@@ -227,7 +227,51 @@ class _SortedBand:
         return hit, lo[hit], size[hit]
 
 
-def _probe_ranges(table: _SortedBand, band: Band, counts: dict):
+def nearest_within(
+    query: np.ndarray,
+    plan: Sequence[Band],
+    tables: Sequence[SortedBand],
+    k: int,
+    penalty: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(stored row, distance) of the nearest stored hash within ``k`` of each ``query`` hash
+    (uint64), ties to the lowest row; distance ``k + 1`` (row 0) where none is within ``k``.
+
+    ``tables`` are the ``SortedBand`` of each band of ``plan`` (``band_plan(k)``) over the stored
+    hashes.  Unlike the all-pairs search the relation is one-sided (queries against stored
+    hashes), so each query probes every band value within the band's radius of its own.
+    ``penalty`` (per stored row, small ints) is added to a row's distance: such a row must be
+    that much closer to count, and ranks as that much farther (the distance returned is the
+    true one)."""
+    n, total = len(query), len(tables[0].values) if tables else 0
+    none = np.iinfo(np.int64).max
+    best = np.full(n, none, dtype=np.int64)  # distance * total + row: the minimum is the nearest, then first
+    for band, table in zip(plan, tables):
+        masks = np.array([0] + [m for _, group in flip_masks(band) for m in group], dtype=np.uint64)
+        own = (query >> np.uint64(band.shift)) & np.uint64(band.mask)
+        probe = (own[:, None] ^ masks[None, :]).ravel()
+        asker = np.repeat(np.arange(n), len(masks))
+        hit, first, size = table.lookup(probe.astype(np.int64) if table.size is not None else probe)
+        if not len(hit):
+            continue
+        ends = np.cumsum(size)
+        stored = np.arange(int(ends[-1])) + np.repeat(first - (ends - size), size)
+        who = np.repeat(asker[hit], size)
+        row = table.order[stored]
+        distance = np.bitwise_count(query[who] ^ table.values[stored]).astype(np.int64)
+        if penalty is not None:
+            distance += penalty[row]
+        close = distance <= k
+        np.minimum.at(best, who[close], distance[close] * total + row[close])
+    found = best != none
+    rows = np.where(found, best % max(total, 1), 0)
+    effective = np.where(found, best // max(total, 1), k + 1)
+    if penalty is not None:
+        effective = np.where(found, effective - penalty[rows], effective)
+    return rows, effective
+
+
+def _probe_ranges(table: SortedBand, band: Band, counts: dict):
     """(prober positions, first stored position, stored count) of one band, one flip mask at a
     time (lazily, so memory holds one mask's lookups): first each position with the later
     positions of its own bucket (exact match), then each position whose value has the mask's top
@@ -247,7 +291,7 @@ def _probe_ranges(table: _SortedBand, band: Band, counts: dict):
 
 
 def _confirmed(
-    table: _SortedBand, prober: np.ndarray, first: np.ndarray, size: np.ndarray, k: int, counts: dict
+    table: SortedBand, prober: np.ndarray, first: np.ndarray, size: np.ndarray, k: int, counts: dict
 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """(prober, stored) positions within distance ``k``, each prober against the ``size`` stored
     positions from ``first``, about ``_BLOCK_ELEMENTS`` candidates at a time (``np.repeat``
@@ -283,7 +327,7 @@ def multi_index_edges(
     counts = {"probes": 0, "candidates": 0}
     found = [np.empty((0, 2), np.int64)]
     for band in plan:
-        table = _SortedBand(values, band)
+        table = SortedBand(values, band)
         for ranges in _probe_ranges(table, band, counts):
             for a, b in _confirmed(table, *ranges, k, counts):
                 later = ~found_on_earlier_band(table.values[a] ^ table.values[b], plan, band.index)
@@ -300,7 +344,7 @@ def candidate_pairs(values: np.ndarray, k: int, bands: Optional[int] = None) -> 
     counts = {"probes": 0, "candidates": 0}
     total = 0
     for band in band_plan(k, bands):
-        table = _SortedBand(values, band)
+        table = SortedBand(values, band)
         for _, _, size in _probe_ranges(table, band, counts):
             total += int(size.sum())
     return total
@@ -378,3 +422,24 @@ def all_pairs_groups(hashes: Dict[Hashable, str], k: int) -> List[Set]:
     for a, b in zip(i.tolist(), j.tolist()):
         uf.union(ids[a], ids[b])
     return [g for g in uf.groups() if len(g) > 1]
+
+
+def variant_groups(hashes: Dict[Hashable, str], variants: Dict[Hashable, Sequence[str]], k: int) -> List[Set]:
+    """Groups (two members or more) of ids joined when one's pHash is within ``k`` of the other's
+    pHash or of one of the other's ``variants`` (mirrored, cropped, rotated: what
+    ``perceptual.phash_and_variants`` gives), transitively.  Brute force over (pHash, stored
+    hash) pairs, a block at a time: the reference the Beam stage (``near.py``) is tested against,
+    and what the copy-detection benchmark groups with."""
+    ids = list(hashes)
+    owner = {i: n for n, i in enumerate(ids)}
+    query = to_uint64(hashes[i] for i in ids)
+    stored_owner = [n for n, i in enumerate(ids) for _ in range(1 + len(variants.get(i, ())))]
+    stored = to_uint64(h for i in ids for h in (hashes[i], *variants.get(i, ())))
+    a, b = blocked_pairs(query, stored, k, upper=False)
+    uf = UnionFind()
+    for i in ids:
+        uf.find(owner[i])
+    for x, y in zip(a.tolist(), np.asarray(stored_owner, dtype=np.int64)[b].tolist()):
+        if x != y:
+            uf.union(x, y)
+    return [{ids[n] for n in g} for g in uf.groups() if len(g) > 1]

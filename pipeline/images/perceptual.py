@@ -22,16 +22,19 @@ on every call, and a numpy int16 difference over three channels is slower still.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import functools
+import math
+from typing import List, NamedTuple, Optional, Tuple
 
-import imagehash
 import numpy as np
+import scipy.fftpack
 from PIL import Image, ImageChops
 
 TOLERANCE = 40  # JPEG ringing next to a sharp frame edge stays below this per channel
 FRAME_NOISE = 16  # a frame pixel is within this of the frame colour (JPEG noise on a flat area)
 FRAME_UNIFORM = 0.95  # fraction of the outermost ring that must be frame-coloured
 THUMBNAIL = 256  # side of the picture the frame is searched on
+HASH_SIDE = 32  # imagehash's pHash resamples to 32x32 and keeps the 8x8 lowest DCT frequencies
 HASH_INPUT = 128  # side the trimmed picture is reduced to for imagehash's pHash (which sees 32x32)
 VERSION = 2  # of the hash's definition: stored with hashes that outlive a build (the eval index)
 MAX_FRAMES = 4  # nested frames removed at most
@@ -119,9 +122,27 @@ def trim_frame(img: Image.Image) -> Image.Image:
     return thumb
 
 
+def _grey32(picture: Image.Image) -> np.ndarray:
+    """imagehash's pHash input: the picture in grey, Lanczos-resampled to 32x32 (uint8)."""
+    return np.asarray(picture.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS))
+
+
+def _dct8(pixels: np.ndarray) -> np.ndarray:
+    """The 8x8 lowest frequencies of the 2-D DCT-II, as imagehash computes them (rows: vertical
+    frequency, columns: horizontal)."""
+    return scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8]
+
+
+def _hex(coefficients: np.ndarray) -> str:
+    """The 64 bits "coefficient above the median", row-major, as 16 hex digits (imagehash's form)."""
+    return np.packbits(coefficients > np.median(coefficients)).tobytes().hex()
+
+
 def phash(img: Image.Image) -> str:
-    """64-bit pHash of the picture without its frame, as 16 hex digits."""
-    return str(imagehash.phash(_reduced(trim_frame(img), HASH_INPUT)))
+    """64-bit pHash of the picture without its frame, as 16 hex digits.  The same bits as
+    ``imagehash.phash`` of the trimmed, reduced picture (computed here so that the coefficients
+    also serve ``build_variants``)."""
+    return _hex(_dct8(_grey32(_reduced(trim_frame(img), HASH_INPUT))))
 
 
 def phash_bytes(data: bytes) -> str:
@@ -141,3 +162,193 @@ def bit_distance(a: int, b: int) -> int:
 def hamming(a: str, b: str) -> int:
     """Number of differing bits between two hashes given as hex (the form ``Sample.phash`` has)."""
     return bit_distance(int(a, 16), int(b, 16))
+
+
+# --- copies that are not the same picture: mirrored, cropped, rotated ------------------------------
+#
+# One pHash moves by 6 or more bits when 2-3% of the picture is cut away or it turns by 2 degrees,
+# and by ~32 bits when it is mirrored (docs/dedup-and-safety.md has the measured curve).  Two
+# cheap remedies, one per side of a comparison:
+#
+# - the eval index stores the hashes of several *variants* of each evaluation picture (mirrored,
+#   cropped, rotated with the corners cut, and their combinations): ``INDEX_VARIANTS``, made by
+#   transforming the picture itself (eval sets are small);
+# - every training image carries a few variant hashes of its own (``build_variants``), computed
+#   from the same 32x32 grey picture its pHash came from, so near-duplicate search can pair one
+#   image's pHash with another's variant.  A mirrored variant costs nothing (the DCT of a mirrored
+#   picture is the DCT with the odd horizontal frequencies negated); a crop or a rotation is one
+#   precomputed linear map from the 32x32 pixels to the 8x8 coefficients.
+
+
+class Variant(NamedTuple):
+    """A copy a web page might hold: ``mirror`` left-right, then turned by ``angle`` degrees
+    (counter-clockwise) with the corners cut (the largest centred rectangle of the same shape),
+    then ``crop`` (left, top, right, bottom: fractions of each side cut away)."""
+
+    name: str
+    mirror: bool = False
+    angle: float = 0.0
+    crop: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+
+def inner_scale(width: float, height: float, angle: float) -> float:
+    """Side of the largest centred rectangle of the picture's shape inside the picture turned by
+    ``angle`` degrees, as a fraction of the picture's side."""
+    c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+    return min(width / (width * c + height * s), height / (width * s + height * c))
+
+
+def rotate_inside(img: Image.Image, angle: float) -> Image.Image:
+    """The picture turned by ``angle`` degrees with its corners cut away (no background shows)."""
+    if not angle:
+        return img
+    w, h = img.size
+    turned = img.rotate(angle, resample=Image.Resampling.BICUBIC)
+    k = inner_scale(w, h, angle)
+    cw, ch = w * k, h * k
+    return turned.crop((round((w - cw) / 2), round((h - ch) / 2), round((w + cw) / 2), round((h + ch) / 2)))
+
+
+def crop_fraction(img: Image.Image, crop: Tuple[float, float, float, float]) -> Image.Image:
+    """The picture with fractions (left, top, right, bottom) of its sides cut away."""
+    if not any(crop):
+        return img
+    w, h = img.size
+    left, top, right, bottom = crop
+    return img.crop((round(left * w), round(top * h), round(w - right * w), round(h - bottom * h)))
+
+
+def variant_picture(img: Image.Image, variant: Variant) -> Image.Image:
+    """``variant`` applied to a picture (mirror, turn, crop: in that order)."""
+    if variant.mirror:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return crop_fraction(rotate_inside(img, variant.angle), variant.crop)
+
+
+def _variant_grid() -> Tuple[Variant, ...]:
+    geometry = [Variant("")]
+    for keep in (0.96, 0.92, 0.88):  # centre crops: each side keeps this much
+        cut = round((1 - keep) / 2, 3)
+        geometry.append(Variant(f"crop{round(keep * 100)}%", crop=(cut, cut, cut, cut)))
+    for side, crop in (
+        ("left", (0.08, 0, 0, 0)),
+        ("top", (0, 0.08, 0, 0)),
+        ("right", (0, 0, 0.08, 0)),
+        ("bottom", (0, 0, 0, 0.08)),
+    ):
+        geometry.append(Variant(f"cut8-{side}", crop=crop))
+    for corner, crop in (
+        ("top-left", (0, 0, 0.08, 0.08)),
+        ("top-right", (0.08, 0, 0, 0.08)),
+        ("bottom-left", (0, 0.08, 0.08, 0)),
+        ("bottom-right", (0.08, 0.08, 0, 0)),
+    ):
+        geometry.append(Variant(f"crop8-{corner}", crop=crop))
+    for corner, crop in (
+        ("top-left", (0, 0, 0.12, 0.12)),
+        ("top-right", (0.12, 0, 0, 0.12)),
+        ("bottom-left", (0, 0.12, 0.12, 0)),
+        ("bottom-right", (0.12, 0.12, 0, 0)),
+    ):
+        geometry.append(Variant(f"crop12-{corner}", crop=crop))
+    for angle in (2.0, -2.0, 4.0, -4.0, 6.0, -6.0):
+        geometry.append(Variant(f"rotated{angle:+g}deg", angle=angle))
+    mirrored = [v._replace(name=f"mirrored {v.name}".strip(), mirror=True) for v in geometry]
+    return tuple(geometry + mirrored)
+
+
+INDEX_VARIANTS = _variant_grid()  # the original first; ``VARIANTS_VERSION`` numbers this set
+VARIANTS_VERSION = 1
+
+
+def index_hashes(img: Image.Image) -> List[Tuple[str, str]]:
+    """(variant name, pHash) of the picture and of each of its ``INDEX_VARIANTS`` ("" names the
+    picture itself); a hash already listed is left out, so the first variant that gives it is the
+    one named.  The variants are cut from the picture without its frame at ``THUMBNAIL`` pixels
+    a side (what the pHash sees of a bigger picture is no finer)."""
+    own = phash(img)
+    out, seen = [("", own)], {own}
+    picture = trim_frame(img)
+    for variant in INDEX_VARIANTS[1:]:
+        h = phash(variant_picture(picture, variant))
+        if h not in seen:
+            seen.add(h)
+            out.append((variant.name, h))
+    return out
+
+
+# Variants every training image carries (near-duplicate search): a mirrored copy of each is free.
+BUILD_GEOMETRY = (
+    Variant("crop90%", crop=(0.05, 0.05, 0.05, 0.05)),
+    Variant("rotated+4deg", angle=4.0),
+    Variant("rotated-4deg", angle=-4.0),
+)
+_MIRROR = np.where(np.arange(8) % 2 == 1, -1.0, 1.0)[None, :]  # odd horizontal frequencies change sign
+_ASPECT_STEPS = 16  # the linear maps are cached per 1/16 of log2(aspect ratio)
+
+
+def _dct_matrix() -> np.ndarray:
+    """The 8 lowest rows of scipy's (unnormalised) DCT-II matrix for 32 samples."""
+    n = np.arange(HASH_SIDE)
+    return 2.0 * np.cos(np.pi * np.arange(8)[:, None] * (2 * n[None, :] + 1) / (2 * HASH_SIDE))
+
+
+def _sampling_matrix(variant: Variant, aspect: float) -> np.ndarray:
+    """(1024, 1024): the 32x32 grey picture of ``variant`` (mirror aside) as bilinear samples of
+    the 32x32 grey picture of the original, whose width / height is ``aspect``."""
+    width, height = aspect, 1.0
+    k = inner_scale(width, height, variant.angle)
+    left, top, right, bottom = variant.crop
+    centres = (np.arange(HASH_SIDE) + 0.5) / HASH_SIDE
+    u = (left + centres * (1 - left - right) - 0.5) * width * k  # in the turned frame, about the centre
+    v = (top + centres * (1 - top - bottom) - 0.5) * height * k
+    uu, vv = np.meshgrid(u, v)  # (row: v, column: u)
+    c, s = math.cos(math.radians(variant.angle)), math.sin(math.radians(variant.angle))
+    # PIL turns counter-clockwise on screen (y down): the turned picture at (u, v) shows the
+    # original at (c u - s v, s u + c v)
+    x = (c * uu - s * vv) / width + 0.5
+    y = (s * uu + c * vv) / height + 0.5
+    px = np.clip(x * HASH_SIDE - 0.5, 0, HASH_SIDE - 1).ravel()
+    py = np.clip(y * HASH_SIDE - 0.5, 0, HASH_SIDE - 1).ravel()
+    x0, y0 = np.minimum(px.astype(int), HASH_SIDE - 2), np.minimum(py.astype(int), HASH_SIDE - 2)
+    fx, fy = px - x0, py - y0
+    m = np.zeros((HASH_SIDE * HASH_SIDE, HASH_SIDE * HASH_SIDE))
+    rows = np.arange(len(px))
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            np.add.at(m, (rows, (y0 + dy) * HASH_SIDE + x0 + dx), wy * wx)
+    return m
+
+
+@functools.lru_cache(maxsize=256)
+def _variant_maps(aspect_step: int) -> np.ndarray:
+    """(len(BUILD_GEOMETRY) * 64, 1024) float32: the 8x8 DCT coefficients of each build variant
+    as a linear map of the original's 32x32 grey pixels, for one aspect-ratio step."""
+    aspect = 2.0 ** (aspect_step / _ASPECT_STEPS)
+    dct = np.kron(_dct_matrix(), _dct_matrix())  # (64, 1024): row v*8+u, column y*32+x
+    return np.concatenate([dct @ _sampling_matrix(v, aspect) for v in BUILD_GEOMETRY]).astype(np.float32)
+
+
+def _hexes(coefficients: np.ndarray) -> List[str]:
+    """``_hex`` of each (8, 8) block of an (n, 8, 8) stack, vectorised (a median costs more than
+    the rest of a variant)."""
+    flat = coefficients.reshape(len(coefficients), 64)
+    bits = flat > np.median(flat, axis=1)[:, None]
+    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
+
+
+def phash_and_variants(img: Image.Image) -> Tuple[str, Tuple[str, ...]]:
+    """``phash(img)`` and the pHashes of its build variants: mirrored, then each of
+    ``BUILD_GEOMETRY`` and its mirror, duplicates of the pHash or of each other left out."""
+    picture = _reduced(trim_frame(img), HASH_INPUT)
+    pixels = _grey32(picture)
+    aspect_step = round(math.log2(picture.width / picture.height) * _ASPECT_STEPS)
+    geometric = (_variant_maps(aspect_step) @ pixels.ravel().astype(np.float32)).reshape(-1, 8, 8)
+    plain = np.concatenate([_dct8(pixels)[None], geometric.astype(np.float64)])
+    stack = np.stack([plain, plain * _MIRROR], axis=1).reshape(-1, 8, 8)  # each, then its mirror
+    first, *rest = _hexes(stack)
+    out: List[str] = []
+    for h in rest:
+        if h != first and h not in out:
+            out.append(h)
+    return first, tuple(out)

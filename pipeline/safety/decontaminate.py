@@ -5,13 +5,15 @@ crawls hold many copies of them (recompressed, resized, framed).  The stage comp
 sample with the eval index (``flamingo-corpus index-eval``, pipeline/safety/eval_index.py):
 
 - perceptual hash within ``decontamination.phash_distance`` of an eval image's (the same framed-
-  picture-aware pHash the image stage stores);
+  picture-aware pHash the image stage stores) or of one of its stored copy variants (mirrored,
+  cropped, rotated with the corners cut: ``perceptual.INDEX_VARIANTS``);
 - CLIP image embedding at least ``min_cosine`` similar to an eval image's (when the build embeds
   images and the index holds embeddings of the same model);
 - caption equal, after ``filters.text.match_key``, to an eval caption (LAION rows).
 
-A match is dropped with reason ``eval_overlap`` and a detail naming the eval item and evidence
-("coco:val2014/x.jpg phash_distance=2", "... cosine=0.9731", "caption coco:<item>").
+A match is dropped with reason ``eval_overlap`` and a detail naming the eval item, the variant
+that matched and the evidence ("coco:val2014/x.jpg phash_distance=2", "coco:val2014/x.jpg
+mirrored phash_distance=3", "... cosine=0.9731", "caption coco:<item>").
 
 The index is small lookup data: each worker reads it once in ``setup`` through Beam's
 FileSystems, so a gs:// index serves a Dataflow job.  Samples are batched so one batch meets the
@@ -73,10 +75,9 @@ class Decontaminate(beam.PTransform):
         super().__init__()
         if not cfg.index:
             raise ValueError("decontamination.index is not set")
-        # Read the footer now: a missing index or one of another CLIP model fails the build before
-        # it starts, not in every worker.
+        # Read the footer now: a missing index, one of another hash version or of another CLIP
+        # model fails the build before it starts, not in every worker.
         header = read_header(cfg.index)
-        header.check_phash()
         self.use_embeddings = bool(
             clip_cfg is not None and clip_cfg.enabled and cfg.min_cosine is not None and header.has_embeddings
         )

@@ -9,16 +9,28 @@ caption (pipeline/safety/decontaminate.py).
 The file holds two kinds of rows:
 
     kind="image"    eval_set, item (path relative to the eval folder), phash (16 hex digits),
-                    embedding (list<float32>, null when no CLIP model was asked for)
+                    variant ("" for the picture itself, else the copy it stands for:
+                    "mirrored", "crop92%", "rotated-4deg", ...; ``perceptual.INDEX_VARIANTS``),
+                    embedding (list<float32> on the picture's own row, null when no CLIP model
+                    was asked for)
     kind="caption"  eval_set, item (the image the caption describes, or "line N"), caption
                     (normalised with ``filters.text.match_key``)
 
 Its schema metadata records the format version, the version of the perceptual hash
-(``perceptual.VERSION``; an index without one holds version 1 hashes) and, when there are
-embeddings, the CLIP model and weights they were made with and their dimension: embeddings of
-different models do not compare, and the build refuses such an index instead of silently matching
-nothing.  Hashes of another version still compare, a bit or two apart, so an index of another hash
-version is used with a warning that says to rebuild it.
+(``perceptual.VERSION``; an index without one holds version 1 hashes), the version of the set of
+copy variants (``perceptual.VARIANTS_VERSION``; format 1 had none) and, when there are embeddings,
+the CLIP model and weights they were made with and their dimension: embeddings of different models
+do not compare, and the build refuses such an index instead of silently matching nothing.  An
+index of another hash or variant version is refused too, with a one-line message that says to
+rebuild it: it would miss the mirrored, cropped and rotated copies the current one catches, or
+match the build's hashes a bit or two off.
+
+Each picture is stored with the pHashes of its variants (``perceptual.index_hashes``: mirrored,
+cropped, rotated with the corners cut, each also mirrored), so a web copy that was cropped or
+mirrored lands within ``decontamination.phash_distance`` of one of them while the build hashes
+each training image once.  The search over the variants is multi-index hashing
+(``dedup/hamming_index.py``): candidates share a band value within the band's radius, and are
+confirmed by the true distance.
 
 Eval images are hashed and embedded the way the build treats a training image (the image stage's
 decode and ``perceptual.phash``; with a recipe, its resize and encode before CLIP), so the same
@@ -41,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from ..dedup.hamming_index import SortedBand, band_plan, nearest_within
 from ..filters.text import match_key
 from ..images import perceptual
 from ..output.atomic import atomic_write, same_path
@@ -48,7 +61,7 @@ from ..recipe import ClipConfig, ImageConfig, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a "variant" column, several hashes per picture
 METADATA_KEY = b"flamingo_corpus.eval_index"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 CAPTION_EXTENSIONS = (".json", ".jsonl", ".txt")
@@ -60,10 +73,16 @@ SCHEMA = pa.schema(
         ("eval_set", pa.string()),
         ("item", pa.string()),
         ("phash", pa.string()),
+        ("variant", pa.string()),
         ("embedding", pa.list_(pa.float32())),
         ("caption", pa.string()),
     ]
 )
+
+# A variant must be this many bits closer than ``decontamination.phash_distance`` to count: the
+# index holds ~40 hashes a picture, so an unrelated hash is that many times likelier to land near
+# one; a bit less takes back about 7x of it (C(64, <=6) / C(64, <=5)).  docs/dedup-and-safety.md.
+VARIANT_MARGIN = 1
 
 # Cells (training samples x eval images) compared at once: bounds the memory of one comparison
 # (uint64 XOR or float32 product) to some tens of MB whatever the size of the eval index.
@@ -106,6 +125,7 @@ class IndexHeader:
     clip_weights: Optional[str] = None
     embedding_dim: Optional[int] = None
     phash_version: int = 1  # indexes written before the version was recorded hold version 1 hashes
+    variants_version: int = 0  # format 1 stored the picture's own hash only
     num_rows: int = 0
 
     @property
@@ -125,23 +145,20 @@ class IndexHeader:
                 f"decontamination.min_cosine to null to match by perceptual hash and caption only"
             )
 
-    def check_phash(self) -> None:
-        """Warn when the index's perceptual hashes are of another version than the build's."""
-        if self.phash_version != perceptual.VERSION:
-            log.warning(
-                "eval index %s holds perceptual hashes of version %d, this build makes version %d: "
-                "they differ by a bit or two, so images near decontamination.phash_distance may "
-                "match one way or the other. Rebuild the index with `flamingo-corpus index-eval` "
-                "for hashes that agree",
-                self.path,
-                self.phash_version,
-                perceptual.VERSION,
+    def check_hashing(self) -> None:
+        """Raise EvalIndexError when the index's hashes are not what this build compares with."""
+        if (self.phash_version, self.variants_version) != (perceptual.VERSION, perceptual.VARIANTS_VERSION):
+            raise EvalIndexError(
+                f"eval index {self.path} holds pHash version {self.phash_version} with copy variants version "
+                f"{self.variants_version}; this flamingo-corpus compares pHash version {perceptual.VERSION} "
+                f"with variants version {perceptual.VARIANTS_VERSION} (mirrored, cropped and rotated copies): "
+                f"rebuild it with `flamingo-corpus index-eval` (CHANGELOG.md)"
             )
 
 
 def _header_from_schema(path: str, schema: pa.Schema, num_rows: int) -> IndexHeader:
     raw = (schema.metadata or {}).get(METADATA_KEY)
-    if raw is None or set(SCHEMA.names) - set(schema.names):
+    if raw is None or set(SCHEMA.names) - set(schema.names) - {"variant"}:  # format 1 had no variant
         raise EvalIndexError(f"{path} is not an eval index (made by `flamingo-corpus index-eval`)")
     meta = json.loads(raw)
     if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -150,7 +167,9 @@ def _header_from_schema(path: str, schema: pa.Schema, num_rows: int) -> IndexHea
             f"flamingo-corpus reads ({FORMAT_VERSION}); upgrade flamingo-corpus"
         )
     fields = {f.name for f in dataclasses.fields(IndexHeader)} - {"path", "num_rows"}
-    return IndexHeader(path=path, num_rows=num_rows, **{k: v for k, v in meta.items() if k in fields})
+    header = IndexHeader(path=path, num_rows=num_rows, **{k: v for k, v in meta.items() if k in fields})
+    header.check_hashing()
+    return header
 
 
 def read_header(path: str) -> IndexHeader:
@@ -168,7 +187,8 @@ def read_header(path: str) -> IndexHeader:
 def write_index(
     path: str, images: Sequence[dict], captions: Sequence[dict], clip: Optional[Dict[str, str]] = None
 ) -> int:
-    """Write the index: ``images`` as dicts eval_set, item, phash, embedding (array or None);
+    """Write the index: ``images`` as dicts eval_set, item, phash, variant ("" or absent for the
+    picture itself), embedding (array or None);
     ``captions`` as dicts eval_set, item, caption (raw: normalised here; empty keys left out).
     Rows are sorted, so the same inputs give the same file and "first" means the same everywhere.
     Returns the number of rows."""
@@ -181,20 +201,22 @@ def write_index(
             "eval_set": im["eval_set"],
             "item": im["item"],
             "phash": im["phash"],
+            "variant": im.get("variant") or "",
             "embedding": None if im.get("embedding") is None else np.asarray(im["embedding"], np.float32),
             "caption": None,
         }
-        for im in sorted(images, key=lambda r: (r["eval_set"], r["item"]))
+        for im in sorted(images, key=_row_order)
     ]
     keyed = {(c["eval_set"], c["item"], match_key(c["caption"])) for c in captions}
     rows += [
-        {"kind": CAPTION, "eval_set": s, "item": i, "phash": None, "embedding": None, "caption": k}
+        {"kind": CAPTION, "eval_set": s, "item": i, "phash": None, "variant": None, "embedding": None, "caption": k}
         for s, i, k in sorted(keyed)
         if k
     ]
     meta = {
         "format_version": FORMAT_VERSION,
         "phash_version": perceptual.VERSION,
+        "variants_version": perceptual.VARIANTS_VERSION,
         "embedding_dim": dims.pop() if dims else None,
     }
     if meta["embedding_dim"]:
@@ -208,13 +230,22 @@ def write_index(
     return len(rows)
 
 
+_VARIANT_RANK = {v.name: i for i, v in enumerate(perceptual.INDEX_VARIANTS)}
+
+
+def _row_order(row: dict) -> tuple:
+    """Image rows by eval set, item, then variant in ``INDEX_VARIANTS`` order (the picture first)."""
+    variant = row.get("variant") or ""
+    return row["eval_set"], row["item"], _VARIANT_RANK.get(variant, len(_VARIANT_RANK)), variant
+
+
 @dataclass(frozen=True)
 class Match:
     """The eval item a training sample matched, and the evidence."""
 
     eval_set: str
     item: str
-    evidence: str  # "phash_distance=2", "cosine=0.9731" or "caption"
+    evidence: str  # "phash_distance=2", "mirrored phash_distance=3", "cosine=0.9731" or "caption"
 
     @property
     def detail(self) -> str:
@@ -224,13 +255,15 @@ class Match:
 
 @dataclass
 class EvalIndex:
-    """The index in memory, ready to match batches of training samples.  Image rows are in
-    (eval_set, item) order, so the first of equally close eval images is the same on every run."""
+    """The index in memory, ready to match batches of training samples.  Image rows (one per
+    picture and variant) are in (eval_set, item, variant) order, so the first of equally close
+    eval images is the same on every run."""
 
     header: IndexHeader
     sets: List[str]  # per image row
     items: List[str]
     phashes: np.ndarray  # uint64, per image row
+    variants: List[str] = field(default_factory=list)  # per image row: "" for the picture itself
     embeddings: Optional[np.ndarray] = None  # float32 (rows with an embedding, dim)
     embedding_rows: Optional[np.ndarray] = None  # image row of each embedding row
     captions: Dict[str, Tuple[str, str]] = field(default_factory=dict)  # match key -> (eval_set, item)
@@ -238,6 +271,19 @@ class EvalIndex:
     @property
     def num_images(self) -> int:
         return len(self.items)
+
+    def variant(self, row: int) -> str:
+        return self.variants[row] if self.variants else ""
+
+    def _tables(self, distance: int):
+        """The band plan for ``distance`` and one sorted band table per band (built once)."""
+        cache = self.__dict__.setdefault("_band_tables", {})
+        if distance not in cache:
+            plan = band_plan(distance)
+            cache[distance] = (plan, [SortedBand(self.phashes, band) for band in plan])
+        if "_penalty" not in self.__dict__:
+            self.__dict__["_penalty"] = np.array([VARIANT_MARGIN if v else 0 for v in self.variants], dtype=np.int64)
+        return cache[distance]
 
     def match(
         self,
@@ -273,13 +319,17 @@ class EvalIndex:
         if not rows or not self.num_images:
             return [], []
         query = np.array([int(phashes[i], 16) for i in rows], dtype=np.uint64)
-        # Hamming distance of every pair at once: XOR, then the popcount numpy does natively.
-        best, dist = _nearest(
-            len(query), self.num_images, lambda a, b: np.bitwise_count(query[:, None] ^ self.phashes[None, a:b])
-        )
-        hits = np.flatnonzero(dist <= distance)
+        plan, tables = self._tables(distance)
+        penalty = self.__dict__["_penalty"] if len(self.variants) == self.num_images else None
+        best, dist = nearest_within(query, plan, tables, distance, penalty)
+        hits = np.flatnonzero(dist <= distance)  # a variant's true distance is VARIANT_MARGIN less
         return [rows[k] for k in hits], [
-            Match(self.sets[best[k]], self.items[best[k]], f"phash_distance={int(dist[k])}") for k in hits
+            Match(
+                self.sets[best[k]],
+                self.items[best[k]],
+                f"{self.variant(best[k])} phash_distance={int(dist[k])}".lstrip(),
+            )
+            for k in hits
         ]
 
     def _by_embedding(self, embeddings, min_cosine):
@@ -326,6 +376,14 @@ def _nearest(n_query: int, n_eval: int, cost: Callable[[int, int], np.ndarray]) 
     return best_j, best_c
 
 
+def _shared_strings(column: pa.ChunkedArray) -> List[Optional[str]]:
+    """The column as a list whose equal strings are one object: an item name repeats once per
+    variant (~44 times), and a COCO-sized index has millions of rows."""
+    encoded = column.combine_chunks().dictionary_encode()
+    names = encoded.dictionary.to_pylist()
+    return [None if i is None else names[i] for i in encoded.indices.to_pylist()]
+
+
 def load_index(path: str) -> EvalIndex:
     """Read the whole index (small lookup data) from any Beam filesystem (local, gs://, s3://)."""
     try:
@@ -340,10 +398,12 @@ def load_index(path: str) -> EvalIndex:
     kinds = table.column("kind").to_pylist()
     images = table.filter(pa.array([k == IMAGE for k in kinds]))
     caps = table.filter(pa.array([k == CAPTION for k in kinds]))
-    sets, items = images.column("eval_set").to_pylist(), images.column("item").to_pylist()
-    order = sorted(range(len(items)), key=lambda i: (sets[i], items[i]))
+    sets, items, variants = (_shared_strings(images.column(c)) for c in ("eval_set", "item", "variant"))
+    keys = [_row_order({"eval_set": s, "item": i, "variant": v}) for s, i, v in zip(sets, items, variants)]
+    order = sorted(range(len(items)), key=keys.__getitem__)
     images = images.take(pa.array(order, pa.int64()))
-    sets, items = images.column("eval_set").to_pylist(), images.column("item").to_pylist()
+    sets, items, variants = (_shared_strings(images.column(c)) for c in ("eval_set", "item", "variant"))
+    variants = [v or "" for v in variants]
     phashes = np.array([int(h, 16) for h in images.column("phash").to_pylist()], dtype=np.uint64)
     embeddings = embedding_rows = None
     if header.has_embeddings:
@@ -357,7 +417,7 @@ def load_index(path: str) -> EvalIndex:
         zip(caps.column("eval_set").to_pylist(), caps.column("item").to_pylist(), caps.column("caption").to_pylist())
     ):
         captions.setdefault(c, (s, i))
-    return EvalIndex(header, sets, items, phashes, embeddings, embedding_rows, captions)
+    return EvalIndex(header, sets, items, phashes, variants, embeddings, embedding_rows, captions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,12 +542,18 @@ def _relaxed(cfg: ImageConfig) -> ImageConfig:
     return dataclasses.replace(cfg, min_side=0, max_aspect_ratio=None, min_encoded_bytes=0)
 
 
-def prepare_image(path: str, cfg: ImageConfig) -> Tuple[str, bytes]:
-    """(phash, the bytes the build would embed) of one eval image, through the image stage."""
-    from ..images.process import process_image
+def prepare_image(path: str, cfg: ImageConfig) -> Tuple[List[Tuple[str, str]], bytes]:
+    """((variant, phash) of the picture and its copy variants, the bytes the build would embed) of
+    one eval image, through the image stage: the picture's own hash is the one a training image
+    with these bytes gets (``perceptual.index_hashes``)."""
+    from ..images.process import decode, process_image
 
-    p = process_image(_read_bytes(path), _relaxed(cfg))
-    return p.phash, p.data
+    data = _read_bytes(path)
+    relaxed = _relaxed(cfg)
+    processed = process_image(data, relaxed)
+    hashes = perceptual.index_hashes(decode(data, relaxed)[0])
+    assert hashes[0] == ("", processed.phash)
+    return hashes, processed.data
 
 
 def _try_prepare(path: str, cfg: ImageConfig):
@@ -500,6 +566,7 @@ def _try_prepare(path: str, cfg: ImageConfig):
 @dataclass
 class SetSummary:
     images: int = 0
+    hashes: int = 0  # the pictures' own and their variants' (duplicates left out)
     unreadable: int = 0
     captions: int = 0
 
@@ -515,7 +582,10 @@ class IndexSummary:
     def __str__(self) -> str:
         lines = [f"eval index {self.output}: {self.rows:,} rows"]
         for name, s in sorted(self.sets.items()):
-            lines.append(f"  {name:<24}{s.images:>9,} images{s.unreadable:>7,} unreadable{s.captions:>9,} captions")
+            lines.append(
+                f"  {name:<24}{s.images:>9,} images{s.hashes:>10,} hashes{s.unreadable:>7,} unreadable"
+                f"{s.captions:>9,} captions"
+            )
         lines.append(
             f"  embeddings: CLIP {self.clip['clip_model']} ({self.clip['clip_pretrained']}), {self.embedding_dim} dims"
             if self.clip
@@ -587,14 +657,22 @@ def build_index(
                             good.append((item, *r))
                     emb = model.embed_encoded([data for _, _, data in good]) if model and good else [None] * len(good)
                     images += [
-                        {"eval_set": name, "item": item, "phash": ph, "embedding": e}
-                        for (item, ph, _), e in zip(good, emb)
+                        {
+                            "eval_set": name,
+                            "item": item,
+                            "variant": variant,
+                            "phash": ph,
+                            "embedding": e if not variant else None,
+                        }
+                        for (item, hashes, _), e in zip(good, emb)
+                        for variant, ph in hashes
                     ]
                     summary.images += len(good)
+                    summary.hashes += sum(len(hashes) for _, hashes, _ in good)
                     bar.update(len(chunk))
     clip = clip_identity(recipe.clip) if use_clip and images else None
     rows = write_index(output, images, captions, clip)
-    dim = len(images[0]["embedding"]) if clip else None
+    dim = next(len(im["embedding"]) for im in images if im["embedding"] is not None) if clip else None
     return IndexSummary(output, sets, rows, clip, dim)
 
 

@@ -155,8 +155,8 @@ def test_index_round_trip(tmp_path):
     ]  # nothing left to compare: left out
     assert write_index(path, images, captions, FAKE_CLIP) == 3
     header = read_header(path)
-    assert (header.format_version, header.embedding_dim) == (1, 4)
-    assert header.phash_version == perceptual.VERSION
+    assert (header.format_version, header.embedding_dim) == (2, 4)
+    assert (header.phash_version, header.variants_version) == (perceptual.VERSION, perceptual.VARIANTS_VERSION)
     assert (header.clip_model, header.clip_weights) == ("ViT-B-32", "openai")
     table = pq.read_table(path)
     assert table.column("kind").to_pylist() == ["image", "image", "caption"]
@@ -319,24 +319,39 @@ def test_an_index_of_another_clip_model_is_refused_when_the_pipeline_is_built(in
     assert clip_identity(tiny) == {**by_tag, "clip_pretrained": str(tiny_clip_checkpoint)}
 
 
-def test_an_index_of_another_phash_version_is_used_with_a_warning(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize(
+    "meta_change, found",
+    [
+        ({"phash_version": None}, "holds pHash version 1 "),  # before the version was recorded
+        ({"variants_version": None, "format_version": 1}, "copy variants version 0"),  # format 1: no variants
+        ({"variants_version": 99}, "copy variants version 99"),
+    ],
+)
+def test_an_index_of_another_hashing_version_is_refused_in_one_line(tmp_path, meta_change, found):
+    """An index whose hashes or copy variants are not the build's is refused, before the build
+    starts, with one line (a UserError: the CLI prints it and exits 2) that says to rebuild it."""
+    from flamingo_corpus.errors import UserError
+
     images = [{"eval_set": "coco", "item": "a.jpg", "phash": "0123456789abcdef", "embedding": None}]
     current, old = str(tmp_path / "current.index"), str(tmp_path / "old.index")
     write_index(current, images, [])
-    # An index written before the hash version was recorded: its footer has no phash_version.
     table = pq.read_table(current)
     meta = json.loads(table.schema.metadata[METADATA_KEY])
-    del meta["phash_version"]
+    for key, value in meta_change.items():
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value
+    if meta.get("format_version") == 1:
+        table = table.drop_columns(["variant"])
     pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), old)
-    assert read_header(old).phash_version == 1 and read_header(current).phash_version == perceptual.VERSION == 2
-    with caplog.at_level("WARNING", logger="flamingo_corpus.safety.eval_index"):
-        Decontaminate(DecontaminationConfig(index=current, min_cosine=None))
-        assert not caplog.records
-        Decontaminate(DecontaminationConfig(index=old, min_cosine=None))
-    [record] = caplog.records
-    assert "version 1" in record.getMessage() and "version 2" in record.getMessage()
-    assert "flamingo-corpus index-eval" in record.getMessage()
-    assert load_index(old).phashes.tolist() == [0x0123456789ABCDEF]  # still used
+    Decontaminate(DecontaminationConfig(index=current, min_cosine=None))
+    for attempt in (read_header, load_index, lambda p: Decontaminate(DecontaminationConfig(index=p, min_cosine=None))):
+        with pytest.raises(EvalIndexError) as e:
+            attempt(old)
+        message = str(e.value)
+        assert isinstance(e.value, UserError) and "\n" not in message
+        assert found in message and "flamingo-corpus index-eval" in message and old in message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,10 +379,12 @@ def test_index_eval_command(tmp_path, capsys):
     std = capsys.readouterr()
     assert "broken.jpg" in std.err and "vw" in std.out and "1 unreadable" in std.out
     index = load_index(str(out))
-    assert index.items == sorted(pictures, key=str) and set(index.sets) == {"vw"}
+    own = [n for n, v in enumerate(index.variants) if not v]  # the pictures' own rows, then variants
+    assert [index.items[n] for n in own] == sorted(pictures, key=str) and set(index.sets) == {"vw"}
+    assert len(index.items) > 10 * len(own) and "mirrored" in index.variants
     assert index.embeddings is None
     # Lossless copies hash exactly as the image stage hashes the picture.
-    hashes = dict(zip(index.items, (f"{int(h):016x}" for h in index.phashes)))
+    hashes = {index.items[n]: f"{int(index.phashes[n]):016x}" for n in own}
     assert hashes["val/deep/b.png"] == perceptual.phash(smooth_photo(2))
     assert index.captions == {"a picture": ("vw", "line 1"), "another picture": ("vw", "line 2")}
 
@@ -508,4 +525,96 @@ def test_chunked_search_gives_the_same_matches(index, monkeypatch):
         "vqa:c.jpg phash_distance=1",
         "vqa:d.jpg phash_distance=0",
         "vqa:c.jpg cosine=1.0000",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Copies that are not the same picture (issue 21): real photographs, through index-eval's code
+
+
+def _photo(name: str, box) -> Image.Image:
+    data = pytest.importorskip("skimage.data")
+    return Image.fromarray(getattr(data, name)()).convert("RGB").crop(box)
+
+
+EVAL_PHOTOS = {  # eval item -> (photograph, crop box)
+    "astronaut.png": ("astronaut", (100, 40, 420, 280)),
+    "coffee.png": ("coffee", (80, 60, 480, 360)),
+    "chelsea.png": ("chelsea", (40, 20, 440, 290)),
+    "rocket.png": ("rocket", (100, 50, 500, 350)),
+}
+COPIES = {  # the web copy -> (eval item, edit, the variant the drop must name)
+    "mirrored": ("astronaut.png", lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "mirrored"),
+    "cropped": ("coffee.png", lambda im: perceptual.crop_fraction(im, (0.05,) * 4), "crop"),  # 90% a side
+    "rotated": ("chelsea.png", lambda im: perceptual.rotate_inside(im, 5), "rotated"),
+    "framed": ("rocket.png", lambda im: ImageOps.expand(im, border=16, fill="white"), ""),
+}
+UNRELATED = {
+    "camera": ("camera", (0, 0, 300, 250)),
+    "hubble": ("hubble_deep_field", (0, 0, 400, 300)),
+    "cells": ("immunohistochemistry", (0, 0, 300, 300)),
+    "coins": ("coins", (0, 0, 300, 200)),
+}
+
+
+def _web_sample(n: int, name: str, img: Image.Image) -> Sample:
+    from flamingo_corpus.images.process import process_image
+    from flamingo_corpus.recipe import ImageConfig
+
+    p = process_image(jpeg_bytes(img), ImageConfig())
+    return Sample(id=f"r:{n}", source_index=0, row=n, url=f"http://x/{name}.jpg", caption=name, phash=p.phash)
+
+
+def test_mirrored_cropped_rotated_and_framed_copies_are_dropped_naming_the_variant(tmp_path):
+    eval_dir = tmp_path / "coco"
+    eval_dir.mkdir()
+    pictures = {item: _photo(*spec) for item, spec in EVAL_PHOTOS.items()}
+    for item, img in pictures.items():
+        img.save(eval_dir / item)
+    index = str(tmp_path / "eval.index")
+    assert cli.main(["index-eval", str(eval_dir), "--output", index, "--no-clip"]) == 0
+    samples = [_web_sample(n, name, edit(pictures[item])) for n, (name, (item, edit, _)) in enumerate(COPIES.items())]
+    samples += [_web_sample(10 + n, name, _photo(*spec)) for n, (name, spec) in enumerate(UNRELATED.items())]
+    cfg = DecontaminationConfig(index=index, phash_distance=6, min_cosine=None, captions=False)
+
+    def build(p):
+        kept, dropped = p | beam.Create(samples) | Decontaminate(cfg, ClipConfig(enabled=False))
+        return {"kept": kept, "dropped": dropped}
+
+    out = run_collect(build)
+    drops = {r.url.rsplit("/", 1)[1][:-4]: r.detail for r in out["dropped"]}
+    assert sorted(drops) == sorted(COPIES)  # every copy, and none of the unrelated photographs
+    assert sorted(s.caption for s in out["kept"]) == sorted(UNRELATED)
+    for name, (item, _, variant) in COPIES.items():
+        ref, *evidence = drops[name].split(" ")
+        assert ref == f"coco:{item}", drops[name]
+        assert evidence[-1].startswith("phash_distance=") and int(evidence[-1].split("=")[1]) <= 6
+        assert " ".join(evidence[:-1]).startswith(variant) if variant else evidence == evidence[-1:], drops[name]
+
+
+def test_a_variant_must_be_closer_than_the_picture_itself(tmp_path):
+    """A variant row counts within phash_distance - VARIANT_MARGIN; the picture's own within
+    phash_distance.  At equal distance the picture's own row is named."""
+    from flamingo_corpus.safety.eval_index import VARIANT_MARGIN
+
+    base = "0123456789abcdef"
+    images = [
+        {"eval_set": "coco", "item": "a.jpg", "phash": base, "embedding": None},
+        {"eval_set": "coco", "item": "a.jpg", "variant": "mirrored", "phash": flip_bits(base, range(40, 50))},
+        {"eval_set": "coco", "item": "b.jpg", "variant": "mirrored", "phash": flip_bits(base, range(1))},
+    ]
+    path = str(tmp_path / "eval.index")
+    write_index(path, images, [])
+    idx = load_index(path)
+    variant = flip_bits(base, range(40, 50))
+    queries = [
+        flip_bits(variant, range(4)),  # 4 from a's variant: counts as 5
+        flip_bits(variant, range(6)),  # 6 from a's variant: counts as 7, too far
+        flip_bits(base, range(1, 7)),  # 6 from a itself: the picture's own row counts at phash_distance
+    ]
+    assert VARIANT_MARGIN == 1
+    assert [m and m.detail for m in idx.match(queries, phash_distance=6)] == [
+        "coco:a.jpg mirrored phash_distance=4",
+        None,
+        "coco:a.jpg phash_distance=6",
     ]

@@ -24,6 +24,7 @@ from flamingo_corpus.dedup.hamming_index import (
     multi_index_edges,
     near_duplicate_groups,
     to_uint64,
+    variant_groups,
 )
 from flamingo_corpus.dedup.near import DedupNearImages, DropFrequentImages, _bucket_edges, _index_entries
 from flamingo_corpus.images import perceptual
@@ -356,3 +357,59 @@ def test_drop_frequent_images_counts_distinct_documents():
     assert sorted(d.id for d in out["dropped"]) == sorted(s.id for s in samples if s.phash == logo)
     assert {d.reason for d in out["dropped"]} == {"frequent_image"}
     assert sorted(s.id for s in out["kept"]) == sorted(s.id for s in samples if s.phash != logo)
+
+
+# --- copies that are not the same picture (issue 21) -------------------------------------------
+
+
+def test_mirrored_cropped_rotated_and_framed_copies_are_grouped_with_their_original():
+    """Real photographs: the pHash alone is 20-30 bits from a mirrored, cropped or rotated copy;
+    the variants each image carries (perceptual.phash_and_variants) bring them within k=5 of the
+    original, and unrelated photographs stay apart."""
+    data = pytest.importorskip("skimage.data")
+
+    def photo(name, box):
+        return Image.fromarray(getattr(data, name)()).convert("RGB").crop(box)
+
+    def web(img):
+        return _jpeg(img, 90).convert("RGB")
+
+    originals = {
+        "astronaut": photo("astronaut", (100, 40, 420, 280)),
+        "coffee": photo("coffee", (80, 60, 480, 360)),
+        "chelsea": photo("chelsea", (40, 20, 440, 290)),
+        "rocket": photo("rocket", (100, 50, 500, 350)),
+    }
+    copies = {
+        "mirrored": web(originals["astronaut"].transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+        "cropped": web(perceptual.crop_fraction(originals["coffee"], (0.05,) * 4)),
+        "rotated": web(perceptual.rotate_inside(originals["chelsea"], 5)),
+        "framed": web(ImageOps.expand(originals["rocket"], border=16, fill="white")),
+    }
+    unrelated = {
+        "camera": photo("camera", (0, 0, 300, 250)),
+        "hubble": photo("hubble_deep_field", (0, 0, 400, 300)),
+        "cells": photo("immunohistochemistry", (0, 0, 300, 300)),
+        "coins": photo("coins", (0, 0, 300, 200)),
+    }
+    pictures = {**{n: web(im) for n, im in originals.items()}, **copies, **{n: web(im) for n, im in unrelated.items()}}
+    hashed = {n: perceptual.phash_and_variants(im) for n, im in pictures.items()}
+    hashes = {n: h for n, (h, _) in hashed.items()}
+    variants = {n: v for n, (_, v) in hashed.items()}
+    for name, original in (("mirrored", "astronaut"), ("cropped", "coffee"), ("rotated", "chelsea")):
+        assert hamming(hashes[name], hashes[original]) > 10  # the pHash alone misses them
+    assert near_duplicate_groups(hashes, 5) == [{"framed", "rocket"}]
+    groups = sorted(sorted(g) for g in variant_groups(hashes, variants, 5))
+    assert groups == [["astronaut", "mirrored"], ["chelsea", "rotated"], ["coffee", "cropped"], ["framed", "rocket"]]
+
+
+def test_build_variants_are_cheap_and_match_the_transformed_pictures():
+    """phash_and_variants: the first hash is phash's, bit for bit; the mirrored variant is the
+    mirrored picture's pHash (the DCT's odd horizontal frequencies change sign)."""
+    for seed in range(6):
+        img = _noisy(SCENES[seed], seed)
+        own, variants = perceptual.phash_and_variants(img)
+        assert own == perceptual.phash(img) and own not in variants
+        assert len(variants) == len(set(variants)) <= 1 + 2 * len(perceptual.BUILD_GEOMETRY)
+        mirrored = perceptual.phash(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+        assert min(hamming(mirrored, v) for v in variants) <= 2
