@@ -393,7 +393,7 @@ def main() -> None:
     datas = [x.data for x in list(web.values())[:400]]
     decoded = [Image.open(io.BytesIO(d)).convert("RGB") for d in datas]
 
-    def per_image(fn, inputs, repeat=3) -> float:
+    def per_image(fn, inputs, repeat=5) -> float:
         best = math.inf
         for _ in range(repeat):
             t = time.perf_counter()
