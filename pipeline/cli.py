@@ -71,7 +71,10 @@ def _cmd_sample(args, beam_args: List[str]) -> int:
 def _cmd_verify(args, beam_args: List[str]) -> int:
     from .output.verify import verify
 
-    report = verify(args.output_dir)
+    report = verify(args.output_dir)  # never raises: a damaged output is a report of problems
+    if not report.found:
+        print(f"flamingo-corpus: {report.problems[0]}", file=sys.stderr)
+        return 2
     print(report)
     return 0 if report.ok else 1
 
@@ -240,8 +243,13 @@ def parser() -> argparse.ArgumentParser:
         sub,
         "verify",
         help="check a build's output against its manifest and the tar contract",
-        description="Every shard opens, matches its manifest size and sha256, follows the member "
-        "naming contract; counts agree with sizes.json and the index. Exit 1 otherwise.",
+        description="Check DIR against its manifest and the output contract (docs/output.md, "
+        "'What verify checks'): every shard opens to its end, matches its manifest size and "
+        "sha256 and holds only the members the contract allows; manifest.json, sizes.json and "
+        "the index are well formed and agree; every input id is in the index exactly once and "
+        "every kept row's key is in the shard it names; nothing outside DIR (symbolic links) is "
+        "read. Prints OK or every problem found. Exit status 0 when every check passes, 1 when "
+        "a problem is found (a damaged file is a problem, never a crash), 2 when DIR does not exist.",
     )
     v.add_argument("output_dir", metavar="DIR", help="a build's output directory (local or gs://, s3://, ...)")
     v.set_defaults(func=_cmd_verify)
