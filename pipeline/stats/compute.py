@@ -29,7 +29,7 @@ import random
 import tarfile
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -37,9 +37,11 @@ import pyarrow.acero as ac
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from ..output.index import INDEX_DIR
+from ..output.index import INDEX_DIR, INDEX_SCHEMA
 from ..output.manifest import MANIFEST, UNITS, unit_totals
+from ..output.verify import SHARD_NAME, unsafe_path
 
 # The order the stages drop rows in (pipeline/laion/pipeline.py, pipeline/mmc4.pipeline.py), for the
 # funnel.  ``safety`` runs at several points (URL, download, image, NSFW); it is listed at its
@@ -65,12 +67,31 @@ NO_HOST = "(no host)"
 _URL_WITH_HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]/?#]*\]|[^/:?#\[]+)"
 _HOST = _URL_WITH_HOST + r".*$"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+# The index columns statistics read: a build's index files must all have them, of INDEX_SCHEMA's types.
+INDEX_COLUMNS = (
+    "kind",
+    "stage",
+    "status",
+    "reason",
+    "source_index",
+    "row",
+    "url",
+    "caption",
+    "language",
+    "original_width",
+    "original_height",
+    "bytes",
+    "similarity",
+    "duplicate_of",
+)
 
 f = pc.field
 
 
 class StatsError(RuntimeError):
-    """The directory is not a finished build (no readable manifest.json or index)."""
+    """The directory is not a finished build, or a damaged one: no such directory, manifest.json
+    missing, not JSON or of the wrong shape, an index file that is not parquet or lacks columns,
+    a shard that is not a tar, a file that is a link leading outside the build."""
 
 
 def filesystem(path: str) -> Tuple[pafs.FileSystem, str]:
@@ -97,15 +118,22 @@ class Build:
     def __init__(self, path: str):
         self.path = str(path)
         self.fs, self.root = filesystem(self.path)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        if self.local and self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
+            raise StatsError(f"{self.path}: no such directory")
+        self._refuse_outside(MANIFEST)
         try:
             with self.fs.open_input_stream(posixpath.join(self.root, MANIFEST)) as fh:
-                self.manifest = json.loads(fh.read())
+                manifest = json.loads(fh.read())
         except (OSError, ValueError) as e:
             raise StatsError(f"{self.path}: no readable {MANIFEST}, is this a finished build? ({e})") from e
+        self.manifest = checked_manifest(self.path, manifest)
+        self._refuse_outside(INDEX_DIR)
         try:
             self.index = ds.dataset(posixpath.join(self.root, INDEX_DIR), format="parquet", filesystem=self.fs)
-        except (OSError, pa.ArrowInvalid) as e:
+        except (OSError, pa.ArrowException) as e:
             raise StatsError(f"{self.path}: no readable {INDEX_DIR}/ ({e})") from e
+        self._check_index_files()
         self.unit = self.manifest.get("unit", "rows")
         self.kind = {u: k for k, u in UNITS.items()}.get(self.unit, "row")
         self.item_kind = "image" if self.kind == "document" else "row"
@@ -130,7 +158,7 @@ class Build:
         columns: Sequence[str],
         project: Dict[str, pc.Expression],
         keys: Sequence[str],
-        aggregates: Sequence[Tuple[str, str]] = ((None, "count_all"),),
+        aggregates: Sequence[Tuple[Optional[str], str]] = ((None, "count_all"),),
         where: Optional[pc.Expression] = None,
         then: Sequence[ac.Declaration] = (),
     ) -> pa.Table:
@@ -167,7 +195,80 @@ class Build:
         return [k for k in UNITS if k in present]
 
     def open_shard(self, name: str):
+        self._refuse_outside(name)
         return self.fs.open_input_stream(posixpath.join(self.root, name))
+
+    def _refuse_outside(self, rel: str) -> None:
+        """A StatsError when ``rel`` is a symbolic link or leads outside the build's folder
+        (local builds): nothing outside the output is read."""
+        why = unsafe_path(self.root, rel) if self.local else None
+        if why:
+            raise StatsError(f"{self.path}: {rel}: {why}")
+
+    def _check_index_files(self) -> None:
+        """Every index file is a parquet file inside the build with the columns statistics read,
+        of the contract's types (a StatsError otherwise), so that no figure fails half-way."""
+        files = self.index.files
+        if not files:
+            raise StatsError(f"{self.path}: {INDEX_DIR}/ holds no parquet files, is this a finished build?")
+        for path in files:
+            rel = posixpath.relpath(path, self.root) if self.local else path
+            self._refuse_outside(rel)
+            try:
+                with self.fs.open_input_file(path) as fh:
+                    schema = pq.ParquetFile(fh).schema_arrow
+            except (OSError, pa.ArrowException) as e:
+                raise StatsError(f"{self.path}: {rel} is not a readable parquet file ({e})") from e
+            for name in INDEX_COLUMNS:
+                want = INDEX_SCHEMA.field(name).type
+                i = schema.get_field_index(name)
+                if i < 0:
+                    raise StatsError(f"{self.path}: {rel} has no column {name!r}, is this a flamingo-corpus index?")
+                if not schema.field(i).type.equals(want):
+                    raise StatsError(f"{self.path}: {rel}: column {name!r} is {schema.field(i).type}, not {want}")
+
+
+def _count_or_none(v) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+
+
+def checked_manifest(path: str, manifest) -> dict:
+    """``manifest`` when it has the shape statistics read (a StatsError naming what is wrong
+    otherwise): an object; ``unit`` rows or documents; ``recipe`` an object, its name text and
+    its similarity thresholds numbers; ``shards`` a list of {name: a shard name, count and bytes
+    counts >= 0}.  Fields statistics do not read are not checked (``flamingo-corpus verify``
+    checks them all)."""
+
+    def bad(what: str) -> StatsError:
+        return StatsError(f"{path}: {MANIFEST}: {what}, is this a finished build?")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"a JSON {type(manifest).__name__}, not an object")
+    if manifest.get("unit", "rows") not in UNITS.values():
+        raise bad(f"unit is {manifest.get('unit')!r}, not rows or documents")
+    recipe = manifest.get("recipe")
+    if recipe is not None:
+        if not isinstance(recipe, dict):
+            raise bad("recipe is not an object")
+        if not isinstance(recipe.get("name", ""), (str, type(None))):
+            raise bad("recipe.name is not text")
+        for section, key in (("clip", "min_similarity"), ("mmc4", "min_image_similarity")):
+            part = recipe.get(section)
+            if part is not None and not isinstance(part, dict):
+                raise bad(f"recipe.{section} is not an object")
+            value = (part or {}).get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise bad(f"recipe.{section}.{key} is not a number")
+    shards = manifest.get("shards")
+    if shards is not None:
+        if not isinstance(shards, list):
+            raise bad("shards is not a list")
+        for i, s in enumerate(shards):
+            if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not SHARD_NAME.fullmatch(s["name"]):
+                raise bad(f"shards[{i}] is not an entry with a shard name (000000.tar)")
+            if not _count_or_none(s.get("count")) or not _count_or_none(s.get("bytes")):
+                raise bad(f"shards[{i}] ({s['name']}): count and bytes must be counts >= 0")
+    return manifest
 
 
 def open_build(path) -> Build:
@@ -304,7 +405,7 @@ def _histogram(
     what: str,
     columns: Sequence[str],
     where: pc.Expression,
-    series: Dict[str, Tuple[pc.Expression, Optional[pc.Expression]]] = None,
+    series: Optional[Dict[Optional[str], Tuple[pc.Expression, Optional[pc.Expression]]]] = None,
     *,
     value: Optional[pc.Expression] = None,
     by: Optional[str] = None,
@@ -330,8 +431,7 @@ def _histogram(
             v = pc.log2(v.cast(pa.float64()))
         exprs[label] = (v, where & cond)
     if value_range is None:
-        ranges = [_value_range(b, columns, w, [v]) for v, w in exprs.values()]
-        ranges = [r for r in ranges if r is not None]
+        ranges = [r for v, w in exprs.values() if (r := _value_range(b, columns, w, [v])) is not None]
         if not ranges:
             return Histogram(what, np.array([]), {}, log)
         value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
@@ -342,7 +442,7 @@ def _histogram(
     edges = _edges(lo, hi, bins, integer and not log)
     n_bins = len(edges) - 1
     width = (edges[-1] - edges[0]) / n_bins
-    counts: Dict[str, np.ndarray] = {}
+    counts: Dict[Any, np.ndarray] = {}  # keyed by series label (None: the one unnamed series)
     for label, (v, w) in exprs.items():
         raw = pc.floor(pc.divide(pc.subtract(v.cast(pa.float64()), pa.scalar(float(edges[0]))), pa.scalar(width)))
         clamped = pc.min_element_wise(pc.max_element_wise(raw, pa.scalar(0.0)), pa.scalar(float(n_bins - 1)))
@@ -644,14 +744,18 @@ def _shard_order(b: Build, seed: int) -> List[str]:
 
 
 def _tar_members(b: Build, shard: str) -> Iterator[Tuple[str, str, bytes]]:
-    """(key, extension, bytes) of a shard's members, streamed from its start: a caller that
-    stops early reads only a prefix of the tar."""
-    with b.open_shard(shard) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = posixpath.basename(member.name).partition(".")
-            yield key, ext.lower(), tar.extractfile(member).read()
+    """(key, extension, bytes) of a shard's regular members, streamed from its start: a caller
+    that stops early reads only a prefix of the tar.  A shard that cannot be read is a StatsError."""
+    try:
+        with b.open_shard(shard) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+            for member in tar:
+                f = tar.extractfile(member) if member.isfile() else None
+                if f is None:
+                    continue
+                key, _, ext = posixpath.basename(member.name).partition(".")
+                yield key, ext.lower(), f.read()
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise StatsError(f"{b.path}: {shard} is not a readable tar ({e})") from e
 
 
 def _documents(b: Build, per_shard: int, shard_names: Sequence[str]) -> Iterator[Tuple[str, dict]]:
@@ -664,7 +768,13 @@ def _documents(b: Build, per_shard: int, shard_names: Sequence[str]) -> Iterator
             if ext != "json":
                 continue
             taken += 1
-            yield shard, {**json.loads(data), "key": key}
+            try:
+                doc = json.loads(data)
+            except ValueError as e:
+                raise StatsError(f"{b.path}: {shard}: {key}.json is not JSON ({e})") from e
+            if not isinstance(doc, dict):
+                raise StatsError(f"{b.path}: {shard}: {key}.json is not a JSON object")
+            yield shard, {**doc, "key": key}
 
 
 def document_sample(build, documents: int = 200, per_shard: int = 50, seed: int = 0) -> DocumentSample:
@@ -762,7 +872,8 @@ def sample_items(build, n: int = 12, per_shard: int = 6, seed: int = 0) -> List[
                 break
         return items
     for shard in _shard_order(b, seed):
-        taken, group, key_now = 0, {}, None
+        taken, key_now = 0, None
+        group: Dict[str, bytes] = {}
         for key, ext, data in _tar_members(b, shard):
             if key != key_now:  # webdataset writes a sample's members together
                 taken += _laion_item(items, shard, key_now, group)

@@ -19,6 +19,7 @@ import io
 import math
 import os
 import posixpath
+import tarfile
 import textwrap
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Union
@@ -158,8 +159,8 @@ def plot_histogram(
 
 def _stacked_barh(ax, labels: Sequence[str], parts: Dict[str, Sequence[int]], colors: Dict[str, str]) -> None:
     left = np.zeros(len(labels))
-    for name, values in parts.items():
-        values = np.asarray(values, dtype=float)
+    for name, part in parts.items():
+        values = np.asarray(part, dtype=float)
         ax.barh(range(len(labels)), values, left=left, label=name, color=colors[name], height=0.7)
         left += values
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -554,7 +555,11 @@ def write_report(build, output: str, samples: int = 12, png_dir: Optional[str] =
     """Write the HTML report of ``build`` to ``output`` (local path or URL), and each figure as
     ``png_dir/<name>.png`` when asked; returns the headline figures."""
     b = stats.open_build(build)
-    parts = sections(b, samples)
+    try:  # everything read and drawn before the file is written: a damaged index leaves no report
+        parts = sections(b, samples)
+        head = stats.headline(b)
+    except (pa.ArrowException, tarfile.TarError) as e:
+        raise stats.StatsError(f"{b.path}: the index cannot be read ({e})") from e
     fs, path = stats.filesystem(output)
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -567,4 +572,4 @@ def write_report(build, output: str, samples: int = 12, png_dir: Optional[str] =
             if s.figure is not None:
                 with dfs.open_output_stream(posixpath.join(droot, f"{s.name}.png")) as fh:
                     fh.write(png_bytes(s.figure))
-    return stats.headline(b)
+    return head
