@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from .progress import ProgressReport
 from .recipe import Recipe
 from .runners.local import cpu_threads_per_worker, local_runner
 from .runners.stop import BuildInterrupted, stoppable
+from .store.blocks import StoreSpec, default_root, make_spec, report_path
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +226,9 @@ def prepare_output(output_dir: str, overwrite: bool, state: Optional[dict] = Non
                 "--overwrite removes only a build of this tool: move them away or choose another output folder"
             )
         FileSystems.delete(ours)
+        work = posixpath.join(output_dir, WORK_DIR)
+        if FileSystems.exists(work):  # its folders too: shard records, the default image store
+            FileSystems.delete([work])
     if "://" not in output_dir and not FileSystems.exists(output_dir):
         FileSystems.mkdirs(output_dir)
     if state is not None:
@@ -273,6 +278,44 @@ def _resume_or_complete(output_dir: str, state: dict, n_old: int) -> str:
     return "resume"
 
 
+def open_build_store(
+    recipe: Recipe, inputs: Sequence[str], output_dir: str, store: Optional[str], retry_failed: bool
+) -> StoreSpec:
+    """The image store of this build, ready: ``store`` or ``<output>/_build/store``.  When its
+    download or image settings are new to a store that holds others, says which differ: those
+    rows are fetched again."""
+    root = store.rstrip("/") if store else default_root(output_dir)
+    spec, changed = make_spec(recipe, inputs, root, retry_failed=retry_failed, report=report_path(output_dir))
+    if changed:
+        log.warning(
+            "the image store %s holds images of other download or image settings (%s%s): they are not used; "
+            "this build fetches its images again into %s",
+            root,
+            "; ".join(changed[:6]),
+            f" and {len(changed) - 6} more" if len(changed) > 6 else "",
+            spec.dir,
+        )
+    log.info("image store %s (%s)%s", spec.dir, spec.run, ", retrying transient failures" if retry_failed else "")
+    return spec
+
+
+def read_store_figures(output_dir: str, spec: StoreSpec) -> dict:
+    """This run's store figures (``_build/store.json``, written by the fetch stage), with where."""
+    figures = {
+        "root": spec.root,
+        "digest": spec.digest[:16],
+        "run": spec.run,
+        "retry_failed": spec.retry_failed,
+        "outlives": spec.root != default_root(output_dir),
+    }
+    try:
+        with FileSystems.open(report_path(output_dir)) as f:
+            figures.update(json.loads(f.read()))
+    except Exception:  # noqa: BLE001 - no row reached the fetch: no figures
+        pass
+    return figures
+
+
 def _remove_stale_tars(output_dir: str, shards: List[dict]) -> None:
     """Tars of an interrupted run beyond this run's shards (it kept fewer samples: the web
     changed in between) would be taken for part of the build; they go."""
@@ -313,9 +356,22 @@ def with_cpu_threads(recipe: Recipe, options: PipelineOptions) -> Recipe:
     return dataclasses.replace(recipe, clip=dataclasses.replace(recipe.clip, cpu_threads=threads))
 
 
-def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), overwrite: bool = False) -> BuildResult:
+def run_build(
+    recipe: Recipe,
+    output_dir: str,
+    beam_args: Sequence[str] = (),
+    overwrite: bool = False,
+    *,
+    store: Optional[str] = None,
+    retry_failed: bool = False,
+) -> BuildResult:
     """Build ``recipe`` into ``output_dir``: from nothing, resuming an interrupted run of the
-    same build, or not at all when the output is complete (the result says which)."""
+    same build, or not at all when the output is complete (the result says which).
+
+    Images are fetched through the image store ``store`` (default ``<output>/_build/store``,
+    removed with ``_build/`` when the build is complete): rows it holds are taken from it, the
+    others downloaded and added to it.  ``retry_failed`` fetches again the rows it holds as
+    transient failures (timeouts, 429, 5xx, resets)."""
     output_dir = output_dir.rstrip("/")
     inputs = match_inputs(recipe.input.path)
     check_output_is_not_input(output_dir, inputs)
@@ -338,6 +394,8 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
     if recipe.clip.enabled:
         check_clip(recipe.clip)  # an unknown model or a bad checkpoint: one line here, not a failure per worker
         resolve_pretrained(recipe.clip)  # builds the tiny synthetic-world CLIP here, not in every worker
+    spec = open_build_store(recipe, inputs, output_dir, store, retry_failed)
+    build = functools.partial(build, store=spec)
     log.info(
         "%s %s: %d input files -> %s",
         "resuming" if mode == "resume" else "building",
@@ -372,6 +430,7 @@ def run_build(recipe: Recipe, output_dir: str, beam_args: Sequence[str] = (), ov
         inputs=state["inputs"],
         resumed=mode == "resume",
     )
+    result.store = read_store_figures(output_dir, spec)
     if result.resumed:
         log.info("resumed: %d of %d shards were complete and kept", result.shards_skipped, len(result.shards))
     _remove_stale_tars(output_dir, result.shards)

@@ -43,7 +43,9 @@ def _cmd_build(args, beam_args: List[str]) -> int:
         recipe = load_recipe(args.recipe)
         beam_args = runner_args(args.runner_options, beam_args)
         check_cluster_paths(recipe, args.output, beam_args)
-        result = run_build(recipe, args.output, beam_args, overwrite=args.overwrite)
+        result = run_build(
+            recipe, args.output, beam_args, overwrite=args.overwrite, store=args.store, retry_failed=args.retry_failed
+        )
     except (RecipeError, RunnerOptionsError, OutputExists, FileNotFoundError) as e:
         print(f"flamingo-corpus: {e}", file=sys.stderr)
         return 2
@@ -70,7 +72,12 @@ def _cmd_sample(args, beam_args: List[str]) -> int:
 
 def _cmd_verify(args, beam_args: List[str]) -> int:
     from .output.verify import verify
+    from .store.check import check_store, is_store
 
+    if is_store(args.output_dir):  # an image store (--store): every block read and checked
+        store_report = check_store(args.output_dir)
+        print(store_report)
+        return 0 if store_report.ok else 1
     report = verify(args.output_dir)  # never raises: a damaged output is a report of problems
     if not report.found:
         print(f"flamingo-corpus: {report.problems[0]}", file=sys.stderr)
@@ -168,7 +175,14 @@ def _cmd_plan(args, beam_args: List[str]) -> int:
 def _cmd_stats(args, beam_args: List[str]) -> int:
     from .stats.compute import StatsError
     from .stats.report import write_report
+    from .store.check import check_store, is_store, write_store_report
 
+    if is_store(args.output_dir):  # an image store: its rows, images and drop reasons
+        store_report = check_store(args.output_dir)
+        write_store_report(store_report, args.output)
+        print(f"wrote {args.output}")
+        print(store_report)
+        return 0
     try:
         head = write_report(args.output_dir, args.output, samples=args.samples, png_dir=args.png_dir)
     except (StatsError, OSError) as e:
@@ -218,6 +232,19 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace what DIR holds and build from nothing (without it, the same command "
         "resumes an interrupted build in DIR, and a complete one is left as it is)",
+    )
+    b.add_argument(
+        "--store",
+        metavar="URL",
+        help="the image store: a folder (local or gs://, s3://, hdfs://) that keeps every fetched row's processed "
+        "image or drop, per input block, and outlives the build; builds that share it download a row once. "
+        "Default: OUTPUT/_build/store, removed once the build is complete (docs/output.md, 'The image store')",
+    )
+    b.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="fetch again the rows the --store holds as transient failures (timeouts, 429, 5xx, resets, DNS "
+        "timeouts); every other row is taken from the store",
     )
     b.add_argument("--runner-options", metavar="FILE", help=RUNNER_OPTIONS_HELP)
     b.set_defaults(func=_cmd_build)

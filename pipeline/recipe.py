@@ -189,6 +189,16 @@ class SampleWebConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The image store (docs/output.md, "The image store"): where it is is a command-line choice
+    (``--store``, default ``<output>/_build/store``); how it is cut is the recipe's."""
+
+    # Input rows (LAION rows, MMC4 document lines) per store block: the unit the store writes
+    # whole, that a resumed build takes or fetches again, and that a worker holds in memory.
+    block_rows: int = 1000
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = "unnamed"
     description: str = ""
@@ -202,6 +212,7 @@ class Recipe:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     sample_web: SampleWebConfig = field(default_factory=SampleWebConfig)
 
     def to_dict(self) -> dict:
@@ -274,6 +285,7 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("decontamination", "min_cosine"): (-1, 1, True, True),
     ("shard", "samples_per_shard"): (1, INF, True, False),
     ("shard", "index_shards"): (0, INF, True, False),
+    ("store", "block_rows"): (1, 1_000_000, True, True),
     ("sample_web", "port"): (0, 65535, True, True),
 }
 # Pairs of keys of one section where the first may not exceed the second.

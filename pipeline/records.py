@@ -32,6 +32,7 @@ class Sample:
     language_score: Optional[float] = None
     # download
     image_bytes: Optional[bytes] = None
+    attempts: Optional[int] = None  # fetches of the URL over every run that used the image store
     content_type: Optional[str] = None
     http_status: Optional[int] = None
     # image stage
@@ -47,6 +48,10 @@ class Sample:
     text_embedding: Optional[Any] = None
     similarity: Optional[float] = None
     nsfw: Optional[float] = None  # the NSFW head's score (safety.nsfw_head), when it ran
+    # the image store: once a processed image is in the store, the sample carries where it is
+    # (block file, row id) and its size instead of its bytes, so no shuffle moves images
+    image_len: Optional[int] = None  # len(image_bytes) when they were released
+    stored_images: tuple = ()  # ((store block, id, row), ...): its image (LAION), its images (MMC4 document)
     # MMC4: the assembled output document, and the index rows of the images kept inside it
     document: Optional[dict] = None
     children: list = field(default_factory=list)
@@ -95,6 +100,7 @@ class IndexRow:
     phash: Optional[str] = None
     duplicate_of: Optional[str] = None
     nsfw: Optional[float] = None
+    attempts: Optional[int] = None  # fetches of the URL over every run that used the image store (>1: retried)
 
     @classmethod
     def from_sample(
@@ -125,11 +131,12 @@ class IndexRow:
             original_height=s.original_height,
             width=s.width,
             height=s.height,
-            bytes=len(s.image_bytes) if s.image_bytes is not None else None,
+            bytes=len(s.image_bytes) if s.image_bytes is not None else s.image_len,
             similarity=s.similarity,
             sha256=s.sha256,
             phash=s.phash,
             nsfw=s.nsfw,
+            attempts=s.attempts,
             **extra,
         )
 

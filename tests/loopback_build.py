@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,22 +40,27 @@ def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
 
 
 @contextlib.contextmanager
-def serve_rows(tmp_path: Path, files: Dict[str, bytes]) -> Iterator[SampleWeb]:
+def serve_rows(
+    tmp_path: Path, files: Dict[str, bytes], paths: Optional[List[str]] = None, row_group_size: Optional[int] = None
+) -> Iterator[SampleWeb]:
     """Serve ``files`` from ``tmp_path/web`` and write ``tmp_path/rows.parquet``, one LAION row
-    (URL, TEXT) per file; yields the running server."""
+    (URL, TEXT) per file, or per entry of ``paths`` (URL paths on the server: a file's name, or a
+    fault behaviour such as ``flaky/1/a.jpg``); yields the running server."""
     web = tmp_path / "web"
     web.mkdir()
     for name, data in files.items():
         (web / name).write_bytes(data)
+    paths = list(files) if paths is None else paths
     with SampleWeb(web) as server:
         pq.write_table(
             pa.table(
                 {
-                    "URL": [f"{server.url}/{n}" for n in files],
-                    "TEXT": [f"picture number {i} of the test" for i in range(len(files))],
+                    "URL": [f"{server.url}/{n}" for n in paths],
+                    "TEXT": [f"picture number {i} of the test" for i in range(len(paths))],
                 }
             ),
             tmp_path / "rows.parquet",
+            row_group_size=row_group_size,
         )
         yield server
 

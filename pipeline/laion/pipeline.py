@@ -1,10 +1,10 @@
 """The LAION image-text pipeline: parquet rows in, OpenFlamingo-ready tars out.
 
-    Read LAION rows -> Filter metadata -> Fetch images -> (Score with CLIP)
+    Read LAION rows -> Filter metadata -> Fetch images -> (Score with CLIP) -> Release images
       -> (Decontaminate against eval sets) -> (Score NSFW head) -> (Dedup exact images)
       -> (Dedup near images) -> (Dedup semantic duplicates) -> Write output
 
-"Fetch images" and "Write output" are the parts the MMC4 pipeline shares (shared.py): removal-list
+"Fetch images", "Release images" and "Write output" are the parts the MMC4 pipeline shares (shared.py): removal-list
 screens, download and image processing; shards and the index of every row.  Exact image dedup is
 a stage of its own when near or semantic dedup follow it; otherwise it is decided inside "Write
 output" (see ``DedupExactImages``).
@@ -12,7 +12,7 @@ output" (see ``DedupExactImages``).
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import apache_beam as beam
 
@@ -23,8 +23,9 @@ from ..recipe import Recipe
 from ..records import Sample
 from ..safety.decontaminate import Decontaminate
 from ..safety.nsfw import ScoreNsfw
-from ..shared import FetchImages, WriteOutput
+from ..shared import FetchImages, ReleaseImages, WriteOutput
 from ..stage import Stages
+from ..store.blocks import StoreSpec, default_spec
 from .metadata import FilterMetadata
 from .read import ReadLaionRows
 
@@ -60,12 +61,16 @@ def laion_members(key: str, s: Sample) -> dict:
     }
 
 
-def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
-    """Add the LAION stages to ``p``: the parquet files ``inputs`` -> tars and index in ``output_dir``."""
+def build_laion(
+    p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str, store: Optional[StoreSpec] = None
+) -> None:
+    """Add the LAION stages to ``p``: the parquet files ``inputs`` -> tars and index in
+    ``output_dir``, the images fetched through ``store`` (default: ``<output_dir>/_build/store``)."""
+    store = store or default_spec(recipe, inputs, output_dir)
     stage = Stages()
     rows = stage(p, "Read LAION rows", ReadLaionRows(recipe.input, inputs))
     rows = stage(rows, "Filter metadata", FilterMetadata(recipe.filters))
-    rows = stage(rows, "Fetch images", FetchImages(recipe))
+    rows = stage(rows, "Fetch images", FetchImages(recipe, store))
     if recipe.clip.enabled:
         # Imported here: flamingo_corpus.clip.stage pulls in torch (through Beam's RunInference), and every
         # worker imports this module (laion_members is pickled by reference), so a build with CLIP
@@ -73,6 +78,7 @@ def build_laion(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir:
         from ..clip.stage import ScoreWithClip
 
         rows = stage(rows, "Score with CLIP", ScoreWithClip(recipe.clip))
+    rows = rows | "Release images" >> ReleaseImages()  # no stage after this one looks at pixels
     if recipe.decontamination.index:  # eval-set images and captions
         rows = stage(rows, "Decontaminate against eval sets", Decontaminate(recipe.decontamination, recipe.clip))
     if recipe.safety.nsfw_head:

@@ -24,6 +24,7 @@ from ..inputs import input_units
 from ..recipe import Mmc4Config
 from ..records import KEPT, IndexRow, Sample
 from ..stage import KeepOnePerKey, apply_with_drops, drop, input_order
+from ..store.blocks import STORED_KEY
 from . import align
 from . import files as mmc4
 
@@ -261,7 +262,7 @@ class _Assemble(beam.DoFn):
             entry.update(
                 matched_text_index=assigned[i][0],
                 matched_sim=assigned[i][1],
-                image_base64=base64.b64encode(s.image_bytes).decode("ascii"),
+                **_image_or_reference(s),
                 width=s.width,
                 height=s.height,
                 sha256=s.sha256,
@@ -274,6 +275,14 @@ class _Assemble(beam.DoFn):
             IndexRow.from_sample(images[i].replace(similarity=assigned[i][1]), KEPT, stage="shard") for i in order
         ]
         return doc_sample.replace(document=out, children=children)
+
+
+def _image_or_reference(s: Sample) -> dict:
+    """An image_info entry's picture: ``image_base64`` when the sample holds its bytes, else where
+    the image store holds them (the shard writer puts ``image_base64`` in their place)."""
+    if s.image_bytes is None and s.stored_images:
+        return {STORED_KEY: list(s.stored_images[0])}
+    return {"image_base64": base64.b64encode(s.image_bytes).decode("ascii")}
 
 
 class AssembleDocuments(beam.PTransform):

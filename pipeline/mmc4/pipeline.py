@@ -2,7 +2,7 @@
 
 Read MMC4 documents -> Filter documents -> Split into images and sentences
   -> Fetch images                   (shared with the LAION path: removal-list screens, download,
-                                     image processing; shared.py)
+                                     image processing, the image store; shared.py)
   -> (Drop frequent images)         (logos, buttons, ads found in many documents)
   -> (Embed with CLIP)              (images and sentences, one model, one RunInference; with
                                      clip.enabled false, the release's own similarity matrix is
@@ -13,7 +13,7 @@ Read MMC4 documents -> Filter documents -> Split into images and sentences
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import apache_beam as beam
 
@@ -23,8 +23,9 @@ from ..recipe import Recipe
 from ..records import Sample
 from ..safety.decontaminate import Decontaminate
 from ..safety.nsfw import ScoreNsfw
-from ..shared import FetchImages, WriteOutput
+from ..shared import FetchImages, ReleaseImages, WriteOutput
 from ..stage import Stages
+from ..store.blocks import StoreSpec, default_spec
 from .documents import AssembleDocuments, FilterDocuments, ReadMmc4Documents, SplitDocuments
 
 __all__ = ["build_mmc4", "mmc4_members"]
@@ -36,17 +37,21 @@ def mmc4_members(key: str, s: Sample) -> dict:
 
 
 def _is_image(s: Sample, n: int) -> int:
-    return 0 if s.image_bytes is not None else 1
+    return 0 if s.image_bytes is not None or s.stored_images else 1
 
 
-def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str) -> None:
-    """Add the MMC4 stages to ``p``: the jsonl shards ``inputs`` -> tars and index in ``output_dir``."""
+def build_mmc4(
+    p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: str, store: Optional[StoreSpec] = None
+) -> None:
+    """Add the MMC4 stages to ``p``: the jsonl shards ``inputs`` -> tars and index in
+    ``output_dir``, the images fetched through ``store`` (default: ``<output_dir>/_build/store``)."""
+    store = store or default_spec(recipe, inputs, output_dir)
     stage = Stages()
     docs = stage(p, "Read MMC4 documents", ReadMmc4Documents(inputs))
     docs = stage(docs, "Filter documents", FilterDocuments(recipe.mmc4))
     images, sentences, url_drops = docs | "Split into images and sentences" >> SplitDocuments(recipe.mmc4)
     stage.drops.append(url_drops)
-    images = stage(images, "Fetch images", FetchImages(recipe))
+    images = stage(images, "Fetch images", FetchImages(recipe, store))
     if recipe.dedup.max_image_documents is not None:
         images = stage(images, "Drop frequent images", DropFrequentImages(recipe.dedup))
     if recipe.clip.enabled:
@@ -58,6 +63,8 @@ def build_mmc4(p: beam.Pipeline, recipe: Recipe, inputs: List[str], output_dir: 
             | "Embed with CLIP" >> EmbedWithClip(recipe.clip)
         )
         images, sentences = embedded | "Split embeddings" >> beam.Partition(_is_image, 2)
+    images = images | "Release images" >> ReleaseImages()  # no stage after this one looks at pixels
+    if recipe.clip.enabled:
         if recipe.safety.nsfw_head:
             images = stage(images, "Score NSFW head", ScoreNsfw(recipe.safety))
         if recipe.dedup.semantic:  # across documents; off by default, as in mmc4

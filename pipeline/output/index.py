@@ -49,6 +49,7 @@ INDEX_SCHEMA = pa.schema(
         ("phash", pa.string()),
         ("duplicate_of", pa.string()),
         ("nsfw", pa.float64()),
+        ("attempts", pa.int64()),
     ]
 )
 assert set(INDEX_SCHEMA.names) == set(IndexRow.__dataclass_fields__), "index schema and IndexRow disagree"

@@ -96,6 +96,7 @@ class BuildResult:
     inputs: Optional[List[dict]] = None  # [{path, bytes}] of the input files
     resumed: bool = False  # this run picked up the output of an interrupted one
     already_complete: bool = False  # the output was complete already; nothing was run
+    store: Optional[dict] = None  # this run's use of the image store (build.read_store_figures); not in the manifest
 
     @property
     def shards_skipped(self) -> int:
@@ -240,6 +241,27 @@ def _block(r: BuildResult, kind: str, rows_in: Optional[int]) -> List[str]:
     return lines
 
 
+def _store_lines(store: Optional[dict]) -> List[str]:
+    """How this run used the image store: rows taken from it and fetched, retries, damage."""
+    if not store or not store.get("blocks"):
+        return []
+    lines = [
+        f"  image store    {store.get('rows_from_store', 0):>10,} rows from the store, "
+        f"{store.get('rows_fetched', 0):,} fetched ({store['blocks']:,} blocks, "
+        f"{store.get('blocks_written', 0):,} written, {_mb(store.get('bytes_written', 0))})",
+    ]
+    if store.get("retry_failed") or store.get("rows_retried"):
+        lines.append(
+            f"  retried        {store.get('rows_retried', 0):>10,} transient failures, "
+            f"{store.get('rows_recovered', 0):,} recovered"
+        )
+    if store.get("blocks_damaged"):
+        lines.append(f"  WARNING: {store['blocks_damaged']:,} damaged store blocks were fetched again (see the log)")
+    if store.get("outlives"):
+        lines.append(f"  store          {store.get('root')}/{store.get('digest')} (run {store.get('run')})")
+    return lines
+
+
 def summary(result: BuildResult) -> str:
     """The few lines a person reads at the end of a build."""
     r = result
@@ -261,6 +283,7 @@ def summary(result: BuildResult) -> str:
     ]
     if r.resumed:
         lines.append(f"  reused         {r.shards_skipped:>10,} shards complete from the interrupted run")
+    lines += _store_lines(r.store)
     lines += [
         f"  time           {r.seconds:>10.1f} s, {rows_in / max(r.seconds, 1e-9):.1f} {unit}/s"
         + (" (of the original build)" if r.already_complete else ""),

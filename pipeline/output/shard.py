@@ -41,6 +41,7 @@ from apache_beam.metrics import Metrics
 from ..progress import record
 from ..records import KEPT, IndexRow, Sample
 from ..stage import DROPPED_TAG, DedupRule, drop, input_order
+from ..store.blocks import with_images
 from .index import WORK_DIR
 
 log = logging.getLogger(__name__)
@@ -343,6 +344,11 @@ class _WriteShard(beam.DoFn):
         self.to_members = to_members
         self.stage = stage
 
+    def _members(self, ranked) -> Iterable[dict]:
+        """The tar members of the ranked samples, their images read back from the store block by block."""
+        samples = with_images([s for _, s in ranked])
+        return (self.to_members(sample_key(r), s) for (r, _), s in zip(ranked, samples))
+
     def _complete(self, name: str, path: str, ranked) -> Optional[dict]:
         record = read_record(self.output_dir, name)
         if record is None:
@@ -350,7 +356,7 @@ class _WriteShard(beam.DoFn):
         found = [m for r in FileSystems.match([path]) for m in r.metadata_list]
         if len(found) != 1 or found[0].size_in_bytes != record["bytes"]:
             return None
-        members = (self.to_members(sample_key(r), s) for r, s in ranked)
+        members = self._members(ranked)
         if tar_digest(members) != (record["count"], record["bytes"], record["sha256"]):
             log.info("%s: on disk from an earlier run but with other samples; writing it again", name)
             return None
@@ -371,7 +377,7 @@ class _WriteShard(beam.DoFn):
             stale = record_path(self.output_dir, name)
             if FileSystems.exists(stale):
                 FileSystems.delete([stale])
-            members = (self.to_members(sample_key(r), s) for r, s in ranked)
+            members = self._members(ranked)
             count, size, sha = write_tar(path, members)
             info = {"name": name, "count": count, "bytes": size, "sha256": sha}
             write_record(self.output_dir, info)

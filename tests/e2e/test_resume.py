@@ -28,7 +28,7 @@ from flamingo_corpus.recipe import load_recipe
 from flamingo_corpus.sample.web import SampleWeb
 
 from ..helpers import index_rows
-from ..loopback_build import jpeg_bytes, smooth_photo
+from ..loopback_build import jpeg_bytes, serve_rows, smooth_photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -204,6 +204,12 @@ def test_resume_reuses_only_verified_shards(tmp_path, monkeypatch):
             with pytest.raises(_Killed):
                 run_build(load_recipe(recipe), str(out))
         (served / "13.jpg.away").rename(served / "13.jpg")
+        # The image store holds picture 13's 404 from that run, and a resumed run takes it from there;
+        # the store's block goes too, so that this run asks the web again and gets the picture.
+        blocks = list((out / "_build" / "store").glob("*/blocks/*/*.parquet"))
+        assert blocks
+        for block in blocks:
+            block.unlink()
         records = out / "_build" / "complete"
         assert sorted(p.name for p in out.glob("*.tar")) == [f"{i:06d}.tar" for i in range(8)]
         assert len(list(records.glob("*.json"))) == 8 and not (out / "manifest.json").exists()
@@ -265,3 +271,75 @@ def test_what_a_restart_finds_decides_what_it_does(tmp_path, monkeypatch):
             run_build(grown, str(interrupted))
         with pytest.raises(OutputExists, match="interrupted build of another recipe"):
             run_build(load_recipe(_write_inputs(tmp_path, web, 7, samples_per_shard=2)), str(interrupted))
+
+
+def _stored_rows(store: Path) -> int:
+    """Rows in the complete blocks of a store (parquet files that read; a block cut short by the
+    kill is not complete)."""
+    rows = 0
+    for path in store.glob("*/blocks/*/*.parquet"):
+        try:
+            rows += pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # noqa: BLE001 - unreadable: not complete, its rows are fetched again
+            continue
+    return rows
+
+
+def test_a_build_killed_at_70_percent_resumes_from_the_store(tmp_path):
+    """SIGKILL (the whole process group) once about 70% of the rows were requested, on two worker
+    processes; the resumed build requests at most the rows the store does not hold plus one
+    block per worker (by the server's own request log), and ends byte-identical to a build
+    that was never stopped."""
+    n, block_rows, workers = 3000, 100, 2
+    beam = ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    files = {f"{i}.jpg": jpeg_bytes(smooth_photo(i)) for i in range(n)}
+    with serve_rows(tmp_path, files, row_group_size=500) as web:
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(
+            "name: killed\n"
+            "input: {corpus: laion, path: rows.parquet}\n"
+            "filters: {language: {enabled: false}}\n"
+            "download: {allow_private: true, timeout_s: 30, deadline_s: 60, threads: 8}\n"
+            "clip: {enabled: false}\n"
+            f"store: {{block_rows: {block_rows}}}\n"
+            "shard: {samples_per_shard: 250}\n"
+        )
+        out = tmp_path / "out"
+        scratch = tmp_path / "killed-build-tmp"
+        scratch.mkdir()
+        proc = subprocess.Popen(
+            _command(recipe, out) + beam,
+            cwd=REPO,
+            env={**_env(), "TMPDIR": str(scratch)},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            while proc.poll() is None and sum(web.counts().values()) < 0.7 * n:
+                time.sleep(0.01)
+            assert proc.poll() is None, "the build ended before 70% of the rows were requested"
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait()
+        requested_before = sum(web.counts().values())
+        stored = _stored_rows(out / "_build" / "store")
+        assert 0 < stored < n and not (out / "manifest.json").exists()
+
+        again = subprocess.run(
+            _command(recipe, out) + beam, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        resumed_requests = sum(web.counts().values()) - requested_before
+        print(
+            f"killed at {requested_before} requests of {n}; {stored} rows stored; "
+            f"the resume requested {resumed_requests}"
+        )
+        assert n - stored <= resumed_requests <= (n - stored) + workers * block_rows
+        assert re.search(rf"image store\s+{stored:,} rows from the store, {n - stored:,} fetched", again.stdout), (
+            again.stdout
+        )
+
+        reference = tmp_path / "uninterrupted"
+        run_build(load_recipe(recipe), str(reference))
+    _assert_identical(out, reference)
