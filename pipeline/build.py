@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from .clip.model import check_clip, resolve_pretrained
 from .errors import UserError
-from .inputs import match_inputs
+from .inputs import InputError, match_inputs, unfilled_placeholders
 from .output.atomic import same_path
 from .output.index import INDEX_DIR, WORK_DIR
 from .output.manifest import MANIFEST, SIZES, BuildResult, collect, read_manifest, summary, write_manifest
@@ -373,6 +373,12 @@ def run_build(
     others downloaded and added to it.  ``retry_failed`` fetches again the rows it holds as
     transient failures (timeouts, 429, 5xx, resets)."""
     output_dir = output_dir.rstrip("/")
+    placeholders = unfilled_placeholders(recipe)
+    if placeholders:
+        raise InputError(
+            f"the recipe still holds the shipped placeholder{'s' if len(placeholders) > 1 else ''} "
+            f"{'; '.join(placeholders)}: put your own location there (a local path or a gs://, s3:// or hdfs:// URL)"
+        )
     inputs = match_inputs(recipe.input.path)
     check_output_is_not_input(output_dir, inputs)
     if recipe.input.corpus == "laion":
