@@ -70,6 +70,9 @@ def _parse_lines(lines: Iterable[bytes]) -> Iterator[Item]:
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are ValueErrors
             yield number, None, f"bad_json: {e}"
             continue
+        except RecursionError:  # "[[[[...": nested deeper than the decoder's recursion allows
+            yield number, None, "bad_json: nested too deeply"
+            continue
         where = _lone_surrogate(doc) if _SURROGATE_ESCAPE.search(line) else None
         if where is not None:
             yield number, None, f"bad_unicode: a lone surrogate in {where} (not valid Unicode text)"
