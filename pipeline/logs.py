@@ -74,7 +74,7 @@ def _levels(verbosity: int) -> tuple:
 class _Stderr(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is when a record comes (a test may have replaced it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 

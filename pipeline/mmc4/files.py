@@ -73,21 +73,21 @@ def _parse_lines(lines: Iterable[bytes]) -> Iterator[Item]:
         except RecursionError:  # "[[[[...": nested deeper than the decoder's recursion allows
             yield number, None, "bad_json: nested too deeply"
             continue
-        where = _lone_surrogate(doc) if _SURROGATE_ESCAPE.search(line) else None
-        if where is not None:
-            yield number, None, f"bad_unicode: a lone surrogate in {where} (not valid Unicode text)"
+        bad = _lone_surrogate(doc) if _SURROGATE_ESCAPE.search(line) else None
+        if bad is not None:
+            yield number, None, f"bad_unicode: a lone surrogate in {_where(bad)} (not valid Unicode text)"
             continue
         yield number, doc, None
 
 
-def _lone_surrogate(value: Any, where: str = "the document") -> Optional[str]:
-    """Where in ``value`` a string holds a lone surrogate (a pair decodes to one character and is
-    fine), None when nowhere."""
+def _lone_surrogate(value: Any, path: Tuple[Any, ...] = ()) -> Optional[Tuple[Any, ...]]:
+    """The path (keys and indices) of a string in ``value`` holding a lone surrogate (a pair
+    decodes to one character and is fine), ``("<key>",)`` appended for a key; None when none."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return where
+            return path
         return None
     if isinstance(value, dict):
         items: Iterable[Tuple[Any, Any]] = value.items()
@@ -97,11 +97,19 @@ def _lone_surrogate(value: Any, where: str = "the document") -> Optional[str]:
         return None
     for key, item in items:
         if isinstance(key, str) and _lone_surrogate(key) is not None:
-            return f"a key of {where}"
-        found = _lone_surrogate(item, f"{key}" if where == "the document" else f"{where}[{key!r}]")
+            return (*path, "<key>")
+        found = _lone_surrogate(item, (*path, key))
         if found is not None:
             return found
     return None
+
+
+def _where(path: Tuple[Any, ...]) -> str:
+    """A path as the document names it: ``text_list[1]``, ``image_info[0]['raw_url']``."""
+    if not path:
+        return "the document"
+    head, rest = path[0], path[1:]
+    return str(head) + "".join(f"[{part!r}]" for part in rest)
 
 
 def validate_document(doc: Any) -> Optional[str]:
