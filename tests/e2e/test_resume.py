@@ -70,7 +70,7 @@ def _command(recipe: Path, out: Path) -> list:
 
 
 def _env() -> dict:
-    return {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)}
+    return {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}  # the installed package, as users run it
 
 
 def _complete_records(out: Path) -> dict:
