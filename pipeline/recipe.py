@@ -115,6 +115,19 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
+class WindowsConfig:
+    """OpenFlamingo windows (pipeline/mmc4/windows.py): each aligned document cut into runs of
+    sentences that OpenFlamingo's loader sees whole, each written as a document of its own."""
+
+    enabled: bool = False  # cut each aligned document into windows (needs mmc4.leftover: drop)
+    mode: str = "split"  # split: every window is written | trim: only the document's first window
+    max_tokens: int = 256  # OpenFlamingo's max_tokens: a window's loader text fits it whole
+    max_images: int = 6  # OpenFlamingo's max_num_images: images the loader keeps, per window
+    single_image: bool = False  # write windows with one image (the loader drops those half the time)
+    tokenizer: Optional[str] = None  # the language model's tokenizer.json; None: estimated (windows.py)
+
+
+@dataclass(frozen=True)
 class Mmc4Config:
     """MMC4 document rules (mmc4 paper and scripts; OpenFlamingo's loader)."""
 
@@ -134,6 +147,7 @@ class Mmc4Config:
     drop_url_duplicates: bool = False  # documents flagged could_have_url_duplicate == 1 (mmc4 v1.1)
     dedup_documents: bool = True  # exact duplicate documents (URL, normalised text) kept once
     phash_max_distance: int = 0  # images of one document this close (Hamming, 64-bit phash) kept once
+    windows: WindowsConfig = field(default_factory=WindowsConfig)
 
 
 @dataclass(frozen=True)
@@ -230,6 +244,7 @@ _CHOICES = {
     ("image", "encode_format"): ("jpg", "png"),
     ("clip", "precision"): ("auto", "fp32", "fp16", "bf16"),
     ("mmc4", "leftover"): ("argmax", "drop"),
+    ("mmc4.windows", "mode"): ("split", "trim"),
 }
 
 
@@ -273,6 +288,8 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("mmc4", "loader_threshold"): (-1, 1, True, True),
     ("mmc4", "loader_max_images"): (1, INF, True, False),
     ("mmc4", "phash_max_distance"): (0, 64, True, True),
+    ("mmc4.windows", "max_tokens"): (8, 1_000_000, True, True),
+    ("mmc4.windows", "max_images"): (1, INF, True, False),
     ("dedup", "near_max_distance"): (0, 64, True, False),
     ("dedup", "near_bands"): (1, 64, True, True),
     ("dedup", "max_image_documents"): (1, INF, True, False),
@@ -415,6 +432,11 @@ def _validate(recipe: Recipe) -> None:
         raise RecipeError("dedup.semantic_clusters must be at least 1 and at most dedup.semantic_fit_rows")
     if recipe.safety.nsfw_head and not recipe.clip.enabled:
         raise RecipeError("safety.nsfw_head scores CLIP image embeddings: set clip.enabled to true")
+    if recipe.mmc4.windows.enabled and recipe.mmc4.leftover != "drop":
+        raise RecipeError(
+            "mmc4.windows.enabled needs mmc4.leftover: drop: OpenFlamingo's loader assigns one image per "
+            "sentence, so an image left over by the one-to-one assignment has no place in a window"
+        )
 
 
 def recipe_from_dict(data: dict, *, base_dir: Optional[Path] = None) -> Recipe:
@@ -462,6 +484,9 @@ def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
             language=dataclasses.replace(recipe.filters.language, model_path=fix(recipe.filters.language.model_path)),
         ),
         clip=dataclasses.replace(clip, model_config=fix(clip.model_config)),
+        mmc4=dataclasses.replace(
+            recipe.mmc4, windows=dataclasses.replace(recipe.mmc4.windows, tokenizer=fix(recipe.mmc4.windows.tokenizer))
+        ),
         sample_web=dataclasses.replace(recipe.sample_web, root=fix(recipe.sample_web.root)),
         safety=dataclasses.replace(
             recipe.safety, blocklist=fix(recipe.safety.blocklist), nsfw_head=fix(recipe.safety.nsfw_head)

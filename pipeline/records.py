@@ -58,6 +58,8 @@ class Sample:
 
     @property
     def kind(self) -> str:
+        if self.document is not None and self.position is not None:
+            return "window"  # MMC4 with mmc4.windows: one window of a document (position: its number)
         if self.document is not None or (self.doc_id is not None and self.position is None):
             return "document"
         return "image" if self.doc_id is not None else "row"
@@ -79,7 +81,7 @@ class IndexRow:
     source_index: int
     row: int
     status: str
-    kind: str = "row"  # "row" (LAION), "document" or "image" (MMC4)
+    kind: str = "row"  # "row" (LAION), "document", "image" or "window" (MMC4)
     reason: Optional[str] = None  # drop reason, a short stable token: "http_404", "too_small", ...
     detail: Optional[str] = None  # free text for humans: the exception message, the duplicate's id, ...
     stage: Optional[str] = None  # the stage that decided

@@ -100,20 +100,21 @@ CONDITIONS: Dict[str, Tuple[str, dict]] = {
     "dedup.semantic_clusters": ("1 to `semantic_fit_rows`", {"dedup": {"semantic_clusters": 0}}),
     "dedup.semantic_fit_rows": (">= `semantic_clusters`", {"dedup": {"semantic_fit_rows": 10}}),
     "safety.nsfw_head": ("needs `clip.enabled`", {"safety": {"nsfw_head": "head.npz"}, "clip": {"enabled": False}}),
+    "mmc4.windows.enabled": ("needs `mmc4.leftover: drop`", {"mmc4": {"windows": {"enabled": True}}}),
 }
 
 # Meanings of the index columns whose IndexRow field has no comment in records.py.
 COLUMN_MEANINGS = {
     "id": "the input row's id: `<source>:<row>` (LAION), `<source>:<line>` (MMC4 document), "
-    "`<document id>#<position>` (MMC4 image)",
+    "`<document id>#<position>` (MMC4 image), `<document id>/w<n>` (MMC4 window)",
     "source_index": "the input file's position in the sorted input list",
     "row": "row (LAION) or line (MMC4, from 1) in that file",
     "status": "`kept` or `dropped`",
     "shard": "the shard the sample is in, e.g. `000003.tar` (kept rows only)",
     "url": "the image URL",
     "caption": "the caption (LAION)",
-    "doc_id": "MMC4: the document the image belongs to",
-    "position": "MMC4: the image's index in the input `image_info`",
+    "doc_id": "MMC4: the document the image or window belongs to",
+    "position": "MMC4: the image's index in the input `image_info`; a window's number in its document",
     "language": "the language lid.176 identified (LAION, with `filters.language.enabled`)",
     "original_width": "width of the downloaded image",
     "original_height": "height of the downloaded image",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -25,7 +25,7 @@ from ..recipe import Mmc4Config
 from ..records import KEPT, IndexRow, Sample
 from ..stage import KeepOnePerKey, apply_with_drops, drop, input_order
 from ..store.blocks import STORED_KEY
-from . import align
+from . import align, windows
 from . import files as mmc4
 
 __all__ = ["ReadMmc4Documents", "FilterDocuments", "SplitDocuments", "AssembleDocuments"]
@@ -138,11 +138,25 @@ def image_checks(url: Optional[str], cfg: Mmc4Config):
 class _Explode(beam.DoFn):
     SENTENCES = "sentences"
 
-    def __init__(self, cfg: Mmc4Config):
+    def __init__(self, cfg: Mmc4Config, release_matrix: bool = False):
         self.cfg = cfg
+        # mmc4.windows trim, aligned with the release's matrix: what the first window can hold is
+        # known before any download, and images that cannot be kept in it are not downloaded.
+        self.prune = release_matrix and cfg.windows.enabled and cfg.windows.mode == "trim"
+        self.counter: Optional[windows.TokenCounter] = None
+
+    def setup(self):
+        if self.prune:
+            self.counter = windows.TokenCounter.for_config(self.cfg.windows)
+
+    def _first_window(self, doc: dict) -> Optional[Tuple[int, int]]:
+        assert self.counter is not None
+        return windows.first_window_bound(doc["text_list"], self.counter, self.cfg.windows.max_tokens)
 
     def process(self, s: Sample):
         doc = s.document
+        bound = self._first_window(doc) if self.prune else None
+        threshold = self.cfg.loader_threshold if self.cfg.loader_threshold is not None else -np.inf
         for pos, info in enumerate(doc["image_info"]):
             url = info.get("raw_url") if isinstance(info, dict) else None
             image = Sample(
@@ -155,6 +169,8 @@ class _Explode(beam.DoFn):
                 meta={"image_name": info.get("image_name") if isinstance(info, dict) else None},
             )
             reason = next((r for r in image_checks(image.url, self.cfg) if r), None)
+            if not reason and self.prune:
+                reason = windows.first_window_reason(doc["similarity_matrix"][pos], bound, threshold)
             yield drop(image, reason, IMAGE) if reason else image
         for j, sentence in enumerate(doc["text_list"]):
             yield beam.pvalue.TaggedOutput(
@@ -172,14 +188,20 @@ class _Explode(beam.DoFn):
 
 
 class SplitDocuments(beam.PTransform):
-    """Documents -> (image Samples that pass mmc4's URL rules, sentence Samples, image drops)."""
+    """Documents -> (image Samples that pass mmc4's URL rules, sentence Samples, image drops).
 
-    def __init__(self, cfg: Mmc4Config):
+    ``release_matrix``: the build aligns with the documents' own similarity matrices (CLIP off);
+    with ``mmc4.windows`` in trim mode, images that cannot be kept in the first window are then
+    dropped here, before they are downloaded (``metadata/past_first_window``).
+    """
+
+    def __init__(self, cfg: Mmc4Config, release_matrix: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.release_matrix = release_matrix
 
     def expand(self, docs):
-        out = docs | "Images and sentences" >> beam.ParDo(_Explode(self.cfg)).with_outputs(
+        out = docs | "Images and sentences" >> beam.ParDo(_Explode(self.cfg, self.release_matrix)).with_outputs(
             "dropped", _Explode.SENTENCES, main="images"
         )
         return out.images, out[_Explode.SENTENCES], out.dropped
@@ -188,6 +210,11 @@ class SplitDocuments(beam.PTransform):
 class _Assemble(beam.DoFn):
     def __init__(self, cfg: Mmc4Config):
         self.cfg = cfg
+        self.counter: Optional[windows.TokenCounter] = None
+
+    def setup(self):
+        if self.cfg.windows.enabled:
+            self.counter = windows.TokenCounter.for_config(self.cfg.windows)
 
     def process(self, item):
         _, parts = item
@@ -208,8 +235,45 @@ class _Assemble(beam.DoFn):
             for i in order:
                 yield drop(images[i].replace(similarity=assigned[i][1]), "document_dropped", DOCUMENT, detail=reason)
         else:
-            yield self._document(doc_sample, images, order, assigned, sim)
+            document = self._document(doc_sample, images, order, assigned, sim)
+            if self.cfg.windows.enabled:
+                yield from self._windows(
+                    doc_sample, document, [images[i].replace(similarity=assigned[i][1]) for i in order]
+                )
+            else:
+                yield document
         yield from image_drops
+
+    def _windows(self, doc_sample: Sample, document: Sample, aligned: List[Sample]):
+        """The aligned document cut into OpenFlamingo windows (windows.py): a Sample per window
+        written (kind ``window``: ``position`` its number, ``document`` its JSON), the index rows
+        of the document (with the first window) and of each image (with its window) as the
+        windows' children; windows not written and images in none are drops."""
+        cfg = self.cfg.windows
+        assert self.counter is not None
+        cut = windows.window_aligned(
+            document.document,
+            self.counter,
+            mode=cfg.mode,
+            max_tokens=cfg.max_tokens,
+            max_images=cfg.max_images,
+            single_image=cfg.single_image,
+            threshold=self.cfg.loader_threshold,
+        )
+        for p, reason in sorted(cut.image_reasons.items()):
+            yield drop(aligned[p], reason, ALIGN)
+        written = cut.written
+        if not written:
+            yield drop(doc_sample.replace(document=None), "no_window", DOCUMENT)
+        doc_row = IndexRow.from_sample(doc_sample.replace(document=None), KEPT, stage="shard")
+        for number, (window, reason, out) in enumerate(cut.windows):
+            sample = doc_sample.replace(id=f"{doc_sample.id}/w{number}", position=number, document=out or {})
+            if reason:
+                yield drop(sample, reason, ALIGN)
+                continue
+            children = [doc_row] if number == written[0][0] else []
+            children += [document.children[p] for p in sorted(window.images)]
+            yield sample.replace(children=children)
 
     @staticmethod
     def _similarity(source: dict, images: List[Sample], sentences: List[Sample]) -> np.ndarray:

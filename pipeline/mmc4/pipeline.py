@@ -8,7 +8,8 @@ Read MMC4 documents -> Filter documents -> Split into images and sentences
                                      clip.enabled false, the release's own similarity matrix is
                                      used) -> (Score NSFW head) -> (Dedup semantic duplicates)
   -> (Decontaminate against eval sets)
-  -> Align documents -> Write output (shared: shards + index of documents and images)
+  -> Align documents                (with mmc4.windows: cut into OpenFlamingo windows, windows.py)
+  -> Write output (shared: shards + index of documents, images and windows)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..shared import FetchImages, ReleaseImages, WriteOutput
 from ..stage import Stages
 from ..store.blocks import StoreSpec, default_spec
 from .documents import AssembleDocuments, FilterDocuments, ReadMmc4Documents, SplitDocuments
+from .windows import check_windows
 
 __all__ = ["build_mmc4", "mmc4_members"]
 
@@ -46,10 +48,12 @@ def build_mmc4(
     """Add the MMC4 stages to ``p``: the jsonl shards ``inputs`` -> tars and index in
     ``output_dir``, the images fetched through ``store`` (default: ``<output_dir>/_build/store``)."""
     store = store or default_spec(recipe, inputs, output_dir)
+    check_windows(recipe.mmc4.windows)  # a tokenizer file that does not load: one line here, not per worker
     stage = Stages()
     docs = stage(p, "Read MMC4 documents", ReadMmc4Documents(inputs))
     docs = stage(docs, "Filter documents", FilterDocuments(recipe.mmc4))
-    images, sentences, url_drops = docs | "Split into images and sentences" >> SplitDocuments(recipe.mmc4)
+    split = SplitDocuments(recipe.mmc4, release_matrix=not recipe.clip.enabled)
+    images, sentences, url_drops = docs | "Split into images and sentences" >> split
     stage.drops.append(url_drops)
     images = stage(images, "Fetch images", FetchImages(recipe, store))
     if recipe.dedup.max_image_documents is not None:

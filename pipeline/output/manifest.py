@@ -62,12 +62,12 @@ def _write_json(path: str, obj) -> None:
         f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-UNITS = {"row": "rows", "document": "documents", "image": "images"}
+UNITS = {"row": "rows", "document": "documents", "image": "images", "window": "windows"}
 
 
 def unit_totals(kind: str, counts: Iterable[Tuple[Optional[str], str, int]]) -> Dict[str, int]:
     """The headline figures of one kind from its (stage, status, count) triples: accounted, kept,
-    dropped and, but for documents (their images are what is downloaded), downloaded: what was
+    dropped and, but for documents and windows (their images are what is downloaded), downloaded: what was
     kept or dropped after the download stages (BEFORE_DOWNLOAD).  The summary, the manifest's
     totals and the statistics report's headline all read them from here."""
     accounted = kept = downloaded = 0
@@ -76,7 +76,7 @@ def unit_totals(kind: str, counts: Iterable[Tuple[Optional[str], str, int]]) -> 
         kept += n if status == "kept" else 0
         downloaded += n if status == "kept" or stage not in BEFORE_DOWNLOAD else 0
     totals = {"accounted": accounted, "kept": kept, "dropped": accounted - kept}
-    if kind != "document":
+    if kind not in ("document", "window"):
         totals["downloaded"] = downloaded
     return totals
 
@@ -276,6 +276,10 @@ def summary(result: BuildResult) -> str:
     for kind in r.kinds:
         if kind != r.kind:
             lines += _block(r, kind, None)
+    if r.kind == "document" and r.recipe.mmc4.windows.enabled:
+        from ..mmc4.windows import summary_lines  # MMC4 windows: what the loader sees of the images
+
+        lines += summary_lines(r.recipe.mmc4.windows, r.totals_of("image")["kept"], r.drops_of("image"))
     names = sorted(s["name"] for s in r.shards)
     span = f" ({names[0]} .. {names[-1]})" if names else ""
     lines += [

@@ -24,6 +24,7 @@ KINDS = {
     "row": "a LAION input row",
     "document": "an MMC4 document",
     "image": "an MMC4 image (one per entry of a document's image_info)",
+    "window": "an OpenFlamingo window cut from an MMC4 document (mmc4.windows): one tar sample each",
 }
 
 # Every stage that drops, in the order a sample meets them; kept rows have stage "shard".
@@ -56,6 +57,7 @@ class Reason(NamedTuple):
 
 ROW, DOC, IMG = ("row",), ("document",), ("image",)
 ROW_IMG = ("row", "image")
+IMG_WIN = ("image", "window")
 ROW_DOC = ("row", "document")
 
 _READ = [
@@ -102,6 +104,13 @@ _METADATA = [
     Reason("metadata", "duplicate_url", ROW, "an earlier row has the same normalised URL (filters.dedup_urls)"),
     Reason("metadata", "bad_extension", IMG, "the URL's extension is not in mmc4.image_extensions"),
     Reason("metadata", "url_blocklisted_word", IMG, "the URL contains one of mmc4.url_words (logo, button, ...)"),
+    Reason(
+        "metadata",
+        "past_first_window",
+        IMG,
+        "mmc4.windows.mode trim, aligning with the release's matrix: no sentence the first window can hold "
+        "scores mmc4.loader_threshold with it, so it is not downloaded",
+    ),
 ]
 
 _DOCUMENT = [
@@ -124,6 +133,13 @@ _DOCUMENT = [
         "no_image_passes_loader",
         DOC,
         "OpenFlamingo's loader would keep none of its images (mmc4.loader_threshold)",
+    ),
+    Reason(
+        "document",
+        "no_window",
+        DOC,
+        "mmc4.windows: no window of the document is written (each lacks an image the loader keeps, or holds "
+        "a single one with mmc4.windows.single_image false; trim: its first window)",
     ),
     Reason("document", "document_dropped", IMG, "an aligned image of a document dropped after alignment (detail: why)"),
 ]
@@ -178,6 +194,37 @@ _LATER = [
         "within mmc4.phash_max_distance bits of a better image of the same document (duplicate_of)",
     ),
     Reason("align", "unassigned", IMG, "left over after the one-to-one assignment, with mmc4.leftover: drop"),
+    Reason(
+        "align",
+        "long_sentence",
+        IMG,
+        "mmc4.windows: its sentence, with its image, is longer than mmc4.windows.max_tokens, so it is in no window",
+    ),
+    Reason(
+        "align",
+        "window_without_image",
+        IMG_WIN,
+        "mmc4.windows: the window holds no image the loader keeps (none at mmc4.loader_threshold), so it is not "
+        "written (the loader rejects it)",
+    ),
+    Reason(
+        "align",
+        "single_image_window",
+        IMG_WIN,
+        "mmc4.windows: the window holds one image the loader keeps and mmc4.windows.single_image is false",
+    ),
+    Reason(
+        "align",
+        "past_first_window",
+        IMG_WIN,
+        "mmc4.windows.mode trim: the window (or the image's) is not the document's first",
+    ),
+    Reason(
+        "align",
+        "no_such_sentence",
+        IMG,
+        "mmc4.windows: its matched_text_index names no sentence of the document",
+    ),
 ]
 
 _ORDER = {stage: i for i, stage in enumerate(STAGES)}

@@ -26,6 +26,7 @@ PASSAGE: Dict[str, List[str]] = {
             "sem_dedup"],
     "document": ["read", "document", "align"],
     "image": ["metadata", "download", "image", "safety", "clip", "decontaminate", "near_dup", "sem_dedup", "align"],
+    "window": ["align"],  # mmc4.windows: cut from its document after the alignment
 }  # fmt: skip
 MAX_MATCHES = 20
 _COLUMNS = ["id", "kind", "status", "stage", "reason", "detail", "key", "shard", "url", "caption", "doc_id",
@@ -87,7 +88,8 @@ def _passed(row: dict) -> str:
 
 
 def _describe(row: dict) -> List[str]:
-    kind = {"row": "LAION row", "document": "MMC4 document", "image": "MMC4 image"}.get(row.get("kind"), "row")
+    kinds = {"row": "LAION row", "document": "MMC4 document", "image": "MMC4 image", "window": "MMC4 window"}
+    kind = kinds.get(row.get("kind") or "row", "row")
     lines = [f"{row['id']}  ({kind})"]
     for label, column in (("url", "url"), ("caption", "caption"), ("document", "doc_id")):
         if row.get(column) and not (column == "doc_id" and row.get("kind") == "document"):

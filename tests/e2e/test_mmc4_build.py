@@ -1,4 +1,7 @@
-"""The MMC4 sample build end to end: DESIGN.md section 6, as OpenFlamingo's loader reads it."""
+"""The MMC4 sample build end to end: DESIGN.md section 6, as OpenFlamingo's loader reads it.
+
+The sample recipe cuts documents into OpenFlamingo windows (mmc4.windows): each json in the tars is
+one window of a document (``doc_id``, ``window``); test_mmc4_windows.py checks the windows."""
 
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ def _input_lines(recipe):
 def test_every_document_satisfies_the_loader_contract(mmc4_build):
     out, result = mmc4_build
     docs = _documents(out)
-    assert len(docs) == result.kept > 0
+    assert len(docs) == result.kept_of("window") > result.kept > 0
     for key, doc in docs.items():
         sim = np.asarray(doc["similarity_matrix"], dtype=float)
         info = doc["image_info"]
@@ -72,8 +75,10 @@ def test_text_survives_and_images_land_on_their_sentences(mmc4_build, mmc4_recip
             pass
     described = 0
     for doc in _documents(out).values():
-        original = source[doc["id"]]
-        assert doc["text_list"] == original["text_list"] and doc["url"] == original["url"]
+        original = source[doc["doc_id"]]
+        first = doc["window"]["first_sentence"]
+        assert doc["text_list"] == original["text_list"][first : first + len(doc["text_list"])]
+        assert doc["url"] == original["url"]
         for im in doc["image_info"]:
             sentence = doc["text_list"][im["matched_text_index"]]
             described += any(w in sentence for w in ("circle", "square", "triangle", "star", "cross", "ring"))
@@ -105,11 +110,18 @@ def test_every_document_and_image_is_in_the_index_once(mmc4_build, mmc4_recipe):
     assert len(images) == len({r["id"] for r in images})
     assert {r["id"] for r in images} == expected_images
     kept_docs = {r["doc_id"]: r["key"] for r in docs if r["status"] == "kept"}
+    window_keys = collections.defaultdict(set)  # a kept image is in one of its document's windows
+    for r in rows:
+        if r["kind"] == "window" and r["status"] == "kept":
+            window_keys[r["doc_id"]].add(r["key"])
     for r in images:
         if r["status"] == "kept":
-            assert r["key"] == kept_docs[r["doc_id"]]
+            assert r["key"] in window_keys[r["doc_id"]]
+    for doc_id, key in kept_docs.items():
+        assert key == min(window_keys[doc_id])  # a document row names its first window
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["totals"]["kept"] == len(kept_docs) == sum(json.loads((out / "sizes.json").read_text()).values())
+    assert manifest["totals"]["kept"] == len(kept_docs)
+    assert manifest["windows"]["totals"]["kept"] == sum(json.loads((out / "sizes.json").read_text()).values())
     assert manifest["images"]["totals"]["kept"] == sum(r["status"] == "kept" for r in images)
 
 
@@ -153,12 +165,13 @@ def test_without_clip_the_release_matrix_aligns(mmc4_recipe, tmp_path):
     result = run_build(recipe, str(tmp_path / "mmc4"))
     source = {f"docs.jsonl:{n}": line for n, line in enumerate(_input_lines(recipe), start=1)}
     docs = _documents(tmp_path / "mmc4")
-    assert len(docs) == result.kept > 0
+    assert len(docs) == result.kept_of("window") > 0
     for doc in docs.values():
-        original = json.loads(source[doc["id"]])
+        original = json.loads(source[doc["doc_id"]])
         rows = {
             (im["image_name"], im["raw_url"]): row
             for im, row in zip(original["image_info"], original["similarity_matrix"])
         }
+        first, n = doc["window"]["first_sentence"], len(doc["text_list"])
         for im, row in zip(doc["image_info"], doc["similarity_matrix"]):
-            assert row == rows[(im["image_name"], im["raw_url"])]
+            assert row == rows[(im["image_name"], im["raw_url"])][first : first + n]

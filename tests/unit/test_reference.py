@@ -182,6 +182,7 @@ DROP_CALLS = {
 # MMC4 reader, whose errors are "<token>: <why>". filters/removal_list.py returns the matching rule.
 REASON_FUNCTION_MODULES = ("filters/text.py", "filters/url.py", "filters/safety.py", "filters/language.py")
 REASON_FUNCTION_MODULES += ("filters/image.py", "filters/document.py", "pipeline/mmc4/files.py")
+REASON_FUNCTION_MODULES += ("pipeline/mmc4/windows.py",)
 
 
 def _returns_optional_str(fn: ast.FunctionDef) -> bool:
