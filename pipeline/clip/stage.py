@@ -19,7 +19,7 @@ from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .model import ClipModel, load_clip, texts_of
 
-__all__ = ["EmbedWithClip", "ScoreWithClip", "OpenClipHandler"]
+__all__ = ["EmbedWithClip", "ScoreWithClip", "OpenClipHandler", "similarity_detail"]
 
 STAGE = "clip"
 # Batched float32 inference differs in the last bits with the batch's composition (which the
@@ -78,6 +78,13 @@ class OpenClipHandler(ModelHandler[Sample, Sample, ClipModel]):
         return "clip"
 
 
+def similarity_detail(similarity: Optional[float], minimum: Optional[float]) -> str:
+    """A clip drop's score and the rule (section ``clip``): "similarity 0.2133 < clip.min_similarity 0.28"."""
+    if similarity is None or similarity != similarity:
+        return f"no similarity (image or caption not embedded) while clip.min_similarity is {minimum:g}"
+    return f"similarity {similarity:.4f} < clip.min_similarity {minimum:g}"
+
+
 class _SimilarityThreshold(beam.DoFn):
     def __init__(self, minimum: Optional[float]):
         self.minimum = minimum
@@ -85,7 +92,7 @@ class _SimilarityThreshold(beam.DoFn):
     def process(self, s: Sample):
         reason = image_filter.similarity(s.similarity, self.minimum)
         if reason:
-            yield drop(s, reason, STAGE, detail=f"{s.similarity:.4f}" if s.similarity is not None else None)
+            yield drop(s, reason, STAGE, detail=similarity_detail(s.similarity, self.minimum))
         else:
             yield s
 

@@ -26,7 +26,7 @@ def image_sha256(s: Sample) -> str:
     return s.sha256
 
 
-EXACT_IMAGES = DedupRule(image_sha256, representative_order, "duplicate_image", STAGE)
+EXACT_IMAGES = DedupRule(image_sha256, representative_order, "duplicate_image", STAGE, "sha256")
 
 
 class DedupExactImages(beam.PTransform):

@@ -78,7 +78,23 @@ def target_size(width: int, height: int, cfg: ImageConfig) -> Tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def rule_detail(reason: str, width: int, height: int, cfg: ImageConfig) -> str:
+    """The size an image stage drop saw and the rule of ``cfg`` (section ``image``) that decided it:
+    "48x40: a side under image.min_side 150"."""
+    size = f"{width}x{height}"
+    if reason == "too_small":
+        return f"{size}: a side under image.min_side {cfg.min_side}"
+    if reason == "bad_aspect_ratio":
+        if min(width, height) <= 0:
+            return f"{size}: a side of 0 pixels has no aspect ratio (image.max_aspect_ratio {cfg.max_aspect_ratio:g})"
+        ratio = max(width, height) / min(width, height)
+        return f"{size}: aspect ratio {ratio:.2f} > image.max_aspect_ratio {cfg.max_aspect_ratio:g}"
+    if reason == "decompression_bomb":
+        return f"{size}: {width * height} pixels > image.max_pixels {cfg.max_pixels}"
+    return f"{size}: {reason}"
+
+
+def _open(data: bytes, cfg: ImageConfig) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
@@ -87,8 +103,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         # not str(e): Pillow's message names the BytesIO's memory address, which would make the
         # index differ from run to run; the first bytes say more about what came instead
         raise ImageRejected("not_an_image", f"{type(e).__name__}: the bytes begin {data[:16]!r}") from e
-    if img.width * img.height > max_pixels:
-        raise ImageRejected("decompression_bomb", f"{img.width}x{img.height} pixels", size=img.size)
+    if img.width * img.height > cfg.max_pixels:
+        raise ImageRejected("decompression_bomb", rule_detail("decompression_bomb", *img.size, cfg), size=img.size)
     return img
 
 
@@ -130,14 +146,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
     """Bytes -> RGB image (possibly JPEG-draft reduced) and the original size; checks the filters."""
-    img = _open(data, cfg.max_pixels)
+    img = _open(data, cfg)
     width, height = img.size
     for reason in (
         image_filter.min_side(width, height, cfg.min_side),
         image_filter.aspect_ratio(width, height, cfg.max_aspect_ratio),
     ):
         if reason:
-            raise ImageRejected(reason, f"{width}x{height}", size=(width, height))
+            raise ImageRejected(reason, rule_detail(reason, width, height, cfg), size=(width, height))
     rotated = "exif" in img.info and img.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
     if rotated:  # the image is shown (and measured) transposed
         width, height = height, width
@@ -206,14 +222,15 @@ def encode(img: Image.Image, cfg: ImageConfig) -> bytes:
 def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
     """The whole image stage on one image; raises ImageRejected with a reason token."""
     if not data:
-        raise ImageRejected("empty_body")
+        raise ImageRejected("empty_body", "0 bytes: there is no image to decode")
     img, width, height = decode(data, cfg)
     phash = perceptual.phash(img)
     out = resize(img, (width, height), cfg)
     encoded = encode(out, cfg)
     reason = image_filter.encoded_size(len(encoded), cfg.min_encoded_bytes)
     if reason:
-        raise ImageRejected(reason, f"{len(encoded)} bytes", size=(width, height))
+        detail = f"{len(encoded)} bytes re-encoded < image.min_encoded_bytes {cfg.min_encoded_bytes}"
+        raise ImageRejected(reason, detail, size=(width, height))
     return ProcessedImage(
         encoded, cfg.encode_format, out.width, out.height, width, height, hashlib.sha256(encoded).hexdigest(), phash
     )

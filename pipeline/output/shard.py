@@ -30,8 +30,10 @@ import io
 import json
 import logging
 import math
+import os
 import posixpath
 import tarfile
+import uuid
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
@@ -42,6 +44,7 @@ from ..progress import record
 from ..records import KEPT, IndexRow, Sample
 from ..stage import DROPPED_TAG, DedupRule, drop, input_order
 from ..store.blocks import with_images
+from .atomic import atomic_write
 from .index import WORK_DIR
 
 log = logging.getLogger(__name__)
@@ -126,7 +129,8 @@ class _RankBlock(beam.DoFn):
         kept = []
         for s in samples:
             if s.id in kept_as:
-                yield drop(s, self.dedup.reason, self.dedup.stage, duplicate_of=kept_as[s.id])
+                kept_id = kept_as[s.id]
+                yield drop(s, self.dedup.reason, self.dedup.stage, self.dedup.detail(kept_id), duplicate_of=kept_id)
             else:
                 kept.append(s)
         if not kept:
@@ -260,9 +264,18 @@ def _write_members(out: _HashingWriter, samples: Iterable[dict]) -> int:
     return count
 
 
+def tmp_tar_path(path: str) -> str:
+    """Where ``write_tar`` writes ``path`` before the rename: a name of its own for every attempt
+    (``000001-<8 hex>.tar.tmp``), so that two attempts at one shard (a retried bundle whose first
+    attempt still runs on a lost worker, a speculative copy) never write into one file."""
+    assert path.endswith(".tar"), path
+    return f"{path[: -len('.tar')]}-{uuid.uuid4().hex[:8]}.tar{TMP_SUFFIX}"
+
+
 def write_tar(path: str, samples: Iterable[dict]) -> Tuple[int, int, str]:
-    """Write webdataset samples to ``path`` atomically; returns (count, bytes, sha256)."""
-    tmp = path + TMP_SUFFIX
+    """Write webdataset samples to ``path`` atomically; returns (count, bytes, sha256).  Writing
+    the same samples again (a retried bundle) gives the same bytes under the same name."""
+    tmp = tmp_tar_path(path)
     try:
         with FileSystems.create(tmp) as raw:
             out = _HashingWriter(raw)
@@ -272,9 +285,12 @@ def write_tar(path: str, samples: Iterable[dict]) -> Tuple[int, int, str]:
             if FileSystems.exists(tmp):
                 FileSystems.delete([tmp])
         raise
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
+    if "://" not in path:
+        os.replace(tmp, path)  # atomic, over a tar an earlier attempt renamed (Beam's rename may refuse)
+    else:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+        FileSystems.rename([tmp], [path])
     record("written", count)
     return count, out.size, out.sha.hexdigest()
 
@@ -321,8 +337,8 @@ def read_record(output_dir: str, name: str) -> Optional[dict]:
 
 
 def write_record(output_dir: str, info: dict) -> None:
-    with FileSystems.create(record_path(output_dir, info["name"])) as f:
-        f.write(canonical_json(info))
+    """The completion record, written whole or not at all (a retried bundle writes it again)."""
+    atomic_write(record_path(output_dir, info["name"]), canonical_json(info))
 
 
 class _WriteShard(beam.DoFn):

@@ -112,7 +112,9 @@ class _Score(beam.DoFn):
         score = round(float(self._head.score(np.asarray(s.image_embedding)[None, :])[0]), 4)
         reason = safety.nsfw(score, self.max_nsfw)
         if reason:
-            yield drop(s.replace(nsfw=score), reason, STAGE, detail=f"{score:.4f}")
+            yield drop(
+                s.replace(nsfw=score), reason, STAGE, detail=f"nsfw {score:.4f} > safety.max_nsfw {self.max_nsfw:g}"
+            )
         else:
             yield s.replace(nsfw=score)
 
