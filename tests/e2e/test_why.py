@@ -26,8 +26,8 @@ def test_every_laion_row_is_found_by_its_id_and_explained(sample_build):
         else:
             assert f"at {row['stage']}: {row['reason']}" in text
             assert "passed" in text
-            if row["detail"]:
-                assert row["detail"] in text
+            assert row["detail"], f"{row['id']}: {row['stage']}/{row['reason']} has no detail"
+            assert row["detail"] in text
 
 
 def test_a_kept_rows_key_and_shard_are_where_the_tar_has_them(sample_build):
