@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # albumentations (pulled in by img2dataset) checks PyPI for updates on import; keep it quiet.
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: sample test lint format bench stats docs setup clean
+.PHONY: sample test lint format bench stats report-png docs setup clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,15 @@ stats: $(STAMP)
 # tests/unit/test_reference.py fails until they are current.
 docs: $(STAMP)
 	$(BIN)/python -m flamingo_corpus.reference
+
+# The statistics reports of the sample builds rendered to PNG with headless Chromium (Debian's
+# package, installed when missing), to look at what a reader sees: out/sample/<corpus>-report.png
+report-png: stats
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	for corpus in laion mmc4; do \
+		chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1300,9000 \
+			--screenshot=$(CURDIR)/out/sample/$$corpus-report.png file://$(CURDIR)/out/sample/$$corpus-report.html; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py $(ARGS)

@@ -852,6 +852,7 @@ class SampleItem:
     shard: str
     image: bytes  # encoded image bytes as stored (jpg / png)
     text: str  # the caption (LAION) or the image's matched sentence (MMC4)
+    similarity: Optional[float] = None  # CLIP similarity with that caption or sentence, when scored
 
 
 def sample_items(build, n: int = 12, per_shard: int = 6, seed: int = 0) -> List[SampleItem]:
@@ -892,7 +893,13 @@ def _laion_item(items: List[SampleItem], shard: str, key: Optional[str], group: 
     image = next((group[e] for e in IMAGE_EXTENSIONS if e in group), None)
     if key is None or image is None:
         return 0
-    items.append(SampleItem(key, shard, image, group.get("txt", b"").decode("utf-8", "replace")))
+    similarity = None
+    try:
+        value = json.loads(group["json"]).get("similarity") if "json" in group else None
+        similarity = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    except (ValueError, AttributeError):  # a json member that does not parse: the grid shows no score
+        pass
+    items.append(SampleItem(key, shard, image, group.get("txt", b"").decode("utf-8", "replace"), similarity))
     return 1
 
 
@@ -905,5 +912,7 @@ def _document_item(shard: str, doc: dict) -> Optional[SampleItem]:
             continue
         j = info.get("matched_text_index")
         text = sentences[j] if isinstance(j, int) and 0 <= j < len(sentences) else ""
-        return SampleItem(doc["key"], shard, image, str(text))
+        sim = info.get("matched_sim")
+        sim = float(sim) if isinstance(sim, (int, float)) and not isinstance(sim, bool) else None
+        return SampleItem(doc["key"], shard, image, str(text), sim)
     return None

@@ -157,14 +157,24 @@ def plot_histogram(
     return plot_histograms([h], title, threshold, threshold_label)
 
 
+def _integer_axis(axis) -> None:
+    """Ticks on whole numbers only: an axis of counts has no 2.5 rows."""
+    axis.set_major_locator(ticker.MaxNLocator(integer=True))
+
+
 def _stacked_barh(ax, labels: Sequence[str], parts: Dict[str, Sequence[int]], colors: Dict[str, str]) -> None:
+    """Stacked horizontal bars, each labelled with its total at its end."""
     left = np.zeros(len(labels))
     for name, part in parts.items():
         values = np.asarray(part, dtype=float)
         ax.barh(range(len(labels)), values, left=left, label=name, color=colors[name], height=0.7)
         left += values
+    for y, total in enumerate(left):
+        ax.text(total, y, f" {int(total):,}", va="center", ha="left", fontsize=7)
+    ax.set_xlim(0, max(left.max() if len(left) else 1, 1) * 1.15)  # room for the labels
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
+    _integer_axis(ax.xaxis)
 
 
 def plot_languages(table: pa.Table, title: str = "Language mix") -> Figure:
@@ -211,6 +221,7 @@ def plot_duplicate_groups(table: pa.Table, title: str = "Duplicate groups") -> F
     ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
     ax.set_xlabel("group size (kept copy + dropped copies)")
     ax.set_ylabel("groups")
+    _integer_axis(ax.yaxis)
     if max(r["groups"] for r in rows) > 100 * max(1, min(r["groups"] for r in rows)):
         ax.set_yscale("log")
     ax.legend(fontsize=8)
@@ -229,9 +240,12 @@ def plot_download_errors(by_reason: pa.Table, by_domain: pa.Table, title: str = 
         fig.suptitle(title)
         return fig
     colors = {r["reason"]: PALETTE[i % len(PALETTE)] for i, r in enumerate(reasons)}
-    ax_r.barh(range(len(reasons)), [r["count"] for r in reasons], color=[colors[r["reason"]] for r in reasons])
+    bars = ax_r.barh(range(len(reasons)), [r["count"] for r in reasons], color=[colors[r["reason"]] for r in reasons])
+    ax_r.bar_label(bars, [f" {r['count']:,}" for r in reasons], fontsize=7)
+    ax_r.set_xlim(0, max(r["count"] for r in reasons) * 1.15)
     ax_r.set_yticks(range(len(reasons)), [r["reason"] for r in reasons], fontsize=8)
     ax_r.invert_yaxis()
+    _integer_axis(ax_r.xaxis)
     ax_r.set_xlabel("rows")
     ax_r.set_title("by reason", fontsize=10)
     names = [c for c in by_domain.column_names if c not in ("domain", "total")]
@@ -243,7 +257,8 @@ def plot_download_errors(by_reason: pa.Table, by_domain: pa.Table, title: str = 
     )
     ax_d.set_xlabel("rows")
     ax_d.set_title("by domain", fontsize=10)
-    ax_d.legend(fontsize=7)
+    # beside the panel, not over its bars (the longest bar is the top one, where a legend goes)
+    ax_d.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle(title)
     return fig
 
@@ -258,7 +273,9 @@ def plot_shards(table: pa.Table, title: str = "Shards") -> Figure:
             _no_data(ax, "no shards")
         elif len(values) <= 64:
             ax.bar(range(len(values)), values, color=PALETTE[0])
-            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+            _integer_axis(ax.xaxis)
+            if what == "samples per shard":
+                _integer_axis(ax.yaxis)
             ax.set_xlabel("shard number")
             ax.set_ylabel(what)
         else:
@@ -292,6 +309,7 @@ def plot_images_per_document(table: pa.Table, title: str = "Images per document"
     ax.set_xticks(x, [str(r["images"]) for r in rows])
     ax.set_xlabel("images")
     ax.set_ylabel("documents")
+    _integer_axis(ax.yaxis)
     ax.legend(fontsize=8)
     ax.set_title(title)
     return fig
@@ -315,7 +333,8 @@ def plot_sample_grid(items: Sequence[SampleItem], columns: int = 4, title: str =
                 ax.imshow(np.asarray(im.convert("RGB")))
         except Exception as e:  # noqa: BLE001 - one unreadable member must not sink the grid
             _no_data(ax, f"cannot show: {e}")
-        ax.set_title(f"{item.key} ({item.shard})", fontsize=7, parse_math=False)
+        score = f", similarity {item.similarity:.3f}" if item.similarity is not None else ""
+        ax.set_title(f"{item.key} ({item.shard}){score}", fontsize=7, parse_math=False)
         text = "\n".join(textwrap.wrap(" ".join(item.text.split()), 34, max_lines=3, placeholder=" ...")) or "(no text)"
         ax.text(0.5, -0.03, text, transform=ax.transAxes, ha="center", va="top", fontsize=7, parse_math=False)
     fig.suptitle(title)
@@ -415,12 +434,14 @@ def sections(build, samples: int = 12, documents: int = 200) -> List[Section]:
             )
         )
     sim = stats.similarity_histogram(b)
+    shown = [name for name, counts in sim.counts.items() if np.asarray(counts).sum() > 0]
+    series = " vs ".join(shown) if len(shown) > 1 else (f"{shown[0]} only" if shown else "none scored")
     out.append(
         Section(
             "similarity",
             "Matched CLIP similarity" if b.is_mmc4 else "CLIP similarity",
             plot_histogram(
-                sim, f"CLIP similarity of {unit}, kept vs dropped", stats.similarity_threshold(b), _similarity_label(b)
+                sim, f"CLIP similarity of {unit}, {series}", stats.similarity_threshold(b), _similarity_label(b)
             ),
             note="Rows dropped before CLIP scoring have no similarity and are not counted."
             + (
