@@ -80,6 +80,9 @@ class Plan:
     download_bytes: float
     output_bytes: float
     notes: List[str] = field(default_factory=list)
+    store_bytes: Optional[float] = None  # the image store: every downloaded image and every fetched row's record
+    shuffle_bytes: Optional[float] = None  # bytes through the runner's shuffles (GroupByKey inputs), all stages
+    clip: bool = False  # the recipe runs CLIP (its embeddings ride the shuffles after it)
 
     def _hours(self, resource: str) -> float:
         return sum(s.hours for s in self.stages if s.resource == resource)
@@ -142,6 +145,8 @@ class Plan:
             "bottleneck": self.bottleneck.name,
             "download_bytes": self.download_bytes,
             "output_bytes": self.output_bytes,
+            "store_bytes": self.store_bytes,
+            "shuffle_bytes": self.shuffle_bytes,
             "notes": self.notes,
         }
 
@@ -273,7 +278,25 @@ def make_plan(
         )
     else:
         out = rows * _value(table, "laion_output_bytes_per_sample")
-    return Plan(recipe.name, recipe.input.corpus, rows, cluster, stages, images * image_bytes, out, notes)
+    corpus = table["corpus"]
+    store_key, shuffle_key = (
+        ("mmc4_store_bytes_per_image", None) if mmc4 else ("laion_store_bytes_per_row", "laion_shuffle_bytes_per_row")
+    )
+    store = images * float(corpus[store_key]["value"]) if store_key in corpus else None
+    shuffle = rows * float(corpus[shuffle_key]["value"]) if shuffle_key and shuffle_key in corpus else None
+    return Plan(
+        recipe.name,
+        recipe.input.corpus,
+        rows,
+        cluster,
+        stages,
+        images * image_bytes,
+        out,
+        notes,
+        store_bytes=store,
+        shuffle_bytes=shuffle,
+        clip=recipe.clip.enabled,
+    )
 
 
 # -- printing -------------------------------------------------------------------------------
@@ -339,6 +362,17 @@ def format_plan(plan: Plan, table: Optional[dict] = None) -> str:
         f"({_si(per_worker, 'bit/s')} per worker), {_si(plan.output_bytes, 'B')} written "
         f"(every {unit[:-1]} kept: an upper bound)"
     )
+    if plan.store_bytes is not None:
+        lines.append(
+            f"image store: {_si(plan.store_bytes, 'B')} (every image downloaded and kept there: an upper bound; "
+            f"--store keeps it for resumes, retries and re-filtering)"
+        )
+    if plan.shuffle_bytes is not None:
+        lines.append(
+            f"shuffles: {_si(plan.shuffle_bytes / plan.rows, 'B')} per {unit[:-1]}, {_si(plan.shuffle_bytes, 'B')} "
+            "in all, measured with CLIP off (no image rides a shuffle"
+            + ("; CLIP's two embeddings add 8 B per dimension a row)" if plan.clip else ")")
+        )
     for note in plan.notes:
         lines.append(f"note: {note}")
     lines.append(

@@ -247,3 +247,24 @@ def test_docs_plans_are_what_plan_prints(capsys):
         for key in ("wall-clock:", "worker-hours:", "CPU:", "network:"):
             line = next(line for line in printed.splitlines() if line.startswith(key))
             assert line in shown, (command, line)
+
+
+def test_the_image_store_and_the_shuffles_are_sized_when_the_table_has_them():
+    cluster = Cluster(workers=10, cores_per_worker=4, gpus_per_worker=1, gpu="big")
+    assert make_plan(_laion(), 1000, cluster, TABLE).store_bytes is None  # a table without the figures
+    table = {
+        **TABLE,
+        "corpus": {
+            **TABLE["corpus"],
+            "laion_store_bytes_per_row": {"value": 90.0},
+            "laion_shuffle_bytes_per_row": {"value": 7.0},
+            "mmc4_store_bytes_per_image": {"value": 180.0},
+        },
+    }
+    plan = make_plan(_laion(clip={"enabled": False}), 1000, cluster, table)
+    assert plan.store_bytes == 90_000 and plan.shuffle_bytes == 7_000
+    text = format_plan(plan)
+    assert "image store: 90.0 kB" in text and "shuffles: 7 B per row, 7.0 kB in all" in text
+    assert "embeddings" not in text and "embeddings" in format_plan(make_plan(_laion(), 1000, cluster, table))
+    mmc4 = make_plan(_mmc4(), 100, cluster, table)
+    assert mmc4.store_bytes == 100 * 5 * 180 and mmc4.shuffle_bytes is None
