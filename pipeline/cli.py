@@ -13,9 +13,9 @@ from typing import List, Optional
 
 from .errors import UserError
 from .logs import configure as configure_logging
-from .runners.stop import BuildInterrupted
 from .paths import CHECKOUT_MANIFESTS
 from .recipe import RecipeError, load_recipe
+from .runners.stop import BuildInterrupted
 
 REPO_MANIFESTS = CHECKOUT_MANIFESTS
 SAMPLE_RECIPES = [REPO_MANIFESTS / "sample-laion.yaml", REPO_MANIFESTS / "sample-mmc4.yaml"]
@@ -155,20 +155,38 @@ def _cmd_plan(args, beam_args: List[str]) -> int:
 
     from .runners.plan import Cluster, PlanError, format_plan, load_table, make_plan
 
+    assumed = args.gpus_per_worker is None  # not given: one GPU per worker, said so below
+    gpus = 1 if assumed else args.gpus_per_worker
     try:
         table = load_table(args.table)
-        plan = make_plan(
-            load_recipe(args.recipe),
-            args.rows,
-            Cluster(args.workers, args.cores_per_worker, args.gpus_per_worker, args.gpu),
-            table,
-            images_per_document=args.images_per_document,
-            mean_image_bytes=args.mean_image_bytes,
-        )
+        recipe = load_recipe(args.recipe)
+
+        def plan_for(gpus_per_worker: int):
+            return make_plan(
+                recipe,
+                args.rows,
+                Cluster(args.workers, args.cores_per_worker, gpus_per_worker, args.gpu),
+                table,
+                images_per_document=args.images_per_document,
+                mean_image_bytes=args.mean_image_bytes,
+            )
+
+        plan = plan_for(gpus)
+        cpu_only = plan_for(0) if gpus and plan.bound == "gpu" else None
     except (RecipeError, PlanError, OSError, ValueError) as e:
         print(f"flamingo-corpus: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    if assumed and gpus:
+        print(f"assuming {gpus} GPU ({args.gpu}) per worker: give --gpus-per-worker (0 for CPUs only) to change it\n")
+    print(format_plan(plan))
+    if cpu_only is not None:
+        print(
+            f"\nwarning: this plan is GPU-bound: without its {plan.cluster.gpus:,} GPUs, CLIP on the CPUs alone "
+            f"would take {cpu_only.wall_hours:,.1f} hours of wall-clock instead of {plan.wall_hours:,.1f}"
+        )
     return 0
 
 
@@ -368,7 +386,10 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--workers", type=int, default=100, help="worker machines (default: %(default)s)")
     pl.add_argument("--cores-per-worker", type=int, default=16, help="vCPUs per worker (default: %(default)s)")
     pl.add_argument(
-        "--gpus-per-worker", type=int, default=1, help="GPUs per worker; 0 runs CLIP on the CPUs (default: %(default)s)"
+        "--gpus-per-worker",
+        type=int,
+        default=None,
+        help="GPUs per worker; 0 runs CLIP on the CPUs (default: 1, and the plan says it assumed it)",
     )
     pl.add_argument(
         "--gpu", default="h200", help="GPU kind of the table's 'gpus': h200 (measured), h100, l4 (default: %(default)s)"
