@@ -8,7 +8,15 @@ it does not answer (as on machines without network), the attempt fails and costs
 second before the DirectRunner falls back to the FnApiRunner, the engine it uses for batch
 pipelines.  A build asking for the DirectRunner therefore gets that FnApiRunner directly, with the
 same options (``direct_running_mode``, ``direct_num_workers``) and the pipeline options passed
-to its workers as the DirectRunner passes them.  Any other runner is left to Beam.
+to its workers as the DirectRunner passes them.
+
+Beam's ``PortableRunner`` with ``job_endpoint: embed`` runs that same FnApiRunner in the launching
+process behind an in-process job service, but with one SDK worker whatever the options say (its
+``BeamJob`` builds ``FnApiRunner()`` and never reads a worker count): a cluster of worker pools
+would run one bundle at a time.  Such a build gets the FnApiRunner directly too, its workers in
+the environment the options name (``environment_type``, ``environment_config``: an ``EXTERNAL``
+worker pool on other machines) and ``sdk_worker_parallelism`` of them at once.  Any other runner
+(a job server's endpoint, Dataflow) is left to Beam.
 
 Its worker processes (``multi_processing``) run ``flamingo_corpus.runners.local_worker``, Beam's worker main
 that skips the interpreter's teardown once the harness is done: the FnApiRunner waits for each
@@ -21,7 +29,7 @@ import os
 import sys
 from typing import Optional
 
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.runner import PipelineRunner
 
@@ -40,9 +48,19 @@ def is_direct(options: PipelineOptions) -> bool:
     return runner.rsplit(".", 1)[-1].lower() in DIRECT_NAMES
 
 
+def is_embedded_portable(options: PipelineOptions) -> bool:
+    """Whether ``options`` ask for Beam's PortableRunner with its embedded job server."""
+    runner = options.view_as(StandardOptions).runner
+    if not isinstance(runner, str) or runner.rsplit(".", 1)[-1].lower() not in ("portable", "portablerunner"):
+        return False
+    return options.view_as(PortableOptions).job_endpoint == "embed"
+
+
 def local_runner(options: PipelineOptions) -> Optional[PipelineRunner]:
-    """The FnApiRunner for a DirectRunner run, or None to let Beam pick the runner it was asked for."""
-    if not is_direct(options) or options.view_as(StandardOptions).streaming:
+    """The FnApiRunner for a DirectRunner run or an embedded PortableRunner one, or None to let
+    Beam pick the runner it was asked for."""
+    direct, embedded = is_direct(options), is_embedded_portable(options)
+    if not (direct or embedded) or options.view_as(StandardOptions).streaming:
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
@@ -50,7 +68,16 @@ def local_runner(options: PipelineOptions) -> Optional[PipelineRunner]:
     # What SwitchingDirectRunner.run_pipeline hands the FnApiRunner (Beam 2.77).
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return LocalFnApiRunner(provision_info=provision)
+    if direct:
+        return LocalFnApiRunner(provision_info=provision)
+    from apache_beam.transforms import environments
+
+    portable = options.view_as(PortableOptions)
+    runner = LocalFnApiRunner(
+        default_environment=environments.Environment.from_options(portable), provision_info=provision
+    )
+    runner.workers = int(portable.sdk_worker_parallelism or 1) or 1
+    return runner
 
 
 def worker_command(module: str) -> str:
@@ -63,9 +90,14 @@ class LocalFnApiRunner(fn_runner.FnApiRunner):
 
     ``FnApiRunner.run_pipeline`` sets the command of a ``multi_processing`` worker itself, so the
     command is swapped in the pipeline proto it hands on; an environment with any other command
-    (set by the user) is left as it is."""
+    (set by the user) is left as it is.  ``workers``, where set (an embedded PortableRunner
+    run), is how many SDK workers of the pipeline's environment run bundles at once."""
+
+    workers: Optional[int] = None
 
     def run_via_runner_api(self, pipeline_proto, options):
+        if self.workers:
+            self._num_workers = self.workers
         self.use_local_worker(pipeline_proto)
         return super().run_via_runner_api(pipeline_proto, options)
 
@@ -105,4 +137,11 @@ def cpu_threads_per_worker(options: PipelineOptions) -> Optional[int]:
     return None if workers is None else max(1, (os.cpu_count() or 1) // workers)
 
 
-__all__ = ["LocalFnApiRunner", "cpu_threads_per_worker", "is_direct", "local_runner", "local_workers"]
+__all__ = [
+    "LocalFnApiRunner",
+    "cpu_threads_per_worker",
+    "is_direct",
+    "is_embedded_portable",
+    "local_runner",
+    "local_workers",
+]

@@ -619,3 +619,22 @@ def test_clip_on_the_cpu_runs_the_threads_it_is_given(tiny_clip_checkpoint):
         assert torch.get_num_threads() == 2  # not set: torch's own setting stays
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_embedded_portable_run_drives_as_many_external_workers_as_asked():
+    """PortableRunner with job_endpoint embed: Beam's job service would run its FnApiRunner with
+    one SDK worker; the build runs that engine itself with sdk_worker_parallelism workers, in the
+    environment the options name (portable-external.yaml: EXTERNAL worker pools)."""
+    from apache_beam.portability import common_urns
+    from apache_beam.transforms import environments
+
+    args = runner_args("portable-external", ["--environment_config=10.1.2.3:50000"])
+    options = PipelineOptions(args)
+    runner = local_runner(options)
+    assert isinstance(runner, LocalFnApiRunner) and runner.workers == 2
+    env = runner._default_environment  # noqa: SLF001 - what the FnApiRunner starts workers in
+    assert isinstance(env, environments.ExternalEnvironment) and env.url == "10.1.2.3:50000"
+    assert env.to_runner_api(None).urn == common_urns.environments.EXTERNAL.urn
+    assert cpu_threads_per_worker(options) is None  # the workers' machines are not this one
+    # a job server of its own (Spark, Flink) is Beam's to drive
+    assert local_runner(PipelineOptions(["--runner=PortableRunner", "--job_endpoint=localhost:8099"])) is None
