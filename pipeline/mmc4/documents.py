@@ -27,6 +27,7 @@ from ..stage import KeepOnePerKey, apply_with_drops, drop, input_order
 from ..store.blocks import STORED_KEY
 from . import align, windows
 from . import files as mmc4
+from .image_details import image_check_detail
 
 __all__ = ["ReadMmc4Documents", "FilterDocuments", "SplitDocuments", "AssembleDocuments"]
 
@@ -169,9 +170,11 @@ class _Explode(beam.DoFn):
                 meta={"image_name": info.get("image_name") if isinstance(info, dict) else None},
             )
             reason = next((r for r in image_checks(image.url, self.cfg) if r), None)
+            detail = image_check_detail(reason, image.url, self.cfg) if reason else None
             if not reason and self.prune:
                 reason = windows.first_window_reason(doc["similarity_matrix"][pos], bound, threshold)
-            yield drop(image, reason, IMAGE) if reason else image
+                detail = "past the first window: not downloaded (mmc4.windows.mode: trim)" if reason else None
+            yield drop(image, reason, IMAGE, detail=detail) if reason else image
         for j, sentence in enumerate(doc["text_list"]):
             yield beam.pvalue.TaggedOutput(
                 self.SENTENCES,
