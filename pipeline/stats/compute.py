@@ -321,6 +321,34 @@ def headline(build) -> Dict[str, float]:
     return out
 
 
+def windows(build) -> Optional[pa.Table]:
+    """MMC4 with OpenFlamingo windows: documents in and kept, windows written, and the images
+    inside a window (shipped) and outside every window written, by reason; None without windows."""
+    from ..mmc4.windows import OUTSIDE
+
+    b = open_build(build)
+    counts = b.counts.to_pylist()
+    if not any(r["kind"] == "window" for r in counts):
+        return None
+
+    def total(kind: str, status: Optional[str] = None) -> int:
+        return sum(r["n"] for r in counts if r["kind"] == kind and (status is None or r["status"] == status))
+
+    rows = [
+        ("documents in", total("document")),
+        ("documents kept", total("document", "kept")),
+        ("windows written", total("window", "kept")),
+        ("images inside a window (shipped)", total("image", "kept")),
+    ]
+    outside = [
+        (f"images outside every window: {r['stage']}/{r['reason']}", r["n"])
+        for r in counts
+        if r["kind"] == "image" and r["status"] == "dropped" and f"{r['stage']}/{r['reason']}" in OUTSIDE
+    ]
+    rows += sorted(outside, key=lambda item: -item[1])
+    return pa.table({"what": [w for w, _ in rows], "count": [n for _, n in rows]})
+
+
 def funnel(build, kind: Optional[str] = None) -> pa.Table:
     """The filter funnel: (step, stage, reason, count, remaining) from the rows in, through every
     drop reason in pipeline order, to the rows kept.  ``remaining`` is what is left after the step;

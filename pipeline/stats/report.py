@@ -423,6 +423,17 @@ def sections(build, samples: int = 12, documents: int = 200) -> List[Section]:
     b = stats.open_build(build)
     unit = stats.UNITS[b.item_kind]
     out = [Section("headline", "Headline", table=stats.headline(b))]
+    shown = stats.windows(b)
+    if shown is not None:
+        out.append(
+            Section(
+                "windows",
+                "OpenFlamingo windows",
+                table=shown,
+                note="Each window is one sample: consecutive sentences within the loader's token budget and "
+                "the images it keeps. Images outside every window written are downloaded but not shipped.",
+            )
+        )
     for kind in b.kinds:
         f = stats.funnel(b, kind)
         out.append(
