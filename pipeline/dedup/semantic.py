@@ -11,8 +11,11 @@ any better-ranked member of its cluster is too similar (whether or not that one 
 ``duplicate_of`` follows such chains to the kept member, so it always names a sample in the tars.
 
 Beam shape: the fit subset is a ``Top.Of`` over a stable hash of the ids (the same subset on every
-run and runner), k-means runs once on it (scipy's ``kmeans2`` with a fixed seed, k-means++ init);
-centroids reach the workers as a side input; clusters are formed with a GroupByKey of (id,
+run and runner), k-means runs once on it (``spherical_kmeans``: Lloyd's iterations from rows drawn
+with a fixed seed, on embeddings rounded to multiples of 2**-15 so that every sum is exact and
+every nearest-centroid decision is exact: the same centroid bits on any CPU, BLAS or thread
+count); centroids reach the workers as a side input and members are assigned in batches, by the
+same exact rule; clusters are formed with a GroupByKey of (id,
 embedding, rank key) only, never the image bytes; the decisions, which can be many (SemDeDup
 removed half of LAION-440M), are joined back with a CoGroupByKey rather than a side input.
 """
@@ -24,7 +27,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
-from scipy.cluster.vq import kmeans2
+import scipy.sparse
 
 from ..recipe import DedupConfig
 from ..records import Sample
@@ -33,9 +36,14 @@ from .exact import representative_order
 
 __all__ = [
     "DedupSemantic",
+    "FitCentroids",
+    "assign",
     "stable_hash",
     "fit_centroids",
     "nearest_centroid",
+    "nearest_centroids",
+    "quantize_rows",
+    "spherical_kmeans",
     "cluster_duplicates",
     "semantic_duplicates",
 ]
@@ -45,6 +53,16 @@ REASON = "semantic_duplicate"
 # Elements of one similarity block (float32: 64 MiB), so a big cluster stays bounded in memory.
 _BLOCK_ELEMENTS = 1 << 24
 _KMEANS_SEED = 0
+# Lloyd's iterations at most on the warm sample and again on all rows (each pass stops earlier
+# when no row changes cluster); scipy's kmeans2, used before, ran 10.
+_KMEANS_ITERATIONS = 10
+# The share of the rows the first iterations run on (``spherical_kmeans``).
+_WARM_FRACTION = 0.25
+# Embedding components are rounded to multiples of 2**-15 for the fit (see ``quantize_rows``).
+_FRACTION_BITS = 15
+_ONE = float(1 << _FRACTION_BITS)
+# Scores (float32) computed at once by ``assign``: 16 MiB.
+_SCORES_BLOCK = 1 << 22
 
 
 # --- pure functions ---------------------------------------------------------------------------
@@ -55,27 +73,207 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
-def fit_centroids(embeddings: np.ndarray, n_clusters: int, seed: int = _KMEANS_SEED) -> np.ndarray:
-    """k-means centroids (L2-normalised, so nearest = highest cosine) of the rows of ``embeddings``.
+def quantize_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length and rounded to multiples of ``2**-15`` (float32).
 
-    Fewer rows than clusters gives one centroid per row.  The caller passes rows in a fixed order,
-    so with the fixed seed the centroids are the same on every run.
+    Every step is exact or a single correctly rounded IEEE operation on each element (a row's
+    largest magnitude, sums of squares of small integers, one division, one ``rint``), so the
+    result is the same bits on every CPU, BLAS and thread count.  A zero row stays zero.
+    """
+    rows = np.asarray(rows)
+    if rows.ndim != 2:
+        raise ValueError(f"expected a 2-d array of embeddings, got shape {rows.shape}")
+    out = np.empty(rows.shape, dtype=np.float32)
+    step = max(1, _SCORES_BLOCK // max(rows.shape[1], 1) // 4)
+    for start in range(0, len(rows), step):
+        data = rows[start : start + step].astype(np.float64)
+        scale = np.max(np.abs(data), axis=1, keepdims=True)
+        whole = np.rint(data / np.where(scale == 0, 1, scale) * _ONE)  # integers, |.| <= 2**15
+        norm = np.sqrt(np.sum(whole * whole, axis=1, keepdims=True))  # an exact sum: < 2**53
+        out[start : start + step] = np.rint(whole * _ONE / np.where(norm == 0, 1, norm)) / _ONE
+    return out
+
+
+def _scores_bound(dims: int) -> float:
+    """Largest possible error of a float32 dot product of two quantized rows, whatever the
+    summation order or FMA use: Higham's gamma_n times the product of the norms (a quantized row
+    is off unit length by at most sqrt(dims) * 2**-16)."""
+    unit = 2.0**-24
+    gamma = dims * unit / (1 - dims * unit)
+    norm = 1 + np.sqrt(dims) / (2 * _ONE)
+    return float(gamma * norm * norm)
+
+
+def assign(rows: np.ndarray, centroids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nearest centroid, a lower bound on its cosine, an upper bound on the cosine of the next
+    nearest) of each quantized row; the nearest is exact, as if computed with infinite precision
+    (ties: the lowest index).
+
+    The rows and centroids are multiples of ``2**-15`` (``quantize_rows``), so their float64 dot
+    products are exact.  The fast path is a float32 matrix product, a block of rows at a time; a
+    row whose best and second-best float32 scores are within twice the product's worst-case
+    rounding error is re-scored in float64, exactly.  The labels therefore do not depend on the
+    CPU type, BLAS or thread count: float32 only decides where it cannot be wrong.
+    """
+    n, k = len(rows), len(centroids)
+    labels = np.zeros(n, dtype=np.int64)
+    best = np.zeros(n, dtype=np.float64)
+    second = np.full(n, -np.inf, dtype=np.float64)
+    if n == 0 or k == 0:
+        return labels, best, second
+    error = _scores_bound(rows.shape[1])
+    wide = centroids.astype(np.float64)
+    step = max(1, _SCORES_BLOCK // k)
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        block = np.arange(stop - start)
+        scores = rows[start:stop] @ centroids.T
+        top = np.argmax(scores, axis=1)
+        picked = scores[block, top].astype(np.float64)
+        if k > 1:
+            scores[block, top] = -np.inf
+            other = scores.max(axis=1).astype(np.float64)
+            unsure = np.flatnonzero(picked - other <= 2 * error)
+            second[start:stop] = other + error
+        else:
+            unsure = np.empty(0, np.int64)
+        if len(unsure):
+            exact = rows[start + unsure].astype(np.float64) @ wide.T
+            top[unsure] = np.argmax(exact, axis=1)
+            if k > 1:
+                chosen = exact[np.arange(len(unsure)), top[unsure]].copy()
+                exact[np.arange(len(unsure)), top[unsure]] = -np.inf
+                second[start + unsure] = exact.max(axis=1)
+                exact[np.arange(len(unsure)), top[unsure]] = chosen
+        labels[start:stop] = top
+        best[start:stop] = picked - error
+        if len(unsure):
+            best[start + unsure] = exact.max(axis=1) if k == 1 else exact[np.arange(len(unsure)), top[unsure]]
+    return labels, best, second
+
+
+def _initial_rows(rows: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``k`` distinct rows chosen at random (PCG64, the same draw everywhere), in input order."""
+    flat = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first = np.unique(flat, return_index=True)
+    first.sort()
+    if len(first) <= k:
+        return first
+    return np.sort(first[np.random.default_rng(seed).choice(len(first), size=k, replace=False)])
+
+
+def _cluster_sums(rows: np.ndarray, labels: np.ndarray, k: int, sign: float = 1.0) -> np.ndarray:
+    """Sum (times ``sign``) of the rows of each cluster, float64: exact, in any order (multiples
+    of 2**-15 below 2**38), so a sparse product may add them."""
+    one_hot = scipy.sparse.csr_matrix(
+        (np.full(len(labels), sign), (labels, np.arange(len(labels)))), shape=(k, len(labels))
+    )
+    return np.asarray(one_hot @ rows.astype(np.float64))
+
+
+def _lloyd(rows: np.ndarray, centroids: np.ndarray, iterations: int, prune: bool, stats: dict):
+    """Lloyd's iterations from ``centroids``: (centroids, labels).  See ``spherical_kmeans``."""
+    n, k = len(rows), len(centroids)
+    labels, best, second = assign(rows, centroids)
+    stats["rescored"] += n
+    sums = _cluster_sums(rows, labels, k)
+    stretch = 1 + 2 * np.sqrt(rows.shape[1]) / _ONE  # a row's norm, and slack for the drift's rounding
+    for _ in range(iterations):
+        moved = np.flatnonzero(sums.any(axis=1))
+        new = centroids.copy()
+        new[moved] = quantize_rows(sums[moved])
+        drift = np.linalg.norm(new.astype(np.float64) - centroids, axis=1) * stretch + 1e-12
+        centroids = new
+        stats["iterations"] += 1
+        if prune and k > 1:
+            # the others' largest drift: the largest, or for the rows of that centroid the next
+            first, runner_up = np.argsort(drift)[::-1][:2]
+            best -= drift[labels]
+            second += np.where(labels == first, drift[runner_up], drift[first])
+            redo = np.flatnonzero(best <= second)
+        else:
+            redo = np.arange(n)
+        stats["rescored"] += len(redo)
+        new_labels, best[redo], second[redo] = assign(rows[redo], centroids)
+        moving = new_labels != labels[redo]
+        changed = redo[moving]
+        stats["changed"] = len(changed)
+        if not len(changed):
+            break
+        sums += _cluster_sums(rows[changed], new_labels[moving], k) + _cluster_sums(
+            rows[changed], labels[changed], k, -1.0
+        )
+        labels[redo] = new_labels
+    return centroids, labels
+
+
+def spherical_kmeans(
+    embeddings: np.ndarray,
+    n_clusters: int,
+    seed: int = _KMEANS_SEED,
+    iterations: int = _KMEANS_ITERATIONS,
+    prune: bool = True,
+    warm_fraction: float = _WARM_FRACTION,
+) -> Tuple[np.ndarray, dict]:
+    """Spherical k-means (Lloyd's iterations on cosine) of the rows: (centroids, stats).
+
+    Starts from ``n_clusters`` distinct rows drawn with ``seed``.  An iteration moves each
+    centroid to the normalised sum of its rows and assigns every row to its nearest centroid
+    (``assign``: exact); iterations stop when no row changes cluster or after ``iterations``
+    moves.  They run first on a ``warm_fraction`` of the rows (drawn with ``seed``; at least 40
+    rows a cluster), then from there on all rows: most of the moving is done on the sample, at a
+    fraction of the cost.  A cluster left empty keeps its centroid.  All arithmetic that decides
+    anything is exact (rows and centroids are ``quantize_rows`` output, sums of them are exact in
+    float64), so every run on any machine gives the same bits.
+
+    ``prune`` (Hamerly's bounds) re-scores only the rows whose assignment could have changed: a
+    row keeps a lower bound on its cosine with its own centroid and an upper bound on every other
+    one, loosened by how far the centroids moved; while the first is above the second, the row
+    cannot move.  The bounds only choose which rows to re-score, so the result is the same bits
+    as without pruning.  stats: ``iterations`` (centroid moves, both passes), ``objective`` (mean
+    cosine of a row with its centroid, at the end), ``rescored`` (row scorings), ``changed``
+    (rows that moved on the last iteration).
+    """
+    rows = quantize_rows(embeddings)
+    n = len(rows)
+    stats = {"iterations": 0, "objective": 0.0, "rescored": 0, "changed": 0}
+    if n == 0:
+        return np.zeros((0, rows.shape[1]), np.float32), stats
+    k = min(n_clusters, n)
+    warm = min(n, max(int(n * warm_fraction), 40 * k))
+    sample = rows[np.sort(np.random.default_rng(seed).permutation(n)[:warm])] if warm < n else rows
+    centroids = sample[_initial_rows(sample, k, seed)]
+    if warm < n:
+        centroids, _ = _lloyd(sample, centroids, iterations, prune, stats)
+    centroids, labels = _lloyd(rows, centroids, iterations, prune, stats)
+    stats["objective"] = float(np.einsum("ij,ij->i", rows, centroids[labels], dtype=np.float64).mean())
+    return centroids, stats
+
+
+def fit_centroids(embeddings: np.ndarray, n_clusters: int, seed: int = _KMEANS_SEED) -> np.ndarray:
+    """k-means centroids (unit length, so nearest = highest cosine) of the rows of ``embeddings``:
+    ``spherical_kmeans``, the same bits on every run, machine and worker count.
+
+    Fewer rows than clusters gives one centroid per distinct row.  The caller passes rows in a
+    fixed order, so with the fixed seed the centroids are the same on every run.
     """
     if len(embeddings) == 0:
         return np.zeros((0, 0), np.float32)
-    data = np.asarray(embeddings, dtype=np.float64)
-    k = min(n_clusters, len(data))
-    if k == len(data):
-        centroids = data
-    else:
-        centroids, _ = kmeans2(data, k, minit="++", seed=seed)
-    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
-    return (centroids / np.where(norms == 0, 1, norms)).astype(np.float32)
+    centroids, _ = spherical_kmeans(embeddings, n_clusters, seed)
+    return centroids
+
+
+def nearest_centroids(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the centroid with the highest cosine for each row (ties: the lowest index),
+    decided exactly on the quantized rows (``assign``): the same on every machine."""
+    if len(centroids) == 0 or len(embeddings) == 0:
+        return np.zeros(len(embeddings), dtype=np.int64)
+    return assign(quantize_rows(embeddings), np.asarray(centroids, dtype=np.float32))[0]
 
 
 def nearest_centroid(embedding: np.ndarray, centroids: np.ndarray) -> int:
     """Index of the centroid with the highest cosine (ties: the lowest index)."""
-    return int(np.argmax(centroids @ embedding))
+    return int(nearest_centroids(np.asarray(embedding)[None, :], centroids)[0])
 
 
 def cluster_duplicates(ids: Sequence[str], embeddings: np.ndarray, max_similarity: float) -> Dict[str, str]:
@@ -112,9 +310,12 @@ def semantic_duplicates(
     members: Iterable[Tuple[str, np.ndarray, tuple]], centroids: np.ndarray, max_similarity: float
 ) -> Dict[str, str]:
     """The whole stage in memory (for tests and small runs): id -> kept id of every duplicate."""
+    members = list(members)
     clusters: Dict[int, list] = {}
-    for member in members:
-        clusters.setdefault(nearest_centroid(member[1], centroids), []).append(member)
+    if members:
+        labels = nearest_centroids(np.stack([m[1] for m in members]), centroids)
+        for label, member in zip(labels.tolist(), members):
+            clusters.setdefault(label, []).append(member)
     out = {}
     for cluster in clusters.values():
         out.update(_decide_cluster(cluster, max_similarity))
@@ -140,8 +341,11 @@ def _fit(subset: List[tuple], n_clusters: int) -> np.ndarray:
     return fit_centroids(np.stack([m[1] for m in subset]) if subset else np.zeros((0, 0)), n_clusters)
 
 
-def _assign(member: tuple, centroids: np.ndarray):
-    return nearest_centroid(member[1], centroids), member
+def _assign(batch: List[tuple], centroids: np.ndarray):
+    """(cluster, member) of each member of a batch: one matrix product per batch; the labels do
+    not depend on how the members were batched."""
+    labels = nearest_centroids(np.stack([m[1] for m in batch]), centroids)
+    return list(zip(labels.tolist(), batch))
 
 
 def _cluster_decisions(item, max_similarity: float):
@@ -163,6 +367,23 @@ class _Decide(beam.DoFn):
                 yield s
 
 
+class FitCentroids(beam.PTransform):
+    """members (id, embedding, rank key) -> one element, the k-means centroids: fitted on the
+    ``fit_rows`` members first by a stable hash of their ids, sorted by id, so the same on every
+    run, runner and worker count."""
+
+    def __init__(self, n_clusters: int, fit_rows: int):
+        super().__init__()
+        self.n_clusters, self.fit_rows = n_clusters, fit_rows
+
+    def expand(self, members):
+        return (
+            members
+            | "Fit subset" >> beam.combiners.Top.Of(self.fit_rows, key=lambda m: stable_hash(m[0]), reverse=True)
+            | "Fit k-means" >> beam.Map(_fit, self.n_clusters)
+        )
+
+
 class DedupSemantic(beam.PTransform):
     """Drop images whose CLIP image embedding has cosine above ``dedup.semantic_max_similarity``
     with a better-ranked image (higher CLIP similarity, then input order) of the same k-means
@@ -181,14 +402,11 @@ class DedupSemantic(beam.PTransform):
 
     def expand(self, samples):
         members = samples | "Embeddings" >> beam.FlatMap(_member)
-        centroids = (
-            members
-            | "Fit subset" >> beam.combiners.Top.Of(self.fit_rows, key=lambda m: stable_hash(m[0]), reverse=True)
-            | "Fit k-means" >> beam.Map(_fit, self.n_clusters)
-        )
+        centroids = members | "Fit" >> FitCentroids(self.n_clusters, self.fit_rows)
         kept_as = (
             members
-            | "Nearest centroid" >> beam.Map(_assign, beam.pvalue.AsSingleton(centroids))
+            | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
+            | "Nearest centroid" >> beam.FlatMap(_assign, beam.pvalue.AsSingleton(centroids))
             | "Group by cluster" >> beam.GroupByKey()
             | "Duplicates in cluster" >> beam.FlatMap(_cluster_decisions, self.max_similarity)
         )

@@ -4,6 +4,7 @@ worker processes, and a LAION build where re-rendered pictures go that pHash can
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import apache_beam as beam
@@ -14,9 +15,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from flamingo_corpus.clip.model import load_clip
 from flamingo_corpus.dedup.semantic import (
     DedupSemantic,
+    FitCentroids,
+    assign,
     cluster_duplicates,
     fit_centroids,
+    quantize_rows,
     semantic_duplicates,
+    spherical_kmeans,
     stable_hash,
 )
 from flamingo_corpus.images.perceptual import hamming, phash
@@ -90,7 +95,8 @@ def test_clusters_keep_planted_copies_together():
     emb = _blobs(3)
     centroids = fit_centroids(emb, 6)
     assert centroids.shape == (6, emb.shape[1])
-    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, rtol=1e-5)
+    # unit length up to the rounding of each component to a multiple of 2**-15 (quantize_rows)
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=np.sqrt(emb.shape[1]) * 2**-15)
     members = [(str(i), e, (i,)) for i, e in enumerate(emb)]
     clustered = semantic_duplicates(members, centroids, 0.97)
     one_cluster = semantic_duplicates(members, centroids[:1], 0.97)
@@ -109,8 +115,79 @@ def test_fit_is_deterministic_and_handles_few_rows():
     assert stable_hash("row:1") == stable_hash("row:1") != stable_hash("row:2")
 
 
-def _samples():
-    emb = _blobs(5)
+def _digest(centroids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(centroids, dtype=np.float32).tobytes()).hexdigest()
+
+
+def test_fit_is_byte_identical_from_run_to_run_and_with_or_without_pruning(monkeypatch):
+    """The k-means is exact arithmetic on quantized rows: repeated runs, the pruned and the plain
+    Lloyd's iterations, a warm start or none, and float32 score blocks of any size give the same
+    centroid bits."""
+    import flamingo_corpus.dedup.semantic as sem
+
+    emb = _blobs(6, n_blobs=12, per_blob=60, dim=48)
+    reference, stats = spherical_kmeans(emb, 10)
+    assert stats["iterations"] >= 2
+    for _ in range(2):
+        assert _digest(spherical_kmeans(emb, 10)[0]) == _digest(reference)
+    assert _digest(spherical_kmeans(emb, 10, prune=False)[0]) == _digest(reference)
+    monkeypatch.setattr(sem, "_SCORES_BLOCK", 97)  # a few rows per float32 product
+    assert _digest(spherical_kmeans(emb, 10)[0]) == _digest(reference)
+    # a different seed is a different start: a guard that the checks above compare something
+    assert _digest(spherical_kmeans(emb, 10, seed=1)[0]) != _digest(reference)
+    # centroids are multiples of 2**-15 of unit length
+    assert np.array_equal(np.rint(reference * 2**15) / 2**15, reference)
+    np.testing.assert_allclose(np.linalg.norm(reference, axis=1), 1, atol=1e-3)
+
+
+def test_assign_is_the_exact_nearest_centroid_ties_to_the_lowest_index():
+    """assign decides in float32 only where rounding cannot change the answer: its labels equal
+    the float64 products of the quantized values (exact), also for rows on a tie or a hair away."""
+    rng = np.random.default_rng(7)
+    rows = quantize_rows(rng.normal(size=(3000, 64)))
+    centroids = quantize_rows(rng.normal(size=(40, 64)))
+    centroids[5] = centroids[3]  # an exact tie: 3 wins
+    centroids[9] = quantize_rows((centroids[8] + 2**-13 * rng.normal(size=64))[None])[0]  # near-ties
+    rows[:50] = centroids[3]
+    rows[50:100] = centroids[8]
+    labels, best, second = assign(rows, centroids)
+    exact = rows.astype(np.float64) @ centroids.astype(np.float64).T
+    assert np.array_equal(labels, np.argmax(exact, axis=1))
+    assert set(labels[:50].tolist()) == {3}
+    top = exact[np.arange(len(rows)), labels]
+    assert np.all(best <= top) and np.all(top - best < 1e-4)
+    exact[np.arange(len(rows)), labels] = -np.inf
+    assert np.all(second >= exact.max(axis=1))
+
+
+def _fit_digest(tmp_path, options) -> str:
+    members = [(s.id, s.image_embedding, (s.row,)) for s in _samples(n_blobs=12, per_blob=60)]
+    with local_pipeline(options=PipelineOptions(options)) as p:
+        (
+            p
+            | beam.Create(members)
+            | FitCentroids(n_clusters=9, fit_rows=500)
+            | beam.Map(_digest)
+            | beam.io.WriteToText(str(tmp_path / "digest"))
+        )
+    return "".join(f.read_text() for f in tmp_path.glob("digest*")).strip()
+
+
+@pytest.mark.timeout(300)
+def test_fit_is_the_same_bits_on_one_and_two_worker_processes(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = _fit_digest(tmp_path / "one", [])
+    two = _fit_digest(tmp_path / "two", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    members = sorted((s.id, s.image_embedding) for s in _samples(n_blobs=12, per_blob=60))
+    assert one == two
+    # and the bits of the in-memory fit on the stage's subset (Top.Of reverse=True: the smallest hashes)
+    subset = sorted(sorted(members, key=lambda m: stable_hash(m[0]))[:500], key=lambda m: m[0])
+    assert one == _digest(fit_centroids(np.stack([e for _, e in subset]), 9))
+
+
+def _samples(n_blobs: int = 6, per_blob: int = 30):
+    emb = _blobs(5, n_blobs=n_blobs, per_blob=per_blob)
     return [
         Sample(
             id=f"s:{i:03d}",
