@@ -21,7 +21,7 @@ picks ``m`` from ``k`` alone (the Beam stage cannot know ``n`` when it is built)
 Each edge is produced exactly once: only by the first band within its radius, and within that
 band only by the hash whose band value is the smaller of the two (a probe flips bits to a larger
 value) or, on an exact band match, once as a pair of their shared bucket.  A duplicate edge would
-be harmless to union-find, but the Beam stage gathers all edges on one worker, so none is made.
+be harmless to the connected components, but the Beam stage gathers all edges on one worker, so none is made.
 Identical hashes (logos) are collapsed before any of this, so 10^5 copies of one image cost
 linear time.
 
@@ -37,6 +37,8 @@ from math import comb
 from typing import Dict, Hashable, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import scipy.sparse
+from scipy.sparse.csgraph import connected_components
 
 HASH_BITS = 64
 # Candidate pairs (or XOR elements in ``close_pairs``) handled at once: 1M, so memory stays bounded
@@ -351,7 +353,8 @@ def candidate_pairs(values: np.ndarray, k: int, bands: Optional[int] = None) -> 
 
 
 class UnionFind:
-    """Disjoint sets over hashable items (path halving, union by size)."""
+    """Disjoint sets over hashable items (path halving, union by size): the pure-Python reference
+    that tests compare ``components`` with (the stages use ``components``)."""
 
     def __init__(self):
         self.parent: Dict[Hashable, Hashable] = {}
@@ -382,21 +385,31 @@ class UnionFind:
         return list(out.values())
 
 
+def components(n: int, edges: np.ndarray) -> np.ndarray:
+    """Component label (0..) of each of ``n`` nodes joined by ``edges`` (pairs of node indices):
+    scipy's compiled ``connected_components`` on a sparse graph, not a Python union-find."""
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    graph = scipy.sparse.csr_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def groups_of(labels: np.ndarray) -> List[np.ndarray]:
+    """Indices of each label held by two or more positions, in increasing order within a group."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
+    rows = np.flatnonzero(counts[labels] > 1)
+    order = rows[np.argsort(labels[rows], kind="stable")]
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    return np.split(order, bounds) if len(order) else []
+
+
 def _groups_from_edges(ids: Sequence, value_index: np.ndarray, edges: np.ndarray) -> List[Set]:
     """Components (two members or more) of ids, given each id's index into the distinct hashes
-    and the edges between those indices; ids sharing a hash are in one component.  Only ids in
-    an edge or sharing their hash reach the (pure Python) union-find, so a million singletons
-    cost a numpy mask, not a million calls."""
-    uf = UnionFind()
-    for a, b in edges.tolist():
-        uf.union(a, b)
-    involved = np.zeros(int(value_index.max(initial=-1)) + 1, dtype=bool)
-    involved[edges.ravel()] = True
-    involved |= np.bincount(value_index, minlength=len(involved)) > 1
-    groups: Dict[Hashable, Set] = {}
-    for row in np.flatnonzero(involved[value_index]).tolist():
-        groups.setdefault(uf.find(int(value_index[row])), set()).add(ids[row])
-    return [g for g in groups.values() if len(g) > 1]
+    and the edges between those indices; ids sharing a hash are in one component (compiled
+    connected components over the distinct hashes, then one numpy grouping of the ids)."""
+    distinct = int(value_index.max(initial=-1)) + 1
+    labels = components(distinct, edges)[value_index]
+    return [{ids[row] for row in group.tolist()} for group in groups_of(labels)]
 
 
 def near_duplicate_groups(

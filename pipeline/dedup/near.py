@@ -20,10 +20,10 @@ from ..stage import apply_with_drops, drop
 from .exact import representative_order
 from .hamming_index import (
     Band,
-    UnionFind,
     band_plan,
     blocked_pairs,
     close_pairs,
+    components,
     flip_masks,
     found_on_earlier_band,
 )
@@ -105,17 +105,26 @@ def group_representatives(edges: List[tuple]) -> Dict[str, str]:
     """id -> its group's representative id, for every id in an edge.
 
     The representative is the member first by (order key, id), so it does not depend on the order
-    the edges arrive in.
+    the edges arrive in.  Ids are numbered with a dict, the groups are scipy's compiled connected
+    components (``hamming_index.components``), and one pass picks each group's best member.
     """
-    uf, orders = UnionFind(), {}
-    for (id_a, order_a), (id_b, order_b) in edges:
-        orders[id_a], orders[id_b] = order_a, order_b
-        uf.union(id_a, id_b)
-    reps = {}
-    for group in uf.groups():
-        best = min(group, key=lambda i: (orders[i], i))
-        reps.update({member: best for member in group})
-    return reps
+    index: Dict[str, int] = {}
+    orders: List[tuple] = []
+    ends = np.empty((len(edges), 2), dtype=np.int64)
+    for row, pair in enumerate(edges):
+        for side, (member_id, order) in enumerate(pair):
+            number = index.setdefault(member_id, len(index))
+            if number == len(orders):
+                orders.append(order)
+            ends[row, side] = number
+    ids = list(index)
+    labels = components(len(ids), ends).tolist()
+    best: Dict[int, int] = {}
+    for number, label in enumerate(labels):
+        held = best.get(label)
+        if held is None or (orders[number], ids[number]) < (orders[held], ids[held]):
+            best[label] = number
+    return {member_id: ids[best[label]] for member_id, label in zip(ids, labels)}
 
 
 class _DropNonRepresentatives(beam.DoFn):
@@ -144,7 +153,7 @@ class DedupNearImages(beam.PTransform):
     small.
 
     The confirmed edges (two ids and their order keys each, never samples) are gathered on one
-    worker with ``ToList`` and joined into components by union-find; the resulting id ->
+    worker with ``ToList`` and joined into components (scipy's compiled connected components); the resulting id ->
     representative dict reaches every worker as a side input.  This is the scaling limit: the edge
     list and the dict must fit one worker's memory, fine up to ~10^8 edges, while samples
     themselves are never gathered.  The representative is the best by ``representative_order``

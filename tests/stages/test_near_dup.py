@@ -14,19 +14,27 @@ from PIL import Image, ImageOps
 
 from flamingo_corpus.dedup.exact import representative_order
 from flamingo_corpus.dedup.hamming_index import (
+    UnionFind,
     all_pairs_groups,
     auto_bands,
     band_plan,
     bands,
     candidate_pairs,
     close_pairs,
+    components,
     flip_masks,
     multi_index_edges,
     near_duplicate_groups,
     to_uint64,
     variant_groups,
 )
-from flamingo_corpus.dedup.near import DedupNearImages, DropFrequentImages, _bucket_edges, _index_entries
+from flamingo_corpus.dedup.near import (
+    DedupNearImages,
+    DropFrequentImages,
+    _bucket_edges,
+    _index_entries,
+    group_representatives,
+)
 from flamingo_corpus.images import perceptual
 from flamingo_corpus.images.perceptual import hamming
 from flamingo_corpus.recipe import DedupConfig
@@ -198,6 +206,47 @@ def test_wider_bands_compare_fewer_candidates_than_plain_banding():
 def test_identical_hashes_form_one_group():
     hashes = {f"logo{i}": "8f3c0a1b2c3d4e5f" for i in range(50)} | {"other": "0123456789abcdef"}
     assert near_duplicate_groups(hashes, 5) == [{f"logo{i}" for i in range(50)}]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_connected_components_equal_union_find_on_random_graphs(seed):
+    """The compiled connected components give the groups the pure-Python union-find gives, on
+    sparse and dense random graphs, with self-loops, repeated edges and isolated nodes."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    edges = rng.integers(0, n, size=(int(rng.integers(0, 2 * n)), 2))
+    uf = UnionFind()
+    for node in range(n):
+        uf.find(node)
+    for a, b in edges.tolist():
+        uf.union(a, b)
+    labels = components(n, edges)
+    got = {}
+    for node, label in enumerate(labels.tolist()):
+        got.setdefault(label, set()).add(node)
+    assert _sorted_groups(got.values()) == _sorted_groups(uf.groups())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_group_representatives_equal_the_union_find_rule(seed):
+    """Representatives from the compiled components equal the union-find rule: each id's group
+    by union-find, the group's best by (order key, id)."""
+    rng = random.Random(seed)
+    n = rng.randint(2, 400)
+    order = {f"id{i}": (rng.choice([-0.3, -0.2, float("-inf")]), 0, rng.randint(0, 9)) for i in range(n)}
+    edges = []
+    for _ in range(rng.randint(1, n)):
+        a, b = rng.sample(sorted(order), 2)
+        edges.append(((a, order[a]), (b, order[b])))
+    uf = UnionFind()
+    for (a, _), (b, _) in edges:
+        uf.union(a, b)
+    expected = {}
+    for group in uf.groups():
+        best = min(group, key=lambda i: (order[i], i))
+        expected.update({member: best for member in group})
+    assert group_representatives(edges) == expected
+    assert group_representatives(list(reversed(edges))) == expected
 
 
 # --- Beam ----------------------------------------------------------------------------------------
