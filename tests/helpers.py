@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 import pyarrow.parquet as pq
 
@@ -19,3 +22,35 @@ def flip_bits(phash: str, bits: Iterable[int]) -> str:
     for bit in bits:
         value ^= 1 << bit
     return f"{value:016x}"
+
+
+@contextlib.contextmanager
+def one_connection_servers() -> Iterator[Callable[..., str]]:
+    """``serve(handle, scheme="http")``: a bare TCP server on 127.0.0.1 that takes one connection
+    and hands it to ``handle(connection)`` on a daemon thread (a network error there ends it
+    quietly); returns the URL of ``/a.jpg`` on it. Every server is closed when the block ends."""
+    listeners = []
+
+    def serve(handle: Callable[[socket.socket], None], scheme: str = "http") -> str:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+
+        def run() -> None:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                try:
+                    handle(connection)
+                except OSError:
+                    pass
+
+        threading.Thread(target=run, daemon=True).start()
+        return f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/a.jpg"
+
+    try:
+        yield serve
+    finally:
+        for listener in listeners:
+            listener.close()

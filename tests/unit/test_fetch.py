@@ -24,6 +24,8 @@ from flamingo_corpus.download import fetch as fetch_module
 from flamingo_corpus.download.fetch import Fetcher, FetchPolicy, is_private_address, robots_disallowed
 from flamingo_corpus.sample.web import SampleWeb
 
+from ..helpers import one_connection_servers
+
 pytestmark = pytest.mark.timeout(60)
 
 # Loopback allowed, short waits: every test stays well under a second unless it tests a wait.
@@ -282,28 +284,16 @@ def test_too_many_redirects(make_fetcher, web, max_redirects, hops):
 def endless_redirect(web):
     """A bare server on 127.0.0.1 answering once: a 302 to ``web``'s a.jpg whose body trickles on
     for 10 s (or until the client hangs up)."""
-    listener = socket.create_server(("127.0.0.1", 0))
 
-    def answer_once():
-        try:
-            connection, _ = listener.accept()
-        except OSError:  # closed before anyone came
-            return
-        with connection:
-            connection.recv(65536)
-            connection.sendall(f"HTTP/1.1 302 Found\r\nLocation: {web.url}/a.jpg\r\n\r\n".encode())
-            for _ in range(200):
-                try:
-                    connection.sendall(b"x" * 1024)
-                except OSError:
-                    return
-                time.sleep(0.05)
+    def handle(connection: socket.socket) -> None:
+        connection.recv(65536)
+        connection.sendall(f"HTTP/1.1 302 Found\r\nLocation: {web.url}/a.jpg\r\n\r\n".encode())
+        for _ in range(200):  # until the client hangs up: the send fails
+            connection.sendall(b"x" * 1024)
+            time.sleep(0.05)
 
-    thread = threading.Thread(target=answer_once, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/start"
-    listener.close()
-    thread.join(timeout=15)
+    with one_connection_servers() as serve:
+        yield serve(handle).replace("/a.jpg", "/start")
 
 
 def test_redirect_body_is_not_read(fetcher, endless_redirect, site):
@@ -590,32 +580,18 @@ def test_decoder_refuses_bad_or_oversized_streams(encoding, wire, reason):
 def answer_once():
     """A bare HTTP/1.1 server on 127.0.0.1 that answers one request with the given bytes, then
     keeps the connection open (keep-alive) until the client closes it."""
-    listeners = []
+    with one_connection_servers() as serve:
 
-    def serve(answer: bytes) -> str:
-        listener = socket.create_server(("127.0.0.1", 0))
-        listeners.append(listener)
-
-        def run():
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            with connection:
+        def answering(answer: bytes) -> str:
+            def handle(connection: socket.socket) -> None:
                 connection.settimeout(10)
-                try:
-                    connection.recv(65536)
-                    connection.sendall(answer)
-                    connection.recv(1)  # until the client hangs up
-                except OSError:
-                    pass
+                connection.recv(65536)
+                connection.sendall(answer)
+                connection.recv(1)  # until the client hangs up
 
-        threading.Thread(target=run, daemon=True).start()
-        return f"http://127.0.0.1:{listener.getsockname()[1]}/a.jpg"
+            return serve(handle)
 
-    yield serve
-    for listener in listeners:
-        listener.close()
+        yield answering
 
 
 def _http11(body: bytes, declared: int) -> bytes:

@@ -8,7 +8,6 @@ of the exchange is being dripped (status line, headers, chunk framing, body, TLS
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
@@ -20,6 +19,8 @@ from flamingo_corpus.download.fetch import (
     is_private_address,
     robots_disallowed,
 )
+
+from ..helpers import one_connection_servers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,22 +48,13 @@ OTHER_ANSWERS = {"short_body": (HEAD + b"Content-Length: 30\r\n\r\n", SHORT)}
 def drip():
     """Serve one connection: send the first part at once, then drip the rest every 0.1 s (for at
     most 20 s). Returns the URL and a list the server appends its end time to."""
-    listeners = []
+    with one_connection_servers() as serve:
 
-    def serve(name: str, scheme: str = "http"):
-        head, dripped = {**ANSWERS, **OTHER_ANSWERS}[name]
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listeners.append(listener)
-        ended = []
+        def dripping(name: str, scheme: str = "http"):
+            head, dripped = {**ANSWERS, **OTHER_ANSWERS}[name]
+            ended: list = []
 
-        def run():
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            with connection:
+            def handle(connection: socket.socket) -> None:
                 connection.settimeout(1)
                 stop = time.monotonic() + 20
                 try:
@@ -74,16 +66,12 @@ def drip():
                             break
                         connection.sendall(dripped[i : i + 1])
                         time.sleep(0.1)
-                except OSError:
-                    pass  # the fetcher hung up: what we want
-                ended.append(time.monotonic())
+                finally:  # the fetcher hung up (the send failed), or the drip ended
+                    ended.append(time.monotonic())
 
-        threading.Thread(target=run, daemon=True).start()
-        return f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/a.jpg", ended
+            return serve(handle, scheme), ended
 
-    yield serve
-    for listener in listeners:
-        listener.close()
+        yield dripping
 
 
 @pytest.mark.parametrize("part", sorted(ANSWERS))
