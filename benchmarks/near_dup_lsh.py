@@ -20,9 +20,16 @@ import itertools
 import time
 
 import numpy as np
-from _common import machine, peak_rss_mib
+from _common import load, machine, peak_rss_mib
 
-from flamingo_corpus.dedup.hamming_index import auto_bands, band_plan, modeled_cost, near_duplicate_groups
+from flamingo_corpus.dedup.hamming_index import (
+    UnionFind,
+    auto_bands,
+    band_plan,
+    modeled_cost,
+    near_duplicate_groups,
+)
+from flamingo_corpus.dedup.near import group_representatives
 
 
 def planted_hashes(n: int, k: int, seed: int = 0) -> dict:
@@ -44,6 +51,39 @@ def plan_text(k: int, m: int) -> str:
     return " ".join(part if count == 1 else f"{part}x{count}" for part, count in runs)
 
 
+def union_find_representatives(edges: list) -> dict:
+    """The Beam stage's grouping before: pure-Python union-find over the ids (for comparison)."""
+    uf, orders = UnionFind(), {}
+    for (id_a, order_a), (id_b, order_b) in edges:
+        orders[id_a], orders[id_b] = order_a, order_b
+        uf.union(id_a, id_b)
+    reps = {}
+    for group in uf.groups():
+        best = min(group, key=lambda i: (orders[i], i))
+        reps.update({member: best for member in group})
+    return reps
+
+
+def time_grouping(n_edges: int, repeat: int) -> None:
+    """Edges as the Beam stage gathers them (two (id, order key) members each) over 1.5 * n_edges
+    ids, random: union-find against the compiled connected components, id mapping included."""
+    rng = np.random.default_rng(1)
+    ends = rng.integers(0, n_edges * 3 // 2, size=(n_edges, 2)).tolist()
+    edges = [((f"s:{a:09d}", (-0.3, 0, a)), (f"s:{b:09d}", (-0.3, 0, b))) for a, b in ends]
+    for name, fn in (("union-find", union_find_representatives), ("components", group_representatives)):
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            reps = fn(edges)
+            times.append(time.perf_counter() - start)
+        times.sort()
+        print(
+            f"grouping {n_edges:,} edges, {name}: median {times[len(times) // 2]:.2f} s "
+            f"(min {times[0]:.2f}, max {times[-1]:.2f}, {repeat} runs), {len(set(reps.values())):,} groups",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -54,8 +94,13 @@ def main() -> None:
         "--max-work", type=float, default=2e10, help="skip runs whose modeled work (comparisons + lookups) is larger"
     )
     parser.add_argument("--force", action="store_true", help="run even the runs over --max-work")
+    parser.add_argument("--edges", type=int, default=0, help="time the grouping of this many edges instead")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    print(f"machine: {machine()}, numpy {np.__version__}")
+    print(f"machine: {machine()}, numpy {np.__version__}, {load()}")
+    if args.edges:
+        time_grouping(args.edges, args.repeat)
+        return
     print(
         f"{'n':>9} {'k':>3} {'m':>3} {'bands (width/radius)':<18} {'lookups':>13} {'candidates':>15} "
         f"{'groups':>7} {'seconds':>8}  peak RSS MiB",
