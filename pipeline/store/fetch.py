@@ -40,7 +40,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from ..download.fetch import Fetcher
-from ..download.stage import fetch_policy
+from ..download.stage import WorkerShuttingDown, fetch_policy
 from ..images.process import ImageRejected, process_image
 from ..progress import Progress
 from ..recipe import DownloadConfig, ImageConfig
@@ -255,6 +255,8 @@ class _FetchBlock(beam.DoFn):
 
     def _finish(self, b: _Block, s: Sample, before: int, future: cf.Future) -> None:
         self._in_flight -= 1
+        if future.cancelled():  # teardown cancelled the fetches: the worker is being shut down
+            raise WorkerShuttingDown("worker shutting down: the bundle's fetches were cancelled")
         r = future.result()
         self._progress.add(1, ok=int(r.ok))
         row = fetched_row(s, r, self.image, before + 1, self.spec.run)

@@ -242,7 +242,7 @@ def test_a_false_switch_gives_the_other_sense_and_merging_keeps_token_pairs(tmp_
 def test_build_and_sample_take_runner_options(monkeypatch, tmp_path, capsys):
     seen = []
 
-    def fake_run_build(recipe, output, beam_args, overwrite=False):
+    def fake_run_build(recipe, output, beam_args, overwrite=False, **options):
         seen.append(list(beam_args))
         raise FileNotFoundError("stop here")
 
