@@ -136,7 +136,7 @@ def _clear_for_resume(output_dir: str) -> None:
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_SHARD_FILE = re.compile(r"\d+\.tar(" + re.escape(TMP_SUFFIX) + ")?")
+_SHARD_FILE = re.compile(r"\d+\.tar|\d+(-[0-9a-f]{8})?\.tar" + re.escape(TMP_SUFFIX))  # shard.tmp_tar_path
 _INDEX_FILE = re.compile(r"index-\d+-of-\d+\.parquet|beam-temp-.*")
 
 
