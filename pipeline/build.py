@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import glob
 import json
 import logging
 import os
@@ -326,6 +327,18 @@ def _remove_stale_tars(output_dir: str, shards: List[dict]) -> None:
         FileSystems.delete(stale)
 
 
+def _remove_index_temp(output_dir: str) -> None:
+    """Beam's temporary folder of the index write, left by a finalisation that ran again (a
+    retried bundle): Beam's sink finds every file renamed already and leaves the (empty) folder.
+    After a build that finished, nothing in it is part of the output."""
+    pattern = posixpath.join(output_dir, INDEX_DIR, "beam-temp-*")
+    # a local folder stays when empty; elsewhere (object stores) what is left are files
+    stale = glob.glob(pattern) if "://" not in output_dir else _matches([pattern + "/*"])
+    if stale:
+        log.info("removing %d temporary folders of the index write", len(stale))
+        FileSystems.delete(stale)
+
+
 @contextlib.contextmanager
 def sample_web_for(recipe: Recipe):
     """The embedded loopback web server, when the recipe asks for it (sample builds)."""
@@ -427,6 +440,7 @@ def run_build(
         stopped = BuildInterrupted(stopping[0])
         stopped.progress = report.line(report.final)
         raise stopped from None
+    _remove_index_temp(output_dir)
     result = collect(
         output_dir,
         recipe,

@@ -13,9 +13,9 @@ import posixpath
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 
 from ..records import IndexRow
+from .atomic import atomic_write
 
 __all__ = ["WriteIndex", "WriteShardList", "WriteJsonLines", "INDEX_SCHEMA", "INDEX_DIR", "WORK_DIR"]
 
@@ -96,8 +96,7 @@ class WriteIndex(beam.PTransform):
 
 
 def _write_lines(lines, path: str) -> str:
-    with FileSystems.create(path) as f:
-        f.write("".join(line + "\n" for line in sorted(lines)).encode("utf-8"))
+    atomic_write(path, "".join(line + "\n" for line in sorted(lines)).encode("utf-8"))
     return path
 
 

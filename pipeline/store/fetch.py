@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Tuple
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
@@ -42,6 +41,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from ..download.fetch import Fetcher
 from ..download.stage import WorkerShuttingDown, fetch_policy
 from ..images.process import ImageRejected, process_image
+from ..output.atomic import atomic_write
 from ..progress import Progress
 from ..recipe import DownloadConfig, ImageConfig
 from ..records import Sample
@@ -315,8 +315,7 @@ def _add(a: dict, b: dict) -> dict:
 
 
 def _write_figures(figures: dict, path: str) -> None:
-    with FileSystems.create(path) as f:
-        f.write((json.dumps(figures, sort_keys=True) + "\n").encode())
+    atomic_write(path, (json.dumps(figures, sort_keys=True) + "\n").encode())
 
 
 class FetchBlocks(beam.PTransform):
