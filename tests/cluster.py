@@ -200,15 +200,21 @@ class Cluster:
     def _start_pool(self, k: int, ns: str) -> subprocess.Popen:
         """Beam's worker pool in host ``k``: own hostname, /etc/hosts and /tmp, ``shared`` kept."""
         shared = shlex.quote(str(self.shared))
+        # the checkout with its virtual environment (the installed package points into it): a
+        # clone under /tmp (as CI may make) must stay visible when /tmp is replaced
+        checkout = shlex.quote(str(VENV_BIN.parent.parent))
         script = " && ".join(
             [
                 f"hostname {self.tag}-w{k}",
                 f"mount --bind {shlex.quote(str(self.hosts_file))} /etc/hosts",
                 f"mount --bind {shared} /media",  # hold the shared folder while /tmp is replaced
+                f"mount --bind {checkout} /mnt",  # and the checkout
                 "mount -t tmpfs tmpfs /tmp",
-                f"mkdir -p {shared} /tmp/home",
+                f"mkdir -p {shared} {checkout} /tmp/home",
                 f"mount --bind /media {shared}",
+                f"mount --bind /mnt {checkout}",
                 "umount /media",
+                "umount /mnt",
                 f"exec python -m apache_beam.runners.worker.worker_pool_main --service_port={POOL_PORT}",
             ]
         )
