@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -94,6 +93,14 @@ def rule_detail(reason: str, width: int, height: int, cfg: ImageConfig) -> str:
     return f"{size}: {reason}"
 
 
+# The stage enforces image.max_pixels itself, from the header, before anything is decoded (_open).
+# Pillow's own check is off: it signals through a warning, and turning that warning into an error
+# (warnings.catch_warnings) changes the filters of the whole process, which every download thread
+# shares; one thread's filter then decided another thread's image (the same bomb dropped as
+# decompression_bomb or as not_an_image from run to run).
+Image.MAX_IMAGE_PIXELS = None
+
+
 def _open(data: bytes, cfg: ImageConfig) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
@@ -161,13 +168,11 @@ def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
         w, h = target_size(width, height, cfg)
         img.draft("RGB", (h, w) if rotated else (w, h))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.load()
-            if "exif" in img.info:
-                img = ImageOps.exif_transpose(img)
-            return _to_rgb(img), width, height
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        img.load()
+        if "exif" in img.info:
+            img = ImageOps.exif_transpose(img)
+        return _to_rgb(img), width, height
+    except Image.DecompressionBombError as e:
         raise ImageRejected("decompression_bomb", str(e)) from e
     except Exception as e:
         raise ImageRejected("decode_error", str(e)[:200]) from e

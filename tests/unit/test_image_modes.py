@@ -98,3 +98,27 @@ def test_transparent_pixels_are_white_not_black():
     rgba = np.zeros((SIZE[1], SIZE[0], 4), dtype=np.uint8)  # fully transparent black
     got = _decoded(_saved(Image.fromarray(rgba, "RGBA"), "PNG"))
     assert got.min() == 255
+
+
+def test_a_bomb_is_a_bomb_whatever_other_threads_do():
+    """The download threads process images side by side: the same bomb must be decided the same
+    way in every one (a process-wide warnings filter set by one thread decided another's)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flamingo_corpus.images.process import ImageRejected
+    from flamingo_corpus.sample.web import png_bomb
+
+    bomb = png_bomb(10000)
+    small = _saved(_picture(), "PNG")
+    cfg = ImageConfig()
+
+    def decide(data: bytes) -> str:
+        try:
+            process_image(data, cfg)
+            return "kept"
+        except ImageRejected as e:
+            return e.reason
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(decide, [bomb, small] * 40))
+    assert set(outcomes[0::2]) == {"decompression_bomb"} and set(outcomes[1::2]) == {"kept"}
