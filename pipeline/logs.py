@@ -1,11 +1,12 @@
 """A quiet log: what the user can act on, not what the libraries say to themselves.
 
 Beam logs its worker plumbing (channels, harness start and stop, options it discards), open_clip
-logs seven INFO lines per model load on the root logger, Beam warns at import that apitools is
-missing (Dataflow's BigQuery client; builds do not use it), and Pillow warns of decompression
-bombs the image stage has already dropped. By default the log shows flamingo-corpus's own
-INFO lines and every library's WARNING and ERROR lines except the known noise below; ``-q``
-shows warnings and errors only; ``-v`` adds the libraries' INFO and our DEBUG; ``-vv`` all.
+logs seven INFO lines per model load on the root logger, and Beam warns at import that apitools
+is missing (Dataflow's BigQuery client; builds do not use it). By default the log shows
+flamingo-corpus's own INFO lines and every library's WARNING and ERROR lines except the known
+noise below; ``-q`` shows warnings and errors only; ``-v`` adds the libraries' INFO and our DEBUG;
+``-vv`` all. (Pillow's decompression-bomb warning is not emitted at all: images/process.py checks
+the pixel limit itself.)
 
 Worker processes of a local build inherit the level through ``FLAMINGO_CORPUS_VERBOSITY`` and
 install the same filter before Beam is imported (``runners/local_worker.py``).
@@ -17,7 +18,6 @@ import logging
 import os
 import re
 import sys
-import warnings
 
 __all__ = ["configure", "configure_worker", "NOISE", "VERBOSITY_ENV"]
 
@@ -96,9 +96,6 @@ def configure(verbosity: int = 0) -> None:
     root.addHandler(handler)
     root.setLevel(min(own, library))
     os.environ[VERBOSITY_ENV] = str(verbosity)
-    if verbosity < 2:
-        # the image stage checks sizes itself and drops bombs with a reason
-        warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 def configure_worker() -> None:

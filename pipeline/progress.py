@@ -93,7 +93,7 @@ def record(key: str, n: int = 1) -> None:
 class Progress:
     """A stage's own count (kept for the stages that count what they pass, not only what they drop)."""
 
-    def __init__(self, what: str, log: Optional[logging.Logger] = None, every_s: float = LOG_EVERY_S):
+    def __init__(self, what: str):
         self.what = what
 
     def add(self, n: int, ok: int = 0) -> None:

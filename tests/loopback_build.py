@@ -19,6 +19,16 @@ from flamingo_corpus.sample.web import SampleWeb
 
 from .helpers import index_rows
 
+# The tiny CLIP trained on the synthetic world (the session fixture tiny_clip_checkpoint trains it),
+# scoring on the CPU, with no similarity threshold: what the tests that switch CLIP on start from.
+TINY_CLIP = {
+    "enabled": True,
+    "model": "flamingo-tiny-clip",
+    "pretrained": "synthetic-world",
+    "device": "cpu",
+    "min_similarity": None,
+}
+
 BASE_RECIPE = {
     "name": "loopback",
     "filters": {"language": {"enabled": False}},

@@ -69,7 +69,7 @@ class _Download(beam.DoFn):
     def setup(self):
         self._fetcher = Fetcher(fetch_policy(self.cfg))
         self._pool = cf.ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="download")
-        self._progress = Progress("download", log)
+        self._progress = Progress("download")
 
     def start_bundle(self):
         # One queue per bundle: a fetch still running when a bundle failed lands in that bundle's queue.

@@ -181,7 +181,7 @@ class _FetchBlock(beam.DoFn):
     def setup(self):
         self._fetcher = Fetcher(fetch_policy(self.download))
         self._pool = cf.ThreadPoolExecutor(self.download.threads, thread_name_prefix="download")
-        self._progress = Progress("download", log)
+        self._progress = Progress("download")
 
     def start_bundle(self):
         self._done: queue.SimpleQueue = queue.SimpleQueue()

@@ -59,6 +59,7 @@ from flamingo_corpus.sample import synthetic
 
 from ..helpers import index_rows
 from ..loopback_build import BASE_RECIPE, jpeg_bytes, serve_rows, smooth_photo
+from ..loopback_build import TINY_CLIP as SHARED_TINY_CLIP
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = sorted(RUNNERS_DIR.glob("*.yaml"))
@@ -347,14 +348,7 @@ def test_dockerfile_installs_the_project_from_setup_cfg_and_repeats_no_version()
 
 # --- separate worker processes, with the dedup and safety stages on ------------------------------
 
-TINY_CLIP = {
-    "enabled": True,
-    "model": "flamingo-tiny-clip",
-    "pretrained": "synthetic-world",
-    "device": "cpu",
-    "min_similarity": None,
-    "batch_size": 8,
-}
+TINY_CLIP = {**SHARED_TINY_CLIP, "batch_size": 8}
 
 
 def _pictures() -> dict:

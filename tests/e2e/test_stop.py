@@ -20,12 +20,11 @@ from flamingo_corpus.output.verify import verify
 from flamingo_corpus.recipe import load_recipe
 from flamingo_corpus.sample.web import SampleWeb
 
-from ..loopback_build import BASE_RECIPE, jpeg_bytes, smooth_photo
+from ..loopback_build import BASE_RECIPE, TINY_CLIP, jpeg_bytes, smooth_photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROWS = 80
-TINY_CLIP = {"enabled": True, "model": "flamingo-tiny-clip", "pretrained": "synthetic-world", "device": "cpu"}
 MULTI = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 
@@ -44,7 +43,7 @@ def _inputs(root: Path, web: SampleWeb, slow_s: float) -> Path:
         **BASE_RECIPE,
         "input": {"path": str(root / "rows.parquet")},
         "download": {"allow_private": True, "threads": 4},
-        "clip": {**TINY_CLIP, "min_similarity": None, "batch_size": 4},
+        "clip": {**TINY_CLIP, "batch_size": 4},
         "dedup": {"exact": False},
         "shard": {"samples_per_shard": 10},
     }

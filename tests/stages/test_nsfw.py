@@ -14,16 +14,10 @@ from flamingo_corpus.safety.nsfw import NsfwHead, NsfwHeadError, ScoreNsfw, load
 from flamingo_corpus.sample import synthetic
 
 from ..beam_util import run_collect
+from ..loopback_build import TINY_CLIP as SHARED_TINY_CLIP
 from ..loopback_build import build_over_loopback, jpeg_bytes
 
-TINY_CLIP = {
-    "enabled": True,
-    "model": "flamingo-tiny-clip",
-    "pretrained": "synthetic-world",
-    "device": "cpu",
-    "min_similarity": None,
-    "batch_size": 16,
-}
+TINY_CLIP = {**SHARED_TINY_CLIP, "batch_size": 16}
 FLAGGED = "red"  # the stand-in "unsafe" class of these tests: red shapes (the tiny CLIP separates colours)
 
 

@@ -30,16 +30,10 @@ from flamingo_corpus.records import Sample
 from flamingo_corpus.sample import synthetic
 
 from ..beam_util import local_pipeline, run_collect
+from ..loopback_build import TINY_CLIP as SHARED_TINY_CLIP
 from ..loopback_build import build_over_loopback, jpeg_bytes
 
-TINY_CLIP = {
-    "enabled": True,
-    "model": "flamingo-tiny-clip",
-    "pretrained": "synthetic-world",
-    "device": "cpu",
-    "min_similarity": None,
-    "batch_size": 16,
-}
+TINY_CLIP = {**SHARED_TINY_CLIP, "batch_size": 16}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
