@@ -51,3 +51,17 @@ def url_words(url: str, words: Sequence[str]) -> Optional[str]:
     """mmc4 skipped URLs naming logos, buttons, icons, plugins and widgets."""
     low = url.lower()
     return "url_blocklisted_word" if any(w in low for w in words) else None
+
+
+def url_rule_detail(reason: str, url: Optional[str], field: str, every: str, schemes: Sequence[str], rule: str):
+    """The value and the rule behind ``url_scheme``'s reasons, for a drop's detail: ``field`` names
+    the URL ("the URL", "raw_url"), ``every`` what needs one ("row"), ``rule`` where ``schemes``
+    come from ("filters.url_schemes"). None for any other reason."""
+    if reason == "no_url":
+        return f"{field} is {url!r}: every {every} needs one"
+    if reason == "bad_url":
+        return f"{(url or '')[:200]!r} does not parse as a URL with a host"
+    if reason == "bad_scheme":
+        scheme = urlsplit((url or "").strip()).scheme.lower() or "(none)"
+        return f"scheme {scheme} is not one of {rule} {', '.join(schemes)}"
+    return None

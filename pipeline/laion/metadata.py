@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import apache_beam as beam
 
 from ..filters import language as language_filter
@@ -34,14 +32,10 @@ def _num(value) -> str:
 def metadata_detail(reason: str, s: Sample, cfg: MetadataFilterConfig, lang: str = "", score: float = 0.0) -> str:
     """What a metadata drop's ``reason`` saw in ``s`` and the rule of ``cfg`` (section ``filters``)
     that decided it: "3 characters, filters.min_caption_chars is 5"."""
-    url, caption = s.url or "", s.caption or ""
-    if reason == "no_url":
-        return f"the URL is {s.url!r}: every row needs one"
-    if reason == "bad_url":
-        return f"{url[:200]!r} does not parse as a URL with a host"
-    if reason == "bad_scheme":
-        scheme = urlsplit(url.strip()).scheme.lower() or "(none)"
-        return f"scheme {scheme} is not one of filters.url_schemes {', '.join(cfg.url_schemes)}"
+    caption = s.caption or ""
+    about_url = url_filter.url_rule_detail(reason, s.url, "the URL", "row", cfg.url_schemes, "filters.url_schemes")
+    if about_url is not None:
+        return about_url
     if reason == "no_caption":
         return f"the caption is {s.caption!r}: every row needs one"
     if reason in ("caption_too_short", "caption_too_long"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 from urllib.parse import urlsplit
 
+from ..filters.url import url_rule_detail
 from ..recipe import Mmc4Config
 
 __all__ = ["IMAGE_SCHEMES", "image_check_detail"]
@@ -24,14 +25,10 @@ def _extension(url: str) -> str:
 def image_check_detail(reason: str, url: Optional[str], cfg: Mmc4Config) -> str:
     """ "extension .gif is not one of mmc4.image_extensions png, jpg, jpeg"; "the URL holds 'logo'
     (mmc4.url_words)"; the scheme and URL rules likewise."""
-    if reason == "no_url":
-        return f"raw_url is {url!r}: every image needs one"
+    about_url = url_rule_detail(reason, url, "raw_url", "image", IMAGE_SCHEMES, "mmc4's image URL schemes")
+    if about_url is not None:
+        return about_url
     url = url or ""
-    if reason == "bad_url":
-        return f"{url[:200]!r} does not parse as a URL with a host"
-    if reason == "bad_scheme":
-        scheme = urlsplit(url.strip()).scheme.lower() or "(none)"
-        return f"scheme {scheme} is not one of mmc4's image URL schemes {', '.join(IMAGE_SCHEMES)}"
     if reason == "bad_extension":
         return f"extension {_extension(url)} is not one of mmc4.image_extensions {', '.join(cfg.image_extensions)}"
     if reason == "url_blocklisted_word":
