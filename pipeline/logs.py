@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import sys
+import threading
 
 __all__ = ["configure", "configure_worker", "NOISE", "VERBOSITY_ENV"]
 
@@ -42,6 +43,11 @@ NOISE = re.compile(
 SHUTDOWN = re.compile(r"worker shutting down")
 
 
+# Set in a local worker process when the build is being stopped (runners/stop.ignore_interrupts):
+# from then on the libraries' records are the harness being torn down, and are left out.
+stopping = threading.Event()
+
+
 class _Quiet(logging.Filter):
     """Drops the known noise, and the libraries' records below ``library_level``."""
 
@@ -52,6 +58,8 @@ class _Quiet(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         own = record.name == "flamingo_corpus" or record.name.startswith("flamingo_corpus.")
+        if stopping.is_set() and not own:
+            return False
         if record.levelno < (self.own_level if own else self.library_level):
             return False
         message = record.getMessage()

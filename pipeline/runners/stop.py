@@ -71,6 +71,10 @@ def stoppable() -> Iterator[List[int]]:
 def ignore_interrupts() -> None:
     """In a local worker process: SIGINT and SIGTERM (a terminal or a scheduler signals the whole
     process group) are the launcher's to handle; it shuts the workers down, and a worker whose
-    launcher is gone ends with its control channel."""
+    launcher is gone ends with its control channel. The worker only notes the stop, so that what
+    Beam's harness logs while it is torn down (a cancelled bundle's traceback) stays out of the log
+    (logs.stopping)."""
+    from ..logs import stopping
+
     for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, lambda signum, frame: stopping.set())
