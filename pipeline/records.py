@@ -43,6 +43,7 @@ class Sample:
     image_format: Optional[str] = None  # extension of the encoded bytes: "jpg" or "png"
     sha256: Optional[str] = None
     phash: Optional[str] = None  # 64-bit perceptual hash, 16 hex digits
+    phash_variants: tuple = ()  # pHashes of its mirrored, cropped, rotated copies (near-dup probes them)
     # clip
     image_embedding: Optional[Any] = None  # np.ndarray float32, L2-normalised
     text_embedding: Optional[Any] = None

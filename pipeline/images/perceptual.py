@@ -283,6 +283,7 @@ BUILD_GEOMETRY = (
     Variant("rotated+4deg", angle=4.0),
     Variant("rotated-4deg", angle=-4.0),
 )
+BUILD_VARIANTS_VERSION = 1  # of this set: stored with the variants (the image store)
 _MIRROR = np.where(np.arange(8) % 2 == 1, -1.0, 1.0)[None, :]  # odd horizontal frequencies change sign
 _ASPECT_STEPS = 16  # the linear maps are cached per 1/16 of log2(aspect ratio)
 

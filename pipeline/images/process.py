@@ -63,6 +63,7 @@ class ProcessedImage:
     original_height: int
     sha256: str
     phash: str
+    phash_variants: Tuple[str, ...] = ()  # pHashes of its mirrored/cropped/rotated copies (near-dup)
 
 
 def target_size(width: int, height: int, cfg: ImageConfig) -> Tuple[int, int]:
@@ -115,6 +116,16 @@ def _open(data: bytes, cfg: ImageConfig) -> Image.Image:
     return img
 
 
+# JPEG draft decoding (libjpeg's DCT-domain scaling by 1/2, 1/4 or 1/8) makes a large photo several
+# times cheaper to decode, but the scaled IDCT is a crude filter: drafted down to about the target
+# size, the picture is already aliased and no last resize can undo it (224 px outputs 32.5 dB
+# median PSNR against a full decode + Lanczos, img2dataset's full decode + area filter 35.2 dB).
+# So the draft stops at DRAFT_OVERSAMPLE times the target size and the last reduction, by a factor
+# of at least 2 where the photo is that large, is a true antialiasing filter (SHRINK_FILTER):
+# benchmarks/image_quality.py measures the quality and CPU of each choice (docs/benchmarks.md).
+DRAFT_OVERSAMPLE = 2
+SHRINK_FILTER = Image.Resampling.LANCZOS
+
 # Greyscale modes of more than 8 bits (16-bit PNGs and TIFFs, 32-bit integer and float TIFFs):
 # Pillow's convert("RGB") clips their values to 255, so a 16-bit picture would come out white.
 _HIGH_DEPTH = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -166,6 +177,7 @@ def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
         width, height = height, width
     if img.format == "JPEG":
         w, h = target_size(width, height, cfg)
+        w, h = w * DRAFT_OVERSAMPLE, h * DRAFT_OVERSAMPLE
         img.draft("RGB", (h, w) if rotated else (w, h))
     try:
         img.load()
@@ -195,7 +207,7 @@ def resize(img: Image.Image, original: Tuple[int, int], cfg: ImageConfig) -> Ima
 
 
 def _filter(size: Tuple[int, int], source: Tuple[int, int]) -> Image.Resampling:
-    return Image.Resampling.BOX if size[0] * size[1] < source[0] * source[1] else Image.Resampling.LANCZOS
+    return SHRINK_FILTER if size[0] * size[1] < source[0] * source[1] else Image.Resampling.LANCZOS
 
 
 def _scale(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
@@ -229,7 +241,7 @@ def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
     if not data:
         raise ImageRejected("empty_body", "0 bytes: there is no image to decode")
     img, width, height = decode(data, cfg)
-    phash = perceptual.phash(img)
+    phash, variants = perceptual.phash_and_variants(img)
     out = resize(img, (width, height), cfg)
     encoded = encode(out, cfg)
     reason = image_filter.encoded_size(len(encoded), cfg.min_encoded_bytes)
@@ -237,7 +249,15 @@ def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
         detail = f"{len(encoded)} bytes re-encoded < image.min_encoded_bytes {cfg.min_encoded_bytes}"
         raise ImageRejected(reason, detail, size=(width, height))
     return ProcessedImage(
-        encoded, cfg.encode_format, out.width, out.height, width, height, hashlib.sha256(encoded).hexdigest(), phash
+        encoded,
+        cfg.encode_format,
+        out.width,
+        out.height,
+        width,
+        height,
+        hashlib.sha256(encoded).hexdigest(),
+        phash,
+        variants,
     )
 
 
@@ -265,6 +285,7 @@ class _ProcessImage(beam.DoFn):
             original_height=p.original_height,
             sha256=p.sha256,
             phash=p.phash,
+            phash_variants=p.phash_variants,
         )
 
 

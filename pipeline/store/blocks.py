@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from ..download.fetch import TRANSIENT
+from ..images import perceptual
 from ..inputs import source_names
 from ..output.atomic import TMP_MARK, atomic_write
 from ..output.index import WORK_DIR
@@ -80,7 +81,7 @@ __all__ = [
     "new_run_id",
 ]
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: the phash_variants column (near-dup's mirrored, cropped, rotated copies)
 STORE_FILE = "store.json"
 DEFAULT_DIR = "store"  # under the output's _build/
 REPORT_FILE = "store.json"  # under the output's _build/: this run's store figures
@@ -119,6 +120,7 @@ SCHEMA = pa.schema(
         ("image_format", pa.string()),  # "jpg" or "png"
         ("sha256", pa.string()),  # sha256 of the stored image
         ("phash", pa.string()),
+        ("phash_variants", pa.list_(pa.string())),  # pHashes of its copy variants (perceptual.py)
         ("image", pa.binary()),  # the processed image, as the shards hold it
     ]
 )
@@ -141,9 +143,16 @@ class StoreDamaged(RuntimeError):
 
 def store_sections(recipe: Recipe) -> dict:
     """What decides the stored bytes: the download section (but ``threads``, which only sets how
-    fast), the image section, and the block size."""
+    fast), the image section, the block size, and the versions of the stored perceptual hashes
+    (a new pHash or variant definition gets a folder of its own, and the build names the change)."""
     download = {k: v for k, v in recipe.to_dict()["download"].items() if k != "threads"}
-    return {"download": download, "image": recipe.to_dict()["image"], "store": recipe.to_dict()["store"]}
+    hashes = {"phash": perceptual.VERSION, "variants": perceptual.BUILD_VARIANTS_VERSION}
+    return {
+        "download": download,
+        "image": recipe.to_dict()["image"],
+        "store": recipe.to_dict()["store"],
+        "hashes": hashes,
+    }
 
 
 def store_digest(sections: dict) -> str:

@@ -107,6 +107,7 @@ def _row(s: Sample, attempts: int, run: str) -> dict:
         "image_format": None,
         "sha256": None,
         "phash": None,
+        "phash_variants": None,
         "image": None,
     }
 
@@ -138,6 +139,7 @@ def fetched_row(s: Sample, r, image_cfg: ImageConfig, attempts: int, run: str) -
         image_format=p.format,
         sha256=p.sha256,
         phash=p.phash,
+        phash_variants=list(p.phash_variants),
         image=p.data,
     )
     return row
@@ -163,6 +165,7 @@ def outcome(s: Sample, row: dict, path: str) -> tuple:
             height=row["height"],
             sha256=row["sha256"],
             phash=row["phash"],
+            phash_variants=tuple(row["phash_variants"] or ()),
             stored_images=((path, s.id, s.row),),
         )
         return downloaded, final, None, row["download_sha256"]
