@@ -73,6 +73,24 @@ class MetadataFilterConfig:
 
 
 @dataclass(frozen=True)
+class PerHostConfig:
+    """Politeness per host name (docs/politeness.md): how hard one host is pressed, how it is
+    slowed down when it pushes back, and when it is given up.  Decides no stored bytes."""
+
+    max_concurrent: int = 16  # requests in flight to one host at once (0: unlimited)
+    max_requests_per_s: float = 50.0  # requests started per second to one host (0: unlimited)
+    # pause of a host after a 429/503 without Retry-After (doubles while they go on, up to max_pause_s)
+    pause_s: float = 1.0
+    max_pause_s: float = 60.0  # longest pause honoured: a Retry-After beyond it cuts the host off
+    min_rate_fraction: float = 0.05  # a host pushing back is slowed to at most this share of its limits
+    recovery_per_success: float = 0.05  # share of the limits given back per successful request (additive)
+    slow_after_failures: int = 3  # consecutive timeouts or resets that halve the host's rate (0: never)
+    dead_after_failures: int = 5  # consecutive connection failures that cut the host off (0: never)
+    dns_ttl_s: float = 300.0  # how long a resolved name is reused per worker (0: no cache)
+    dns_negative_ttl_s: float = 60.0  # how long a name that does not exist (NXDOMAIN) stays unresolved
+
+
+@dataclass(frozen=True)
 class DownloadConfig:
     threads: int = 32  # concurrent requests per worker
     timeout_s: float = 10.0
@@ -85,6 +103,7 @@ class DownloadConfig:
     allow_private: bool = False  # loopback/private addresses: only the sample build and tests
     user_agent: str = "flamingo-corpus/0.1 (+https://github.com/flamingo-corpus/flamingo-corpus)"
     disallowed_robots: tuple = ("noai", "noimageai", "noindex", "noimageindex")
+    per_host: PerHostConfig = field(default_factory=PerHostConfig)
 
 
 @dataclass(frozen=True)
@@ -269,6 +288,16 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("download", "max_backoff_s"): (0, 3600, True, True),
     ("download", "max_bytes"): (1, 1 << 31, True, True),
     ("download", "max_redirects"): (0, 100, True, True),
+    ("download.per_host", "max_concurrent"): (0, 100_000, True, True),
+    ("download.per_host", "max_requests_per_s"): (0, 1_000_000, True, True),
+    ("download.per_host", "pause_s"): (0, 3600, True, True),
+    ("download.per_host", "max_pause_s"): (0, 86400, True, True),
+    ("download.per_host", "min_rate_fraction"): (0, 1, False, True),
+    ("download.per_host", "recovery_per_success"): (0, 1, False, True),
+    ("download.per_host", "slow_after_failures"): (0, 1_000_000, True, True),
+    ("download.per_host", "dead_after_failures"): (0, 1_000_000, True, True),
+    ("download.per_host", "dns_ttl_s"): (0, 86400, True, True),
+    ("download.per_host", "dns_negative_ttl_s"): (0, 86400, True, True),
     ("image", "image_size"): (1, 16384, True, True),
     ("image", "min_side"): (0, INF, True, False),
     ("image", "max_aspect_ratio"): (1, INF, True, False),

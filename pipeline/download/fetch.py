@@ -98,6 +98,8 @@ REASONS: dict[str, str] = {
     "extra_bytes": "the body went on past its Content-Length",
     "read_error": "reading the body failed for another reason",
     "empty_body": "the server answered 2xx with no bytes",
+    "host_unavailable": "not requested: the host was cut off for this run (NXDOMAIN, a run of connection "
+    "failures, or a Retry-After longer than download.per_host.max_pause_s); the detail says which",
 }
 # Reasons worth another try (HTTP 429 and 5xx are retried too).
 TRANSIENT = frozenset({"timeout", "connect_error", "connection_reset", "truncated", "read_error"})

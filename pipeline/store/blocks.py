@@ -11,9 +11,9 @@ run that fetched it.  Layout, on any Beam filesystem (local disk, gs://, s3://, 
     STORE/<digest>/blocks/<input name>/<block>.parquet
 
 ``<digest>`` is the first 16 hex digits of the sha256 of the sections that decide the stored
-bytes: ``download`` (but ``threads``), ``image`` and ``store.block_rows``.  A recipe that differs
-only after the image stage (CLIP, NSFW, dedup, decontamination, removal lists, shards) finds the
-same blocks; one whose download or image settings differ gets a folder of its own, and the build
+bytes: ``download`` (but ``threads`` and ``per_host``), ``image`` and ``store.block_rows``.  A
+recipe that differs only after the image stage (CLIP, NSFW, dedup, decontamination, removal lists,
+shards) finds the same blocks; one whose download or image settings differ gets a folder of its own, and the build
 says which settings differ from the store's other folders.  The metadata filters decide which
 rows are fetched, not what a fetch gives: a stored row is taken when its id and URL are the ones
 this run fetches, so a filter change fetches only the rows that were never fetched.
@@ -90,9 +90,17 @@ DIGEST_CHARS = 16
 ROW_GROUP_ROWS = 64  # rows per parquet row group: the shard writer reads only the groups it needs
 BLOCK_SUFFIX = ".parquet"
 # Fetch outcomes worth another try in a later run (--retry-failed): the fetcher's own transient
-# reasons (after its retries), time limits, HTTP 408, 425, 429 and 5xx.  404, 410, not an image,
+# reasons (after its retries), time limits, HTTP 408, 425, 429 and 5xx, and rows of a host that was
+# cut off (host_unavailable: dead or asking for too long a pause).  404, 410, not an image,
 # too small, noai and the like are permanent: another run would get the same answer.
-RETRYABLE = frozenset(TRANSIENT) | {"dns_timeout", "deadline", "http_408", "http_425", "http_429"}
+RETRYABLE = frozenset(TRANSIENT) | {
+    "dns_timeout",
+    "deadline",
+    "http_408",
+    "http_425",
+    "http_429",
+    "host_unavailable",
+}
 
 SCHEMA = pa.schema(
     [
@@ -142,10 +150,11 @@ class StoreDamaged(RuntimeError):
 
 
 def store_sections(recipe: Recipe) -> dict:
-    """What decides the stored bytes: the download section (but ``threads``, which only sets how
-    fast), the image section, the block size, and the versions of the stored perceptual hashes
-    (a new pHash or variant definition gets a folder of its own, and the build names the change)."""
-    download = {k: v for k, v in recipe.to_dict()["download"].items() if k != "threads"}
+    """What decides the stored bytes: the download section (but ``threads`` and ``per_host``, which
+    only set how fast and how politely), the image section, the block size, and the versions of the
+    stored perceptual hashes (a new pHash or variant definition gets a folder of its own, and the
+    build names the change)."""
+    download = {k: v for k, v in recipe.to_dict()["download"].items() if k not in ("threads", "per_host")}
     hashes = {"phash": perceptual.VERSION, "variants": perceptual.BUILD_VARIANTS_VERSION}
     return {
         "download": download,
