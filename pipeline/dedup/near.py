@@ -1,8 +1,10 @@
 """Near-duplicate images across a whole build, by perceptual hash: the Beam stages.
 
-Two images are near duplicates when their 64-bit pHashes differ in at most ``k`` bits; groups are
-the connected components of that relation, found with the band plan of ``hamming_index.py``
-(multi-index hashing) so that no pair of hashes is compared unless a band brings them together.
+Two images are near duplicates when their 64-bit pHashes differ in at most ``k`` bits, or one's
+pHash is within ``k`` of a hash of a mirrored, cropped or rotated copy of the other (its
+``phash_variants``); groups are the connected components of that relation, found with the band
+plan of ``hamming_index.py`` (multi-index hashing) so that no pair of hashes is compared unless a
+band brings them together.
 ``DedupNearImages`` keeps one representative per group (``exact.representative_order``);
 ``DropFrequentImages`` is the MMC4 rule against images repeated over many documents.
 """
@@ -39,9 +41,9 @@ _STORED, _PROBE = 0, 1
 
 
 def _hash_entry(s: Sample):
-    """(hash, member) of a sample with a pHash; a member is (id, order key)."""
+    """(hash, (member, variant hashes)) of a sample with a pHash; a member is (id, order key)."""
     if s.phash is not None:
-        yield int(s.phash, 16), (s.id, representative_order(s))
+        yield int(s.phash, 16), ((s.id, representative_order(s)), tuple(s.phash_variants or ()))
 
 
 def _edge(a: tuple, b: tuple) -> tuple:
@@ -52,53 +54,64 @@ def _edge(a: tuple, b: tuple) -> tuple:
 def _copy_edges(item):
     """Samples sharing one exact hash: each is joined to the one with the smallest id (linear
     in the copies, so a logo repeated 10^5 times costs no pairwise work)."""
-    _, members = item
-    anchor = min(members, key=lambda m: m[0])
-    for member in members:
+    _, entries = item
+    anchor = min((member for member, _ in entries), key=lambda m: m[0])
+    for member, _ in entries:
         if member[0] != anchor[0]:
             yield _edge(anchor, member)
 
 
-def _anchor(item):
-    """(hash, the member with the smallest id): the one copy of a hash that is searched."""
-    value, members = item
-    return value, min(members, key=lambda m: m[0])
+def _searched(item):
+    """(hash, member, is a variant) of what the search compares for one exact hash: the copy
+    with the smallest id (its copies are joined to it), under its pHash and under each variant
+    hash any of the copies carries (``Sample.phash_variants``: mirrored, cropped, rotated)."""
+    value, entries = item
+    anchor = min((member for member, _ in entries), key=lambda m: m[0])
+    yield value, anchor, False
+    variants = sorted({int(v, 16) for _, vs in entries for v in vs} - {value})
+    for variant in variants:
+        yield variant, anchor, True
 
 
 def _index_entries(item, plan: Sequence[Band], masks: Sequence[Sequence[Tuple[int, int]]]):
-    """((band index, band value), (role, hash, member)): the hash stored under each of its band
-    values, and probing the values within each band's radius (a flip mask only when its top bit
-    is clear in the hash's value, so each pair is probed from one side)."""
-    value, member = item
+    """((band index, band value), (role, hash, member, is a variant)): the hash stored under each
+    of its band values, and probing the values within each band's radius (a flip mask only when
+    its top bit is clear in the hash's value, so each pair is probed from one side)."""
+    value, member, variant = item
     for band in plan:
         own = (value >> band.shift) & band.mask
-        yield (band.index, own), (_STORED, value, member)
+        yield (band.index, own), (_STORED, value, member, variant)
         for top_bit, mask in masks[band.index]:
             if not own & top_bit:
-                yield (band.index, own ^ mask), (_PROBE, value, member)
+                yield (band.index, own ^ mask), (_PROBE, value, member, variant)
 
 
 def _bucket_edges(item, k: int, plan: Sequence[Band]):
     """Edges confirmed within one bucket: stored hashes with each other (exact band match) and
     probing hashes with stored ones, by true distance, vectorised; a pair is kept only when this
-    band is the first within radius, so each edge leaves exactly one bucket.  Hashes here are
-    distinct (copies were collapsed before)."""
+    band is the first within radius, so each edge leaves exactly one bucket.  A pair of two
+    variant hashes is no edge (a crop of one image near a crop of another says little: the
+    relation is a pHash within ``k`` of the other's pHash or of one of its variants), nor is a
+    pair of one sample's own hashes.  pHashes here are distinct (copies were collapsed before);
+    a variant hash may equal another sample's pHash or variant."""
     (band_index, _), entries = item
     stored, probing = [], []
-    for role, value, member in entries:
-        (stored if role == _STORED else probing).append((value, member))
+    for role, value, member, variant in entries:
+        (stored if role == _STORED else probing).append((value, member, variant))
     if not stored:
         return
-    stored_values = np.array([v for v, _ in stored], dtype=np.uint64)
-    pairs = [(stored, *close_pairs(stored_values, k))]
+    stored_values = np.array([v for v, _, _ in stored], dtype=np.uint64)
+    pairs = [(stored, stored_values, *close_pairs(stored_values, k))]
     if probing:
-        probe_values = np.array([v for v, _ in probing], dtype=np.uint64)
-        pairs.append((probing, *blocked_pairs(probe_values, stored_values, k, upper=False)))
-    for left, i, j in pairs:
-        left_values = stored_values if left is stored else probe_values
+        probe_values = np.array([v for v, _, _ in probing], dtype=np.uint64)
+        pairs.append((probing, probe_values, *blocked_pairs(probe_values, stored_values, k, upper=False)))
+    for left, left_values, i, j in pairs:
         earlier = found_on_earlier_band(left_values[i] ^ stored_values[j], plan, band_index)
         for a, b in zip(i[~earlier].tolist(), j[~earlier].tolist()):
-            yield _edge(left[a][1], stored[b][1])
+            _, one, one_variant = left[a]
+            _, other, other_variant = stored[b]
+            if not (one_variant and other_variant) and one[0] != other[0]:
+                yield _edge(one, other)
 
 
 def group_representatives(edges: List[tuple]) -> Dict[str, str]:
@@ -143,8 +156,16 @@ class DedupNearImages(beam.PTransform):
     """One sample per near-duplicate group (pHash within ``dedup.near_max_distance`` bits,
     transitively).
 
-    samples -> (kept, dropped).  Samples are first grouped by exact hash: copies are joined to
-    the copy with the smallest id, which alone goes on.  Each distinct hash is then keyed by its
+    samples -> (kept, dropped).  Two samples are joined when one's pHash is within
+    ``near_max_distance`` of the other's pHash or of one of its ``phash_variants`` (the hashes
+    of its mirrored, cropped and rotated copies that the image stage computes,
+    ``perceptual.phash_and_variants``), as ``hamming_index.variant_groups`` does in memory.
+
+    Samples are first grouped by exact pHash: copies are joined to the copy with the smallest
+    id, which alone goes on, under its pHash and under every variant hash of the copies (a
+    variant hash is searched like a pHash, but an edge needs a pHash at one end at least, so
+    a sample with ``v`` variants costs ``1 + v`` times the shuffle of a pHash alone; the image
+    stage gives up to 7).  Each distinct hash is then keyed by its
     ``bands`` band values (stored) and by the values within each band's radius (probes), all
     through one GroupByKey; in each bucket probing and stored hashes are confirmed by true
     distance, each edge in exactly one bucket (see the module docstring).  ``dedup.near_bands``
@@ -158,7 +179,8 @@ class DedupNearImages(beam.PTransform):
     list and the dict must fit one worker's memory, fine up to ~10^8 edges, while samples
     themselves are never gathered.  The representative is the best by ``representative_order``
     (highest similarity, then input order), ties broken by id, so the result does not depend on
-    bundle order or worker count.  Ids must be unique; samples without a pHash pass.
+    bundle order or worker count.  Ids must be unique; samples without a pHash pass, samples
+    without variants (read from an older record) are searched by their pHash alone.
     """
 
     def __init__(self, cfg: DedupConfig, stage: str = STAGE):
@@ -173,7 +195,7 @@ class DedupNearImages(beam.PTransform):
         copy_edges = copies | "Join copies" >> beam.FlatMap(_copy_edges)
         near_edges = (
             copies
-            | "One per hash" >> beam.Map(_anchor)
+            | "One per hash, with its variants" >> beam.FlatMap(_searched)
             | "Stored and probe keys" >> beam.FlatMap(_index_entries, plan, masks)
             | "Group by band value" >> beam.GroupByKey()
             | "Confirm pairs" >> beam.FlatMap(_bucket_edges, k, plan)

@@ -342,7 +342,7 @@ def test_beam_buckets_emit_each_close_pair_exactly_once(bands_):
     masks = [[(1 << top, mask) for top, group in flip_masks(band) for mask in group] for band in plan]
     buckets = {}
     for value in values:
-        for key, entry in _index_entries((value, (f"{value:016x}", ())), plan, masks):
+        for key, entry in _index_entries((value, (f"{value:016x}", ()), False), plan, masks):
             buckets.setdefault(key, []).append(entry)
     edges = [tuple(sorted((a, b))) for item in buckets.items() for (a, _), (b, _) in _bucket_edges(item, K, plan)]
     i, j = close_pairs(np.array(values, dtype=np.uint64), K)
@@ -462,3 +462,58 @@ def test_build_variants_are_cheap_and_match_the_transformed_pictures():
         assert len(variants) == len(set(variants)) <= 1 + 2 * len(perceptual.BUILD_GEOMETRY)
         mirrored = perceptual.phash(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
         assert min(hamming(mirrored, v) for v in variants) <= 2
+
+
+def _variant_samples(k: int, n: int = 400):
+    """Samples whose pHashes are far apart but whose variants lie within ``k`` of other samples'
+    pHashes (a copy's relation), within ``k`` of other samples' variants only (no relation),
+    equal to another's pHash, and shared by exact copies; with the {dropped id: representative}
+    of the in-memory reference (``variant_groups``) and the representative rule."""
+    rng = np.random.default_rng(k)
+    base = [int(x) for x in rng.integers(0, 2**64, size=n, dtype=np.uint64)]
+    hexes = [f"{v:016x}" for v in base]
+    variants = {i: [] for i in range(n)}
+    for i in range(0, n - 1, 3):  # i's variant near (i + 1)'s pHash: i and i + 1 are copies
+        variants[i].append(
+            flip_bits(hexes[i + 1], rng.choice(64, size=int(rng.integers(0, k + 1)), replace=False).tolist())
+        )
+    for i in range(1, n - 5, 7):  # i's variant near (i + 4)'s variant only: not copies
+        shared = f"{int(rng.integers(0, 2**62)):016x}"
+        variants[i].append(shared)
+        variants[i + 4].append(flip_bits(shared, [1, 7]))
+    for i in range(2, n - 2, 11):  # a variant equal to another's pHash
+        variants[i].append(hexes[i + 2])
+    for i in range(n):
+        variants[i] += [f"{int(x):016x}" for x in rng.integers(0, 2**62, size=int(rng.integers(0, 4)))]
+    samples = [
+        Sample(id=f"s{i:04d}", source_index=0, row=i, url=None, phash=hexes[i], phash_variants=tuple(variants[i]))
+        for i in range(n)
+    ]
+    samples += [  # exact copies of a sample: the searched copy carries the variants of them all
+        Sample(id=f"copy{j}", source_index=0, row=n + j, url=None, phash=hexes[5], phash_variants=(hexes[9],))
+        for j in range(4)
+    ]
+    by_id = {s.id: s for s in samples}
+    expected = {}
+    groups = variant_groups({s.id: s.phash for s in samples}, {s.id: s.phash_variants for s in samples}, k)
+    for group in groups:
+        best = min(group, key=lambda i: (representative_order(by_id[i]), i))
+        expected.update({i: best for i in group if i != best})
+    return samples, expected, groups
+
+
+@pytest.mark.parametrize("bands_", [None, 3])
+def test_dedup_near_images_probes_the_variants_as_the_reference_does(bands_):
+    """The Beam stage with ``phash_variants`` gives the groups of ``variant_groups``: a pHash
+    within k of another's variant joins them, two variants near each other do not."""
+    samples, expected, groups = _variant_samples(5)
+    assert len(groups) > 100
+    assert not any({"s0001", "s0005"} <= g for g in groups)  # their variants are close, not a pHash: apart
+    assert any({"s0002", "s0004"} <= g for g in groups) and any({"s0005", "s0009", "copy0"} <= g for g in groups)
+
+    def build(p):
+        kept, dropped = p | beam.Create(samples) | DedupNearImages(DedupConfig(near_max_distance=5, near_bands=bands_))
+        return {"kept": kept, "dropped": dropped}
+
+    out = run_collect(build)
+    assert _summary(out["kept"], out["dropped"]) == _expected_summary(samples, expected)
