@@ -67,6 +67,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util import connection as urllib3_connection
 from urllib3.util import parse_url
 
+from .dns import is_nxdomain
+from .hosts import DEAD, host_key, outcome_of
+
 try:  # Mozilla's CA bundle (certifi, a dependency); the system store when it is missing
     import certifi
 
@@ -172,13 +175,20 @@ class _Drop(Exception):
     """Ends a fetch (or, when ``transient``, one try of it) with a reason token."""
 
     def __init__(
-        self, reason: str, detail: str, *, transient: Optional[bool] = None, retry_after: Optional[float] = None
+        self,
+        reason: str,
+        detail: str,
+        *,
+        transient: Optional[bool] = None,
+        retry_after: Optional[float] = None,
+        nxdomain: bool = False,
     ):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
         self.transient = reason in TRANSIENT if transient is None else transient
         self.retry_after = retry_after
+        self.nxdomain = nxdomain  # a dns_error saying the name does not exist (not that the lookup failed)
 
 
 @dataclass(frozen=True)
@@ -701,10 +711,17 @@ class Fetcher:
     pool owned by the fetcher.  Call ``close()`` (or use it as a context manager) to release the
     pools and threads.
 
-    ``resolver(host, port)`` returns the addresses of a host name (default: ``getaddrinfo``);
-    ``forbidden_address(ip)`` says whether an address is off limits when ``allow_private`` is off
-    (default: ``is_private_address``).  Tests replace them to stand a loopback server in for a
-    public host, without any real network.
+    ``resolver(host, port)`` returns the addresses of a host name (default: ``getaddrinfo``;
+    ``dns.CachingResolver`` caches it); ``forbidden_address(ip)`` says whether an address is off
+    limits when ``allow_private`` is off (default: ``is_private_address``).  Tests replace them to
+    stand a loopback server in for a public host, without any real network.  Every address a
+    resolver gives, cached or not, is checked before it is used.
+
+    ``gate`` (a ``hosts.HostGate``), when given, hears the outcome of every request the fetcher
+    makes to a URL's host (``record``), and each retry waits for the host's pause and takes its
+    place in the host's pacing (``reserve_retry``): the fetcher's own retries never press a host
+    that answered 429.  The first request of a URL is the caller's to clear with the gate
+    (``try_start``), as the store's scheduler does.
     """
 
     def __init__(
@@ -713,10 +730,12 @@ class Fetcher:
         *,
         resolver: Optional[Resolver] = None,
         forbidden_address: Optional[Callable[[str], bool]] = None,
+        gate=None,
     ):
         self.policy = policy or FetchPolicy()
         self._resolver = resolver or system_resolver
         self._forbidden = forbidden_address or is_private_address
+        self._gate = gate
         self._headers = {
             "User-Agent": self.policy.user_agent,
             "Accept": "image/*, */*;q=0.5",
@@ -795,16 +814,46 @@ class Fetcher:
     def _fetch(self, url: object, progress: _Progress, deadline: float) -> bytes:
         """Check and resolve ``url``, then try it (following redirects) until it succeeds, fails
         for good, or runs out of retries or time."""
-        progress.target = self._target(url, deadline)
+        host = host_key(url) if self._gate is not None else None
+        try:
+            progress.target = self._target(url, deadline)
+        except _Drop as drop:
+            self._tell_gate(host, progress, drop)
+            raise
         progress.url = progress.target.url
         for attempt in itertools.count(1):
             progress.attempts = attempt
             try:
-                return self._try(progress, deadline)
+                data = self._try(progress, deadline)
             except _Drop as drop:
+                self._tell_gate(host, progress, drop)
                 if not drop.transient or attempt > self.policy.retries:
                     raise
-                self._wait_before_retry(attempt, drop, deadline)
+                self._wait_before_retry(attempt, drop, deadline, host)
+            else:
+                self._tell_gate(host, progress, None)
+                return data
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _tell_gate(self, host: Optional[str], progress: _Progress, drop: Optional[_Drop]) -> None:
+        """Report one request's outcome to the gate.  A failure at a redirect hop on another host
+        says nothing about this one (a success does: the host answered with its redirect)."""
+        if self._gate is None or host is None:
+            return
+        if drop is None:
+            self._gate.record(host, outcome_of(None, progress.status), status=progress.status)
+            return
+        target = progress.target
+        if target is not None and target.host != host:
+            return
+        answered = drop.reason.startswith("http_")
+        self._gate.record(
+            host,
+            outcome_of(drop.reason, progress.status if answered else None, drop.nxdomain),
+            status=progress.status if answered else None,
+            retry_after=drop.retry_after,
+            detail=f"{drop.reason}: {drop.detail}",
+        )
 
     def _target(self, url: object, deadline: float) -> _Target:
         """``url`` ready to request: allowed scheme, host resolved, every address checked."""
@@ -842,7 +891,7 @@ class Fetcher:
         except UnicodeError as exc:  # the IDNA codec refuses the name
             raise _Drop("bad_url", f"bad host name {host!r}: {exc}") from exc
         except OSError as exc:  # socket.gaierror and friends
-            raise _Drop("dns_error", f"cannot resolve {host}: {exc}") from exc
+            raise _Drop("dns_error", f"cannot resolve {host}: {exc}", nxdomain=is_nxdomain(exc)) from exc
         addresses = []
         for address in found:
             literal = _ip_literal(address.split("%", 1)[0])
@@ -861,12 +910,20 @@ class Fetcher:
             raise _Drop("deadline", f"deadline of {self.policy.deadline_s}s passed")
         return min(self.policy.timeout_s, left), left < self.policy.timeout_s
 
-    def _wait_before_retry(self, attempt: int, drop: _Drop, deadline: float) -> None:
-        """Sleep before try ``attempt + 1``, or give up with ``drop`` when that would pass the deadline."""
-        delay = self._backoff(attempt, drop.retry_after)
-        if time.monotonic() + delay >= deadline:
+    def _wait_before_retry(self, attempt: int, drop: _Drop, deadline: float, host: Optional[str] = None) -> None:
+        """Sleep before try ``attempt + 1``, or give up with ``drop`` when that would pass the
+        deadline (or when the gate has cut the host off); with a gate, the retry also waits for
+        the host's pause and its turn in the host's pacing."""
+        now = time.monotonic()
+        when = now + self._backoff(attempt, drop.retry_after)
+        if self._gate is not None and host is not None:
+            verdict, info = self._gate.reserve_retry(host, when)
+            if verdict == DEAD:
+                raise drop
+            when = float(info)
+        if when >= deadline:
             raise drop
-        time.sleep(delay)
+        time.sleep(max(0.0, when - now))
 
     def _backoff(self, attempt: int, retry_after: Optional[float]) -> float:
         """Seconds to wait after try ``attempt``: Retry-After when given, else exponential with jitter."""
