@@ -10,7 +10,14 @@ row is done, so a killed build loses at most the blocks its workers had in hand.
 
 Each worker keeps ``threads`` requests running, as the download stage does, across block
 boundaries: the next block's rows start while the slowest URLs of the previous one finish (at
-most two blocks open at a time).  Downloads run on the thread pool; decoding and re-encoding run
+most two blocks open at a time).  Rows are not started in queue order but as their hosts allow
+(download/hosts.py, ``download.per_host``): the scheduler scans the first ``_WINDOW`` queued rows
+and starts each one whose host has a free slot, its turn in the pacing and no pause; a row whose
+host was cut off (NXDOMAIN, a run of connection failures, a Retry-After past ``max_pause_s``) is
+dropped as ``host_unavailable`` without a request.  The gate and the DNS cache are the worker
+process's (``shared_gate``, ``shared_resolver``), so its DoFn instances share the limits.
+
+Downloads run on the thread pool; decoding and re-encoding run
 on the bundle's thread, one image at a time, so memory holds about two blocks of processed images
 and ``threads`` downloads.
 
@@ -24,21 +31,25 @@ file of the ``StoreSpec``.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures as cf
 import hashlib
 import json
 import logging
+import math
+import posixpath
 import queue
+import time
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from ..download.fetch import Fetcher
+from ..download.dns import shared_resolver
+from ..download.fetch import Fetcher, FetchResult
+from ..download.hosts import DEAD, GO, HostLimits, host_key, merge_figures, shared_gate, worker_id
 from ..download.stage import WorkerShuttingDown, fetch_policy
 from ..images.process import ImageRejected, process_image
 from ..output.atomic import atomic_write
@@ -51,6 +62,14 @@ from .blocks import DamagedBlock, StoreSpec, parse_block_path, read_block, retry
 __all__ = ["FetchBlocks", "STORE_FIGURES"]
 
 log = logging.getLogger(__name__)
+
+# Queued rows the scheduler looks at for one whose host may take a request now (at least; 8 per
+# download thread): bounded so that a queue held up by one busy host costs little to scan.
+_WINDOW = 256
+# Longest wait of an idle scheduler before it looks at its hosts again (another DoFn instance of
+# the process may free a slot it waits for).
+_POLL_S = 0.05
+HOSTS_FILE = "hosts.json"  # under the output's _build/: this run's per-host figures
 
 # The figures of one run's use of the store (summed over the blocks; _build/store.json).
 STORE_FIGURES = (
@@ -177,19 +196,24 @@ class _FetchBlock(beam.DoFn):
     """(store block, its samples) -> per row ``outcome(...)``; the block's figures on ``FIGURES``."""
 
     FIGURES = "store_figures"
+    HOSTS = "host_figures"
 
-    def __init__(self, download: DownloadConfig, image: ImageConfig, spec: StoreSpec):
-        self.download, self.image, self.spec = download, image, spec
+    def __init__(self, download: DownloadConfig, image: ImageConfig, spec: StoreSpec, share: float = 1.0):
+        self.download, self.image, self.spec, self.share = download, image, spec, share
 
     def setup(self):
-        self._fetcher = Fetcher(fetch_policy(self.download))
+        per_host = self.download.per_host
+        self._gate = shared_gate(HostLimits.from_config(per_host), self.share)
+        resolver = shared_resolver(per_host.dns_ttl_s, per_host.dns_negative_ttl_s)
+        self._fetcher = Fetcher(fetch_policy(self.download), resolver=resolver, gate=self._gate)
         self._pool = cf.ThreadPoolExecutor(self.download.threads, thread_name_prefix="download")
         self._progress = Progress("download")
+        self._window = max(_WINDOW, 8 * self.download.threads)
 
     def start_bundle(self):
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._open: Dict[str, _Block] = {}
-        self._queue: Deque[Tuple[_Block, Sample, int]] = collections.deque()
+        self._queue: List[Tuple[_Block, Sample, int, Optional[str]]] = []
         self._in_flight = 0
 
     def process(self, item):
@@ -203,6 +227,10 @@ class _FetchBlock(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, -1, [GlobalWindow()]))
             else:
                 yield WindowedValue(out, -1, [GlobalWindow()])
+        hosts = self._gate.drain_figures()
+        if hosts:
+            figures = {"worker": worker_id(), "hosts": hosts}
+            yield beam.pvalue.TaggedOutput(self.HOSTS, WindowedValue(figures, -1, [GlobalWindow()]))
 
     def teardown(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -228,20 +256,15 @@ class _FetchBlock(beam.DoFn):
                 continue
             b.retried += int(old is not None)
             b.waiting += 1
-            self._queue.append((b, s, (old["attempts"] or 0) if old is not None else 0))
+            self._queue.append((b, s, (old["attempts"] or 0) if old is not None else 0, host_key(s.url)))
         self._open[path] = b
 
     def _pump(self, max_open: int):
-        """Keep ``2 * threads`` fetches in flight, finish what is done, emit the complete blocks;
-        return once at most ``max_open`` blocks are unfinished."""
+        """Keep ``2 * threads`` fetches in flight as the hosts allow, finish what is done, emit the
+        complete blocks; return once at most ``max_open`` blocks are unfinished."""
         limit = 2 * self.download.threads
         while True:
-            while self._queue and self._in_flight < limit:
-                b, s, before = self._queue.popleft()
-                self._pool.submit(self._fetcher.fetch, s.url).add_done_callback(
-                    lambda f, b=b, s=s, before=before, done=self._done: done.put((b, s, before, f))
-                )
-                self._in_flight += 1
+            wake = self._start_ready(limit)
             ready = 0
             while True:
                 try:
@@ -253,14 +276,59 @@ class _FetchBlock(beam.DoFn):
                 yield from self._close(self._open.pop(path))
             if len(self._open) <= max_open:
                 return
-            if not ready:  # nothing was done: wait for one (then top the pool up again)
-                self._finish(*self._done.get())
+            if ready:
+                continue
+            # Nothing was done: wait for a fetch to end, or for the first waiting host's turn.
+            timeout = None if self._in_flight and wake == math.inf else _POLL_S
+            if wake != math.inf:
+                timeout = min(_POLL_S, max(0.0, wake - time.monotonic()))
+            try:
+                self._finish(*self._done.get(timeout=timeout))
+            except queue.Empty:
+                pass
+
+    def _start_ready(self, limit: int) -> float:
+        """Start the queued rows (of the first ``_window``) whose hosts take a request now, and
+        drop those of hosts cut off; the earliest time a waiting row's host may take one."""
+        wake = math.inf
+        now = time.monotonic()
+        waiting: Dict[Optional[str], bool] = {}  # hosts already found waiting in this pass
+        kept = []
+        window = self._queue[: self._window]
+        for i, item in enumerate(window):
+            if self._in_flight >= limit:
+                kept.extend(window[i:])
+                break
+            b, s, before, host = item
+            if host in waiting:
+                kept.append(item)
+                continue
+            verdict, info = self._gate.try_start(host, now)
+            if verdict == GO:
+                self._pool.submit(self._fetcher.fetch, s.url).add_done_callback(
+                    lambda f, b=b, s=s, before=before, host=host, done=self._done, gate=self._gate: (
+                        gate.finish(host),
+                        done.put((b, s, before, f)),
+                    )
+                )
+                self._in_flight += 1
+            elif verdict == DEAD:
+                self._gate.cut_off_row(host)
+                self._settle(b, s, before, _cut_off(s.url, str(info)))
+            else:
+                waiting[host] = True
+                wake = min(wake, float(info))  # type: ignore[arg-type]
+                kept.append(item)
+        self._queue[: len(window)] = kept
+        return wake
 
     def _finish(self, b: _Block, s: Sample, before: int, future: cf.Future) -> None:
         self._in_flight -= 1
         if future.cancelled():  # teardown cancelled the fetches: the worker is being shut down
             raise WorkerShuttingDown("worker shutting down: the bundle's fetches were cancelled")
-        r = future.result()
+        self._settle(b, s, before, future.result())
+
+    def _settle(self, b: _Block, s: Sample, before: int, r: FetchResult) -> None:
         self._progress.add(1, ok=int(r.ok))
         row = fetched_row(s, r, self.image, before + 1, self.spec.run)
         b.rows[s.id] = row
@@ -291,6 +359,21 @@ class _FetchBlock(beam.DoFn):
             if v:
                 Metrics.counter("store", k).inc(v)
         yield beam.pvalue.TaggedOutput(self.FIGURES, figures)
+
+
+def _cut_off(url: str, why: str) -> FetchResult:
+    """The result of a row not requested because its host was cut off."""
+    return FetchResult(
+        ok=False,
+        data=None,
+        content_type=None,
+        status=None,
+        reason="host_unavailable",
+        detail=why,
+        attempts=0,
+        final_url=url,
+        elapsed_s=0.0,
+    )
 
 
 class _Settle(beam.DoFn):
@@ -325,9 +408,10 @@ class FetchBlocks(beam.PTransform):
     """Samples to fetch -> (samples with processed images, drops), through the store of ``spec``.
     ``removal`` is the removal list (``read_removal_list``) to screen the downloaded bytes with."""
 
-    def __init__(self, download: DownloadConfig, image: ImageConfig, spec: StoreSpec, removal=None):
+    def __init__(self, download: DownloadConfig, image: ImageConfig, spec: StoreSpec, removal=None, share: float = 1.0):
         super().__init__()
         self.download, self.image, self.spec, self.removal = download, image, spec, removal
+        self.share = share  # each worker's share of every host's limits (download/hosts.py)
 
     def expand(self, samples):
         spec = self.spec
@@ -336,7 +420,9 @@ class FetchBlocks(beam.PTransform):
             | "Key by store block" >> beam.Map(lambda s: ((s.source_index, spec.block_of(s)), s))
             | "Group store block" >> beam.GroupByKey()
             | "Fetch or take from store"
-            >> beam.ParDo(_FetchBlock(self.download, self.image, spec)).with_outputs(_FetchBlock.FIGURES, main="rows")
+            >> beam.ParDo(_FetchBlock(self.download, self.image, spec, self.share)).with_outputs(
+                _FetchBlock.FIGURES, _FetchBlock.HOSTS, main="rows"
+            )
         )
         if spec.report:
             (
@@ -344,9 +430,28 @@ class FetchBlocks(beam.PTransform):
                 | "Add store figures" >> beam.CombineGlobally(lambda fs: _sum(fs)).without_defaults()
                 | "Write store figures" >> beam.Map(_write_figures, spec.report)
             )
+            (
+                out[_FetchBlock.HOSTS]
+                | "Add host figures" >> beam.CombineGlobally(_merge_hosts).without_defaults()
+                | "Write host figures" >> beam.Map(_write_figures, hosts_path(spec.report))
+            )
         side = {"blocklist": beam.pvalue.AsSingleton(self.removal)} if self.removal is not None else {}
         settled = out.rows | "Settle" >> beam.ParDo(_Settle(), **side).with_outputs(DROPPED_TAG, main="kept")
         return settled.kept, settled[DROPPED_TAG]
+
+
+def hosts_path(report: str) -> str:
+    """Where the per-host figures go: next to the store figures (``_build/hosts.json``)."""
+    return posixpath.join(posixpath.dirname(report), HOSTS_FILE)
+
+
+def _merge_hosts(figures) -> dict:
+    """The per-host figures of the bundles (``HostGate.drain_figures``) added up, the busiest
+    hosts kept (``merge_figures``)."""
+    total: dict = {}
+    for f in figures:
+        total = merge_figures(total, f)
+    return total
 
 
 def _sum(figures) -> dict:
