@@ -215,7 +215,7 @@ class HostGate:
     def _concurrency(self, h: _Host) -> float:
         if not self.limits.max_concurrent:
             return math.inf
-        return max(1, math.floor(self.limits.max_concurrent * self.share * h.fraction + 1e-9))
+        return max(1, math.floor(self.limits.max_concurrent * h.share * h.fraction + 1e-9))
 
     def _rate(self, h: _Host) -> float:
         if not self.limits.max_requests_per_s:
