@@ -41,6 +41,7 @@ from .recipe import Recipe
 from .runners.local import cpu_threads_per_worker, local_runner
 from .runners.stop import BuildInterrupted, stoppable
 from .store.blocks import StoreSpec, default_root, make_spec, report_path
+from .store.fetch import hosts_path
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,16 @@ def read_store_figures(output_dir: str, spec: StoreSpec) -> dict:
     return figures
 
 
+def read_host_figures(output_dir: str) -> Optional[dict]:
+    """This run's per-host figures (``_build/hosts.json``, written by the fetch stage), None when
+    nothing was fetched."""
+    try:
+        with FileSystems.open(hosts_path(report_path(output_dir))) as f:
+            return json.loads(f.read())
+    except Exception:  # noqa: BLE001 - no row reached the fetch: no figures
+        return None
+
+
 def _remove_stale_tars(output_dir: str, shards: List[dict]) -> None:
     """Tars of an interrupted run beyond this run's shards (it kept fewer samples: the web
     changed in between) would be taken for part of the build; they go."""
@@ -451,6 +462,7 @@ def run_build(
         resumed=mode == "resume",
     )
     result.store = read_store_figures(output_dir, spec)
+    result.hosts = read_host_figures(output_dir)
     if result.resumed:
         log.info("resumed: %d of %d shards were complete and kept", result.shards_skipped, len(result.shards))
     _remove_stale_tars(output_dir, result.shards)

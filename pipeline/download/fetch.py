@@ -852,7 +852,7 @@ class Fetcher:
             outcome_of(drop.reason, progress.status if answered else None, drop.nxdomain),
             status=progress.status if answered else None,
             retry_after=drop.retry_after,
-            detail=f"{drop.reason}: {drop.detail}",
+            detail=drop.reason,
         )
 
     def _target(self, url: object, deadline: float) -> _Target:

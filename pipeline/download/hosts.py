@@ -323,7 +323,7 @@ class HostGate:
                 h.paused_until = max(h.paused_until, now + min(pause, lim.max_pause_s))
                 self._slow_down(h)
             elif outcome == NXDOMAIN:
-                self._cut_off(host, h, f"host {host} cut off: the name does not exist (NXDOMAIN){_why(detail)}")
+                self._cut_off(host, h, f"host {host} cut off: the name does not exist (NXDOMAIN)")
             else:  # SLOW or UNREACHABLE
                 if outcome == UNREACHABLE:
                     h.fail_run += 1
@@ -495,3 +495,62 @@ def shared_gate(limits: HostLimits, share: float = 1.0) -> HostGate:
         if gate is None:
             gate = _SHARED[key] = HostGate(limits, share)
         return gate
+
+
+# -- in the manifest and the build summary --------------------------------------------------------
+
+# Hosts listed by name in the manifest and the summary (the busiest, and those cut off).
+LISTED_HOSTS = 10
+
+
+def politeness_section(figures: Optional[dict], top: int = LISTED_HOSTS) -> Optional[dict]:
+    """The manifest's ``hosts`` section from a run's merged per-host figures (``_build/hosts.json``):
+    totals, the ``top`` busiest hosts and the ``top`` hosts cut off.  Hosts fetched by several
+    workers are counted once per worker in ``hosts`` and ``hosts_cut_off``, and their
+    ``peak_rps`` is the sum of the workers' busiest seconds (an upper bound)."""
+    if not figures or not figures.get("hosts"):
+        return None
+    hosts = dict(figures["hosts"])
+    total = hosts.pop(TOTAL, {})
+    ranked = sorted(hosts.items(), key=lambda kv: (-kv[1].get("requests", 0), kv[0]))
+    cut = sorted(
+        ((k, f) for k, f in hosts.items() if f.get("cut_off")), key=lambda kv: (-kv[1].get("rows_cut_off", 0), kv[0])
+    )
+    return {
+        "requests": total.get("requests", 0),
+        "http_429": total.get("http_429", 0),
+        "http_5xx": total.get("http_5xx", 0),
+        "hosts": total.get("hosts", len(hosts)),
+        "hosts_cut_off": total.get("hosts_cut_off", len(cut)),
+        "rows_cut_off": total.get("rows_cut_off", 0),
+        "peak_rps": max((f.get("peak_rps", 0) for f in hosts.values()), default=0),
+        "busiest": [
+            {"host": k, **{n: f.get(n, 0) for n in ("requests", "http_429", "http_5xx", "peak_rps")}}
+            for k, f in ranked[:top]
+        ],
+        "cut_off": [{"host": k, "rows": f.get("rows_cut_off", 0), "why": f["cut_off"]} for k, f in cut[:top]],
+    }
+
+
+def summary_lines(section: Optional[dict], top: int = 5) -> list:
+    """The build summary's lines about politeness (``politeness_section``)."""
+    if not section or not section.get("requests"):
+        return []
+    lines = [
+        f"  requests       {section['requests']:>10,} to {section['hosts']:,} hosts; "
+        f"{section['http_429']:,} answered 429, {section['http_5xx']:,} 5xx; "
+        f"busiest second of one host: {section['peak_rps']:,} requests",
+    ]
+    busiest = ", ".join(
+        f"{b['host']} {b['requests']:,}" + (f" ({b['http_429']:,} x 429)" if b["http_429"] else "")
+        for b in section["busiest"][:top]
+    )
+    if busiest:
+        lines.append(f"  busiest hosts  {busiest}")
+    if section.get("hosts_cut_off"):
+        lines.append(
+            f"  hosts cut off  {section['hosts_cut_off']:>10,} ({section['rows_cut_off']:,} rows not requested: "
+            "download/host_unavailable)"
+        )
+        lines += [f"    {c['host']}: {c['why']}" for c in section["cut_off"][:top]]
+    return lines

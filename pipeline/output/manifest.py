@@ -17,6 +17,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
+from ..download.hosts import politeness_section
+from ..download.hosts import summary_lines as politeness_lines
 from ..recipe import Recipe
 from .index import WORK_DIR
 
@@ -97,6 +99,7 @@ class BuildResult:
     resumed: bool = False  # this run picked up the output of an interrupted one
     already_complete: bool = False  # the output was complete already; nothing was run
     store: Optional[dict] = None  # this run's use of the image store (build.read_store_figures); not in the manifest
+    hosts: Optional[dict] = None  # this run's per-host figures (_build/hosts.json); manifest "hosts"
 
     @property
     def shards_skipped(self) -> int:
@@ -160,6 +163,7 @@ class BuildResult:
                 if k != self.kind
             },
             "seconds": round(self.seconds, 3),
+            **({"hosts": section} if (section := politeness_section(self.hosts)) else {}),
         }
 
     @classmethod
@@ -288,6 +292,7 @@ def summary(result: BuildResult) -> str:
     if r.resumed:
         lines.append(f"  reused         {r.shards_skipped:>10,} shards complete from the interrupted run")
     lines += _store_lines(r.store)
+    lines += politeness_lines(politeness_section(r.hosts))
     lines += [
         f"  time           {r.seconds:>10.1f} s, {rows_in / max(r.seconds, 1e-9):.1f} {unit}/s"
         + (" (of the original build)" if r.already_complete else ""),

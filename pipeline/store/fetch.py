@@ -408,10 +408,22 @@ class FetchBlocks(beam.PTransform):
     """Samples to fetch -> (samples with processed images, drops), through the store of ``spec``.
     ``removal`` is the removal list (``read_removal_list``) to screen the downloaded bytes with."""
 
-    def __init__(self, download: DownloadConfig, image: ImageConfig, spec: StoreSpec, removal=None, share: float = 1.0):
+    # Each worker's share of every host's limits (download/hosts.py) when none is given: 1.0, each
+    # worker holds the whole limits.  Until rows are routed so that a host's rows reach a bounded
+    # set of workers, a test on N workers sets 1 / N here to hold the limits for the whole build.
+    default_share = 1.0
+
+    def __init__(
+        self,
+        download: DownloadConfig,
+        image: ImageConfig,
+        spec: StoreSpec,
+        removal=None,
+        share: Optional[float] = None,
+    ):
         super().__init__()
         self.download, self.image, self.spec, self.removal = download, image, spec, removal
-        self.share = share  # each worker's share of every host's limits (download/hosts.py)
+        self.share = self.default_share if share is None else share
 
     def expand(self, samples):
         spec = self.spec
