@@ -121,10 +121,12 @@ def _open(data: bytes, cfg: ImageConfig) -> Image.Image:
 # size, the picture is already aliased and no last resize can undo it (224 px outputs 32.5 dB
 # median PSNR against a full decode + Lanczos, img2dataset's full decode + area filter 35.2 dB).
 # So the draft stops at DRAFT_OVERSAMPLE times the target size and the last reduction, by a factor
-# of at least 2 where the photo is that large, is a true antialiasing filter (SHRINK_FILTER):
-# benchmarks/image_quality.py measures the quality and CPU of each choice (docs/benchmarks.md).
+# of at least 2 where the photo is that large, is a true antialiasing filter (SHRINK_FILTER, the
+# cheapest of Pillow's that kept median and 10th-percentile PSNR above img2dataset's; Lanczos
+# scores higher still for about 10-30% more CPU): benchmarks/image_quality.py measures each
+# choice (docs/benchmarks.md).
 DRAFT_OVERSAMPLE = 2
-SHRINK_FILTER = Image.Resampling.LANCZOS
+SHRINK_FILTER = Image.Resampling.BICUBIC
 
 # Greyscale modes of more than 8 bits (16-bit PNGs and TIFFs, 32-bit integer and float TIFFs):
 # Pillow's convert("RGB") clips their values to 255, so a 16-bit picture would come out white.
@@ -217,7 +219,8 @@ def _scale(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
 def _center_crop(img: Image.Image, size: Tuple[int, int], n: int) -> Image.Image:
     """Scale to ``size``, then keep the centred ``n`` x ``n`` (or less) window: done as one resize
     of the matching source box (Pillow's ``box`` argument), which gives the same pixels as the
-    scale-then-crop (checked by a test) without resampling the columns or rows that are cut."""
+    scale-then-crop, up to the rounding of a value at a half (checked by a test), without
+    resampling the columns or rows that are cut."""
     w, h = min(n, size[0]), min(n, size[1])
     if (w, h) == size:
         return _scale(img, size)
