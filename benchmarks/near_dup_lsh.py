@@ -1,16 +1,23 @@
-"""Time ``near_duplicate_groups`` (multi-index hashing + vectorised confirm) on random pHashes.
+"""Time the near-duplicate search (multi-index hashing + vectorised confirm) up to 10M pHashes.
 
-Each size is uniform random 64-bit hashes plus 1% planted near copies (0..k random bit flips of
-an existing hash).  For each k it runs the automatic band count (``auto_bands``) and, at the
-sizes up to ``--old-up-to``, the old plain banding (``k + 1`` bands, radius 0) for comparison;
-``--bands`` adds other band counts.  It prints the band plan, band values looked up, candidate
-pairs compared, groups found and seconds (hex parsing and union-find included).
+Each size is uniform random 64-bit hashes plus planted near-duplicate clusters (``planted``):
+1% of the hashes are cluster centres, each with 1-4 members 0..k random bit flips away (some exact
+copies), so there are real pairs, chains and copies besides the random pairs a large uniform
+population has.  For each k it runs the band count the search chooses for that many distinct
+hashes (``auto_bands(k, n)``), ``--bands`` adds other band counts and, at the sizes up to
+``--old-up-to``, the plain banding of ``k + 1`` bands (radius 0).  Timed: ``np.unique`` of the
+hashes, ``multi_index_edges`` and the connected components (``hamming_index.components``), on the
+uint64 array (parsing 10M hex strings is not the search).  It prints the band plan, band values
+looked up, candidate pairs compared, pairs found, groups, wall and CPU seconds and the peak memory
+of the process, and checks that every planted pair (centre, member within k) is among the pairs
+found (the search is exact; tests compare it with brute force).
 
 A run whose modeled work (``modeled_cost`` times n, in candidate comparisons) exceeds
-``--max-work`` is skipped and its estimate printed, unless ``--force``: plain banding at k=10 and
-1M hashes (~10^11 candidates) would take about an hour on 2 cores.
+``--max-work`` is skipped and its estimate printed, unless ``--force``.  Peak memory is the
+process's: run one size per process to read it per size.
 
     python benchmarks/near_dup_lsh.py [--sizes 10000 100000 1000000] [--ks 5 10] [--bands 3 4]
+    python benchmarks/near_dup_lsh.py --sizes 10000000 --ks 10 --max-work 1e12
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from typing import Optional, Tuple
 
 import numpy as np
 from _common import load, machine, peak_rss_mib
@@ -26,22 +34,31 @@ from flamingo_corpus.dedup.hamming_index import (
     UnionFind,
     auto_bands,
     band_plan,
+    components,
     modeled_cost,
-    near_duplicate_groups,
+    multi_index_edges,
 )
 from flamingo_corpus.dedup.near import group_representatives
 
 
-def planted_hashes(n: int, k: int, seed: int = 0) -> dict:
-    """``n`` hashes as hex: 99% uniform random, 1% copies of those with 0..k bits flipped."""
+def planted(n: int, k: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """``n`` uint64 hashes: uniform random, with ``n // 100`` cluster centres among them each
+    given 1-4 members 0..k random bit flips away; and the (centre, member) pairs planted, as
+    values, distinct pairs only."""
     rng = np.random.default_rng(seed)
-    copies = n // 100
-    values = rng.integers(0, 2**64, size=n - copies, dtype=np.uint64)
-    planted = values[rng.integers(0, len(values), size=copies)].copy()
-    for row, flips in enumerate(rng.integers(0, k + 1, size=copies)):
-        for bit in rng.choice(64, size=flips, replace=False):
-            planted[row] ^= np.uint64(1) << np.uint64(bit)
-    return {i: f"{int(v):016x}" for i, v in enumerate(np.concatenate([values, planted]))}
+    centres = n // 100
+    sizes = rng.integers(1, 5, size=centres)
+    members = min(int(sizes.sum()), n - centres)
+    values = rng.integers(0, 2**64, size=n - members, dtype=np.uint64)
+    centre = np.repeat(values[:centres], sizes)[:members]
+    flips = rng.integers(0, k + 1, size=members)
+    # flips distinct bits per member: the first ``flips`` of a random permutation of the 64 bits
+    order = np.argsort(rng.random((members, 64)), axis=1)
+    chosen = np.arange(64)[None, :] < flips[:, None]
+    masks = np.bitwise_or.reduce(np.where(chosen, np.uint64(1) << order.astype(np.uint64), np.uint64(0)), axis=1)
+    member = centre ^ masks
+    pairs = np.stack([centre, member], axis=1)[centre != member]
+    return np.concatenate([values, member]), pairs
 
 
 def plan_text(k: int, m: int) -> str:
@@ -84,6 +101,30 @@ def time_grouping(n_edges: int, repeat: int) -> None:
         )
 
 
+def search(values: np.ndarray, k: int, m: Optional[int]) -> dict:
+    """The in-memory search as ``near_duplicate_groups`` runs it, on uint64 values: distinct
+    hashes, their pairs within ``k``, the components; wall and CPU seconds."""
+    stats: dict = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    distinct, index = np.unique(values, return_inverse=True)
+    edges = multi_index_edges(distinct, k, m, stats)
+    labels = components(len(distinct), edges)[index]
+    groups = int((np.bincount(labels) > 1).sum())
+    stats.update(
+        seconds=time.perf_counter() - wall, cpu=time.process_time() - cpu, edges=edges, distinct=distinct, groups=groups
+    )
+    return stats
+
+
+def planted_found(result: dict, pairs: np.ndarray) -> Tuple[int, int]:
+    """(planted pairs among the pairs found, planted pairs): each must be found."""
+    distinct, edges = result["distinct"], result["edges"]
+    ends = np.sort(np.searchsorted(distinct, pairs), axis=1)
+    key = lambda e: e[:, 0].astype(np.int64) * len(distinct) + e[:, 1]  # noqa: E731
+    planted_keys = np.unique(key(ends))
+    return int(np.isin(planted_keys, key(edges)).sum()), len(planted_keys)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -91,7 +132,7 @@ def main() -> None:
     parser.add_argument("--bands", type=int, nargs="*", default=[], help="band counts to run besides auto and old")
     parser.add_argument("--old-up-to", type=int, default=100_000, help="largest size the old k+1 bands run at")
     parser.add_argument(
-        "--max-work", type=float, default=2e10, help="skip runs whose modeled work (comparisons + lookups) is larger"
+        "--max-work", type=float, default=2e11, help="skip runs whose modeled work (comparisons + lookups) is larger"
     )
     parser.add_argument("--force", action="store_true", help="run even the runs over --max-work")
     parser.add_argument("--edges", type=int, default=0, help="time the grouping of this many edges instead")
@@ -102,31 +143,34 @@ def main() -> None:
         time_grouping(args.edges, args.repeat)
         return
     print(
-        f"{'n':>9} {'k':>3} {'m':>3} {'bands (width/radius)':<18} {'lookups':>13} {'candidates':>15} "
-        f"{'groups':>7} {'seconds':>8}  peak RSS MiB",
+        f"{'n':>10} {'k':>3} {'m':>3} {'bands (width/radius)':<18} {'lookups':>15} {'candidates':>17} "
+        f"{'pairs':>10} {'planted found':>15} {'groups':>9} {'wall s':>8} {'CPU s':>8}  peak RSS MiB",
         flush=True,
     )
     for k in args.ks:
         for n in args.sizes:
-            hashes = planted_hashes(n, k)
-            runs = [auto_bands(k)] + [m for m in args.bands if m != auto_bands(k)]
+            values, pairs = planted(n, k)
+            n_distinct = len(np.unique(values))
+            auto = auto_bands(k, n_distinct)
+            runs = [auto] + [m for m in args.bands if m != auto]
             if n <= args.old_up_to and k + 1 not in runs:
                 runs.append(k + 1)
             for m in runs:
-                head = f"{n:>9} {k:>3} {m:>3} {plan_text(k, m):<18}"
-                work = modeled_cost(k, m, n) * n
+                head = f"{n:>10,} {k:>3} {m:>3} {plan_text(k, m):<18}"
+                work = modeled_cost(k, m, n_distinct) * n_distinct
                 if work > args.max_work and not args.force:
                     print(f"{head} skipped (modeled work {work:.2g} > --max-work)", flush=True)
                     continue
-                stats = {}
-                start = time.perf_counter()
-                groups = near_duplicate_groups(hashes, k, bands=m, stats=stats)
-                seconds = time.perf_counter() - start
+                r = search(values, k, None if m == auto else m)
+                found, planted_pairs = planted_found(r, pairs)
                 print(
-                    f"{head} {stats['probes']:>13,} {stats['candidates']:>15,} {len(groups):>7} "
-                    f"{seconds:>8.2f}  {peak_rss_mib():.0f}",
+                    f"{head} {r['probes']:>15,} {r['candidates']:>17,} {len(r['edges']):>10,} "
+                    f"{found:>7,}/{planted_pairs:<7,} {r['groups']:>9,} {r['seconds']:>8.2f} {r['cpu']:>8.2f}  "
+                    f"{peak_rss_mib():.0f}   {load()}",
                     flush=True,
                 )
+                if found != planted_pairs:
+                    raise SystemExit(f"{planted_pairs - found} planted pairs not found")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,17 @@ Why ``m`` matters: a band of ``w`` bits holds about ``n / 2**w`` of ``n`` unifor
 value, and a probe costs one lookup plus one comparison per hash met.  Narrow bands (plain banding
 at k=5 has ~11-bit bands, 5-6 bits at k=10) make buckets grow with ``n``: quadratic.  Wide bands
 keep buckets near one hash but need ``sum(C(w, i), i <= r)`` probes per hash.  ``auto_bands``
-picks ``m`` from ``k`` alone (the Beam stage cannot know ``n`` when it is built), see there.
+picks ``m`` from ``k`` and ``n``: the in-memory search (``multi_index_edges``) from the number of
+distinct hashes it is given, the Beam stage from ``k`` and a typical ``n`` (it is built before the
+data is seen), see there.
+
+How it scales: with ``m`` fixed, probes per hash are constant and candidates per hash grow as
+``n / 2**w``; choosing ``m`` from ``n`` keeps bands near ``log2(n)`` bits (Norouzi et al.: ``m``
+about ``64 / log2(n)``), so buckets stay near one hash, but a wider band at the same ``k`` has a
+larger radius and more probes.  Exact search is therefore not linear in ``n`` at large ``k / 64``:
+the per-hash cost of multi-index hashing grows about as ``n ** H(k / 64)`` (``H`` the binary
+entropy; ~``n ** 0.4`` at k=5, ~``n ** 0.6`` at k=10) when ``m`` can follow ``n`` continuously.
+Measured from 1M to 10M hashes in docs/benchmarks.md.
 
 Each edge is produced exactly once: only by the first band within its radius, and within that
 band only by the hash whose band value is the smaller of the two (a probe flips bits to a larger
@@ -100,14 +110,16 @@ def modeled_cost(k: int, m: int, n: int = AUTO_HASHES) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def auto_bands(k: int) -> int:
-    """Bands for distance ``k`` when the recipe leaves ``near_bands`` unset: the ``m`` with the
-    lowest ``modeled_cost`` for ``AUTO_HASHES`` (2**20) hashes, ties to more bands.
+def auto_bands(k: int, n: int = AUTO_HASHES) -> int:
+    """Bands for distance ``k`` among ``n`` distinct hashes when the caller (the recipe's
+    ``near_bands``) leaves it unset: the ``m`` with the lowest ``modeled_cost``, ties to more bands.
 
-    The rule depends on ``k`` alone because the Beam stage is built before the data is seen.  It
-    puts band widths near log2 of the population (buckets of about one hash) while keeping probes
-    few: k=0 -> 1 band, k=1..3 -> k+1 bands (radius 0, 16-32 bits), k=4, 5, 8 -> 3 bands of 21-22
-    bits (radius 1 or 2), k=6, 7 and 9 up -> 4 bands of 16 bits (k=10: radii 2, 2, 2, 1).
+    The in-memory search passes its own ``n``; the Beam stage, built before the data is seen,
+    uses ``AUTO_HASHES`` (2**20).  The rule puts band widths near log2 of the population (buckets
+    of about one hash) while keeping probes few.  At 2**20 hashes: k=0 -> 1 band, k=1..3 -> k+1
+    bands (radius 0, 16-32 bits), k=4, 5, 8 -> 3 bands of 21-22 bits (radius 1 or 2), k=6, 7 and 9
+    up -> 4 bands of 16 bits (k=10: radii 2, 2, 2, 1); from about 4M hashes k=10 takes 3 bands of
+    21-22 bits (radii 3, 3, 2), and small populations take more, narrower bands.
     Measured at 1M hashes (docs/benchmarks.md): k=5 3 bands 1.3 s, 4 bands 2.3 s, plain banding
     (6) 6.7 s, 2 bands 28 s; k=10 4 bands 15 s, 3 bands 29 s, 5 bands 35 s, 6 bands 55 s.  A Beam
     run has more hashes but pays a shuffled element per probe (hundreds of comparisons): at 10^8
@@ -115,7 +127,7 @@ def auto_bands(k: int) -> int:
     run can still be tuned with the recipe's ``dedup.near_bands``.
     """
     _check_distance(k)
-    return min(range(1, k + 2), key=lambda m: (modeled_cost(k, m), -m))
+    return min(range(1, k + 2), key=lambda m: (modeled_cost(k, m, max(n, 1)), -m))
 
 
 def _check_distance(k: int) -> None:
@@ -123,11 +135,11 @@ def _check_distance(k: int) -> None:
         raise ValueError(f"max distance must be in [0, {HASH_BITS}), got {k}")
 
 
-def band_plan(k: int, bands: Optional[int] = None) -> List[Band]:
-    """The ``bands`` bands (``auto_bands(k)`` when None) for distance ``k``, most significant
+def band_plan(k: int, bands: Optional[int] = None, n: int = AUTO_HASHES) -> List[Band]:
+    """The ``bands`` bands (``auto_bands(k, n)`` when None) for distance ``k``, most significant
     first, widths differing by at most one bit, with their search radii."""
     _check_distance(k)
-    m = auto_bands(k) if bands is None else bands
+    m = auto_bands(k, n) if bands is None else bands
     if not 1 <= m <= k + 1:
         raise ValueError(f"bands must be in [1, {k + 1}] for max distance {k}, got {m}")
     return _layout(k, m)
@@ -320,12 +332,13 @@ def multi_index_edges(
     values: np.ndarray, k: int, bands: Optional[int] = None, stats: Optional[dict] = None
 ) -> np.ndarray:
     """Pairs (i, j), i < j, of distinct ``values`` (uint64) within distance ``k``, each exactly
-    once, found by multi-index hashing with ``bands`` bands.  ``stats``, when given, gets the
-    number of band values looked up (``probes``) and of candidate pairs compared (``candidates``).
+    once, found by multi-index hashing with ``bands`` bands (None: ``auto_bands(k, len(values))``).
+    ``stats``, when given, gets the number of band values looked up (``probes``), of candidate
+    pairs compared (``candidates``) and the band count used (``bands``).
 
     Band by band, so memory holds one band's sorted copy plus a block of candidates.
     """
-    plan = band_plan(k, bands)
+    plan = band_plan(k, bands, len(values))
     counts = {"probes": 0, "candidates": 0}
     found = [np.empty((0, 2), np.int64)]
     for band in plan:
@@ -337,6 +350,7 @@ def multi_index_edges(
     if stats is not None:
         for key, value in counts.items():
             stats[key] = stats.get(key, 0) + value
+        stats["bands"] = len(plan)
     return np.sort(np.concatenate(found), axis=1)
 
 
@@ -345,7 +359,7 @@ def candidate_pairs(values: np.ndarray, k: int, bands: Optional[int] = None) -> 
     comparing them: the cost of a run, for benchmarks and for choosing ``bands``."""
     counts = {"probes": 0, "candidates": 0}
     total = 0
-    for band in band_plan(k, bands):
+    for band in band_plan(k, bands, len(values)):
         table = SortedBand(values, band)
         for _, _, size in _probe_ranges(table, band, counts):
             total += int(size.sum())
@@ -418,7 +432,8 @@ def near_duplicate_groups(
     """Groups (two members or more) of ids whose hashes are connected by distance <= ``k``.
 
     Identical hashes are collapsed first, the distinct ones are paired by multi-index hashing
-    with ``bands`` bands (None: ``auto_bands(k)``); ``stats`` as in ``multi_index_edges``.
+    with ``bands`` bands (None: ``auto_bands(k, distinct hashes)``); ``stats`` as in
+    ``multi_index_edges``.
     """
     ids = list(hashes)
     values = to_uint64(hashes[i] for i in ids)
