@@ -696,6 +696,33 @@ def download_errors_by_domain(build, kind: Optional[str] = None, top: int = 15) 
     return pa.table(cols)
 
 
+def politeness(build) -> Tuple[Optional[pa.Table], Dict[str, Any]]:
+    """(per host: requests, 429s, 5xx, busiest second, why cut off; the totals) from the
+    manifest's ``hosts`` section (download/hosts.py ``politeness_section``): the busiest hosts,
+    then the hosts cut off.  (None, {}) for a build that fetched nothing or predates the section."""
+    b = open_build(build)
+    section = b.manifest.get("hosts")
+    if not isinstance(section, dict) or not section.get("busiest") and not section.get("cut_off"):
+        return None, {}
+    why = {c["host"]: c["why"] for c in section.get("cut_off") or []}
+    rows = [dict(r, cut_off=why.pop(r["host"], None)) for r in section.get("busiest") or []]
+    rows += [
+        {"host": c["host"], "requests": 0, "http_429": 0, "http_5xx": 0, "peak_rps": 0, "cut_off": why[c["host"]]}
+        for c in section.get("cut_off") or []
+        if c["host"] in why
+    ]
+    table = pa.table(
+        {
+            "host": pa.array([r["host"] for r in rows], pa.string()),
+            **{k: pa.array([r.get(k, 0) for r in rows], pa.int64()) for k in ("requests", "http_429", "http_5xx")},
+            "peak_rps": pa.array([r.get("peak_rps", 0) for r in rows], pa.int64()),
+            "cut_off": pa.array([r.get("cut_off") for r in rows], pa.string()),
+        }
+    )
+    totals = {k: v for k, v in section.items() if k not in ("busiest", "cut_off")}
+    return table, totals
+
+
 def shards(build) -> pa.Table:
     """(name, count, bytes) of every shard, from the manifest."""
     b = open_build(build)

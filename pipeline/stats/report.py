@@ -263,6 +263,27 @@ def plot_download_errors(by_reason: pa.Table, by_domain: pa.Table, title: str = 
     return fig
 
 
+def plot_politeness(table: pa.Table, title: str = "Requests per host") -> Figure:
+    """The busiest hosts' requests, with the 429 and 5xx answers among them."""
+    rows = [r for r in table.to_pylist() if r["requests"]]
+    fig = _figure(8, 0.3 * max(len(rows), 4) + 1.4)
+    (ax,) = fig.axes
+    if not rows:
+        _no_data(ax, "no requests")
+        fig.suptitle(title)
+        return fig
+    parts = {
+        "answered": [r["requests"] - r["http_429"] - r["http_5xx"] for r in rows],
+        "429": [r["http_429"] for r in rows],
+        "5xx": [r["http_5xx"] for r in rows],
+    }
+    _stacked_barh(ax, [r["host"] for r in rows], parts, {"answered": IN_COLOR, "429": PALETTE[1], "5xx": PALETTE[3]})
+    ax.set_xlabel("requests (tries, retries included)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    return fig
+
+
 def plot_shards(table: pa.Table, title: str = "Shards") -> Figure:
     """Samples and megabytes per shard: bars for a few shards, histograms for many."""
     fig = _figure(10, 3.4, 2)
@@ -520,6 +541,22 @@ def sections(build, samples: int = 12, documents: int = 200) -> List[Section]:
     out.append(Section("duplicates", "Duplicate groups", plot_duplicate_groups(dups), dups))
     by_reason, by_domain = stats.download_errors(b), stats.download_errors_by_domain(b)
     out.append(Section("download-errors", "Download errors", plot_download_errors(by_reason, by_domain), by_domain))
+    hosts, totals = stats.politeness(b)
+    if hosts is not None:
+        out.append(
+            Section(
+                "politeness",
+                "Politeness per host",
+                plot_politeness(hosts),
+                hosts,
+                note=f"{totals.get('requests', 0):,} requests to {totals.get('hosts', 0):,} hosts, "
+                f"{totals.get('http_429', 0):,} answered 429 and {totals.get('http_5xx', 0):,} 5xx; "
+                f"{totals.get('hosts_cut_off', 0):,} hosts cut off ({totals.get('rows_cut_off', 0):,} rows not "
+                f"requested); the busiest second of one host: {totals.get('peak_rps', 0):,} requests. "
+                "Per worker process, added up over the workers (a host fetched by two counts twice in the "
+                "host count; its busiest seconds are added, an upper bound).",
+            )
+        )
     sh = stats.shards(b)
     out.append(Section("shards", "Shards", plot_shards(sh), sh if sh.num_rows <= 20 else None))
     if samples > 0:

@@ -17,6 +17,8 @@ from flamingo_corpus.build import run_build, summary
 from flamingo_corpus.download.dns import HOSTS_ENV
 from flamingo_corpus.recipe import recipe_from_dict
 from flamingo_corpus.sample.hosts_web import Host, HostWeb
+from flamingo_corpus.stats import compute as stats_compute
+from flamingo_corpus.stats import report
 from flamingo_corpus.store.fetch import FetchBlocks
 
 from ..helpers import index_rows
@@ -153,3 +155,11 @@ def test_limits_hold_across_two_workers_as_the_server_counts_them(tmp_path, monk
     assert hosts["gone.test"]["cut_off"] and hosts["refused.test"]["cut_off"]
     manifest = json.loads((Path(tmp_path / "out") / "manifest.json").read_text())
     assert manifest["hosts"]["busiest"][0]["host"] == "big.test"
+
+    # ... and in the stats report
+    table, totals = stats_compute.politeness(tmp_path / "out")
+    rows = table.to_pylist()
+    assert rows[0]["host"] == "big.test" and rows[0]["requests"] == 80
+    assert totals["http_429"] == len(throttle.throttled)
+    assert {r["host"] for r in rows if r["cut_off"]} == {"gone.test", "refused.test"}
+    assert "politeness" in [s.name for s in report.sections(str(tmp_path / "out"), samples=0)]
