@@ -310,8 +310,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 # -- in a process of its own ----------------------------------------------------------------------
 
 
-def _serve_in_child(hosts, images, conn) -> None:
-    with HostWeb(hosts, images) as web:
+def _serve_in_child(hosts, images, port, conn) -> None:
+    with HostWeb(hosts, images, port) as web:
         conn.send(web.port)
         conn.recv()  # until told to stop
         conn.send(web.stats())
@@ -320,8 +320,9 @@ def _serve_in_child(hosts, images, conn) -> None:
 class HostWebProcess:
     """``HostWeb`` in a child process (``stats()`` comes back when it stops: ``final_stats``)."""
 
-    def __init__(self, hosts: Sequence[Host], images: Sequence[bytes]):
+    def __init__(self, hosts: Sequence[Host], images: Sequence[bytes], port: int = 0):
         self._web = HostWeb(hosts, images)  # for the addresses and the hosts file; never started here
+        self._requested_port = port
         self.hosts = self._web.hosts
         self._hosts, self._images = list(self.hosts.values()), list(images)
         self.port: Optional[int] = None
@@ -330,7 +331,9 @@ class HostWebProcess:
     def __enter__(self) -> "HostWebProcess":
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_in_child, args=(self._hosts, self._images, child), daemon=True)
+        self._proc = ctx.Process(
+            target=_serve_in_child, args=(self._hosts, self._images, self._requested_port, child), daemon=True
+        )
         self._proc.start()
         self.port = self._conn.recv()
         self._web._port = self.port
