@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.runner import PipelineRunner
 
-from . import local_worker
+from . import grouping, local_worker
 
 DIRECT_NAMES = {"", "direct", "directrunner", "switchingdirectrunner"}
 
@@ -99,7 +99,8 @@ class LocalFnApiRunner(fn_runner.FnApiRunner):
         if self.workers:
             self._num_workers = self.workers
         self.use_local_worker(pipeline_proto)
-        return super().run_via_runner_api(pipeline_proto, options)
+        with grouping.installed():  # the shuffles held encoded: runners/grouping.py
+            return super().run_via_runner_api(pipeline_proto, options)
 
     @staticmethod
     def use_local_worker(pipeline_proto) -> int:

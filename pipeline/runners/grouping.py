@@ -1,0 +1,124 @@
+"""The local runner's shuffle buffer, holding each grouped value as its encoded bytes.
+
+Beam's FnApiRunner runs a batch pipeline stage after stage, and keeps the input of every
+GroupByKey in the runner process until the stage that reads it runs (``execution.GroupingBuffer``).
+Beam's buffer decodes every element as it arrives and keeps the decoded value, a Python object:
+for this project's records (``records.Sample``, about 1.1 kB encoded) that is three to four times
+the encoded size, and it made the runner the largest process of a local build, growing by about
+4 kB per input row (benchmarks/store.py, ``memory``).
+
+``CompactGroupingBuffer`` keeps the key and each value encoded, as Beam's other buffer
+(``ListBuffer``) keeps every element, and decodes a key's values only when it sends that key's
+group to a worker.  Beam's buffer also encodes each worker's share whole before sending any of it
+(a second copy of the shuffle in the runner); this one encodes the groups as they are sent, a
+megabyte at a time, and the worker's bounded receive queue paces it.  Groups are dealt to the
+workers round-robin in the order Beam's buffer deals them.  Pipelines in other windowings than the
+global one (none in this project) keep Beam's buffer.
+
+This is written here, not taken from Beam, because Beam has no option for it: the buffer is
+chosen inside ``BundleContextManager.get_buffer``.  ``installed()`` swaps the class in for one run
+and puts Beam's back after; ``LocalFnApiRunner`` (runners/local.py) runs every local build in it.
+The shuffle itself stays in memory: the local runner holds every shuffle's input between two
+stages, about 1.2 kB a row (docs/scale.md); distributed runners spill their shuffles to disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator, List
+
+from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
+from apache_beam.runners.portability.fn_api_runner import execution
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+from apache_beam.utils import windowed_value
+
+__all__ = ["CompactGroupingBuffer", "installed"]
+
+_BEAMS = execution.GroupingBuffer
+_lock = threading.Lock()
+_depth = 0
+
+
+class CompactGroupingBuffer(_BEAMS):  # type: ignore[misc, valid-type]
+    """``execution.GroupingBuffer`` with its values kept encoded (in the global window)."""
+
+    def __init__(self, pre_grouped_coder, post_grouped_coder, windowing) -> None:
+        super().__init__(pre_grouped_coder, post_grouped_coder, windowing)
+        self._compact = windowing.is_default()
+        if self._compact:
+            self._value_impl = pre_grouped_coder.value_coder().get_impl()
+
+    def append(self, elements_data: bytes) -> None:
+        if not self._compact:
+            return super().append(elements_data)
+        if self._grouped_output:
+            raise RuntimeError("Grouping table append after read.")
+        stream = create_InputStream(elements_data)
+        element_impl = self._pre_grouped_coder.get_impl()
+        key_impl, value_impl = self._key_coder.get_impl(), self._value_impl
+        table = self._table
+        while stream.size() > 0:
+            key, value = element_impl.decode_from_stream(stream, True).value
+            table[key_impl.encode(key)].append(value_impl.encode(value))
+
+    def partition(self, n: int) -> List[List[bytes]]:
+        if not self._compact:
+            return super().partition(n)
+        if not self._grouped_output:
+            keys = list(self._table)
+            self._grouped_output = [_Part(self, keys[i::n]) for i in range(n)]  # type: ignore[misc]
+        return self._grouped_output
+
+
+class _Part:
+    """One worker's share of a ``CompactGroupingBuffer``: its groups, encoded as they are sent, in
+    chunks of about ``CHUNK_BYTES`` (Beam's buffer encodes every share whole, before sending any:
+    a second copy of the shuffle).  It can be sent more than once (a repeated bundle)."""
+
+    CHUNK_BYTES = 1 << 20
+
+    def __init__(self, buffer: CompactGroupingBuffer, keys: List[bytes]):
+        self._buffer, self._keys = buffer, keys
+
+    def __iter__(self) -> Iterator[bytes]:
+        b = self._buffer
+        in_global_window = GlobalWindows.windowed_value(
+            None,
+            timestamp=GlobalWindow().max_timestamp(),
+            pane_info=windowed_value.PaneInfo(
+                is_first=True,
+                is_last=True,
+                timing=windowed_value.PaneInfoTiming.ON_TIME,
+                index=0,
+                nonspeculative_index=0,
+            ),
+        ).with_value
+        group_impl = b._post_grouped_coder.get_impl()
+        key_impl, value_impl = b._key_coder.get_impl(), b._value_impl
+        stream = create_OutputStream()
+        for encoded_key in self._keys:
+            values = [value_impl.decode(v) for v in b._table[encoded_key]]
+            group_impl.encode_to_stream(in_global_window((key_impl.decode(encoded_key), values)), stream, True)
+            if stream.size() >= self.CHUNK_BYTES:
+                yield stream.get()
+                stream = create_OutputStream()
+        if stream.size():
+            yield stream.get()
+
+
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """Within it, the FnApiRunner groups with ``CompactGroupingBuffer`` (nested and concurrent
+    runs share the swap; Beam's class is back once the last one ends)."""
+    global _depth
+    with _lock:
+        _depth += 1
+        execution.GroupingBuffer = CompactGroupingBuffer
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                execution.GroupingBuffer = _BEAMS
