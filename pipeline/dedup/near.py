@@ -37,7 +37,7 @@ STAGE = "near_dup"
 
 # --- Beam: DedupNearImages ---------------------------------------------------------------------
 
-_STORED, _PROBE = 0, 1
+_STORED, _PROBE, _PROBE_DOWN = 0, 1, 2
 
 
 def _hash_entry(s: Sample):
@@ -74,42 +74,49 @@ def _searched(item):
 
 
 def _index_entries(item, plan: Sequence[Band], masks: Sequence[Sequence[Tuple[int, int]]]):
-    """((band index, band value), (role, hash, member, is a variant)): the hash stored under each
-    of its band values, and probing the values within each band's radius (a flip mask only when
-    its top bit is clear in the hash's value, so each pair is probed from one side)."""
+    """((band index, band value), (role, hash, member, is a variant)): every hash stored under
+    each of its band values; a pHash also probing the values within each band's radius.  A flip
+    mask whose top bit is clear in the pHash's value leads to a larger value (``_PROBE``: pairs
+    with pHashes and variants), one whose top bit is set to a smaller value (``_PROBE_DOWN``:
+    pairs with variants only), so a pair of pHashes is probed from one side and a pHash and a
+    variant from the pHash's side.  Variants never probe: each costs one key per band."""
     value, member, variant = item
     for band in plan:
         own = (value >> band.shift) & band.mask
         yield (band.index, own), (_STORED, value, member, variant)
+        if variant:
+            continue
         for top_bit, mask in masks[band.index]:
-            if not own & top_bit:
-                yield (band.index, own ^ mask), (_PROBE, value, member, variant)
+            yield (band.index, own ^ mask), (_PROBE if not own & top_bit else _PROBE_DOWN, value, member, variant)
 
 
 def _bucket_edges(item, k: int, plan: Sequence[Band]):
     """Edges confirmed within one bucket: stored hashes with each other (exact band match) and
-    probing hashes with stored ones, by true distance, vectorised; a pair is kept only when this
-    band is the first within radius, so each edge leaves exactly one bucket.  A pair of two
-    variant hashes is no edge (a crop of one image near a crop of another says little: the
-    relation is a pHash within ``k`` of the other's pHash or of one of its variants), nor is a
-    pair of one sample's own hashes.  pHashes here are distinct (copies were collapsed before);
-    a variant hash may equal another sample's pHash or variant."""
+    probing pHashes with stored hashes, by true distance, vectorised; a pair is kept only when
+    this band is the first within radius, so each edge leaves exactly one bucket.  Two variant
+    hashes make no edge (a crop of one image near a crop of another says little: the relation
+    is a pHash within ``k`` of the other's pHash or of one of its variants), nor do two hashes
+    of one sample.  pHashes here are distinct (copies were collapsed before); a variant hash may
+    equal another sample's pHash or variant."""
     (band_index, _), entries = item
-    stored, probing = [], []
+    stored, up, down = [], [], []
     for role, value, member, variant in entries:
-        (stored if role == _STORED else probing).append((value, member, variant))
+        (stored if role == _STORED else up if role == _PROBE else down).append((value, member, variant))
     if not stored:
         return
     stored_values = np.array([v for v, _, _ in stored], dtype=np.uint64)
     pairs = [(stored, stored_values, *close_pairs(stored_values, k))]
-    if probing:
-        probe_values = np.array([v for v, _, _ in probing], dtype=np.uint64)
-        pairs.append((probing, probe_values, *blocked_pairs(probe_values, stored_values, k, upper=False)))
+    for probing in (up, down):
+        if probing:
+            probe_values = np.array([v for v, _, _ in probing], dtype=np.uint64)
+            pairs.append((probing, probe_values, *blocked_pairs(probe_values, stored_values, k, upper=False)))
     for left, left_values, i, j in pairs:
         earlier = found_on_earlier_band(left_values[i] ^ stored_values[j], plan, band_index)
         for a, b in zip(i[~earlier].tolist(), j[~earlier].tolist()):
             _, one, one_variant = left[a]
             _, other, other_variant = stored[b]
+            if left is down and not other_variant:
+                continue  # a pair of pHashes is the up-probe's
             if not (one_variant and other_variant) and one[0] != other[0]:
                 yield _edge(one, other)
 
@@ -163,9 +170,10 @@ class DedupNearImages(beam.PTransform):
 
     Samples are first grouped by exact pHash: copies are joined to the copy with the smallest
     id, which alone goes on, under its pHash and under every variant hash of the copies (a
-    variant hash is searched like a pHash, but an edge needs a pHash at one end at least, so
-    a sample with ``v`` variants costs ``1 + v`` times the shuffle of a pHash alone; the image
-    stage gives up to 7).  Each distinct hash is then keyed by its
+    variant hash is stored, never probes, and an edge needs a pHash at one end at least; a
+    pHash probes its band values either way, so a sample costs the shuffle of a pHash that
+    probes both ways plus one key per band for each variant: at k=5, 3 bands, about 67 keys and
+    3 per variant, ~150 with the image stage's 27).  Each distinct hash is then keyed by its
     ``bands`` band values (stored) and by the values within each band's radius (probes), all
     through one GroupByKey; in each bucket probing and stored hashes are confirmed by true
     distance, each edge in exactly one bucket (see the module docstring).  ``dedup.near_bands``

@@ -23,6 +23,7 @@ on every call, and a numpy int16 difference over three channels is slower still.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -33,10 +34,12 @@ from PIL import Image, ImageChops
 TOLERANCE = 40  # JPEG ringing next to a sharp frame edge stays below this per channel
 FRAME_NOISE = 16  # a frame pixel is within this of the frame colour (JPEG noise on a flat area)
 FRAME_UNIFORM = 0.95  # fraction of the outermost ring that must be frame-coloured
+BAR_DARK, BAR_LIGHT = 32, 224  # letterbox bars: every channel at most / at least this
+BAR_UNIFORM = 0.99  # fraction of each of the two bars' outer lines that must be bar-coloured
 THUMBNAIL = 256  # side of the picture the frame is searched on
 HASH_SIDE = 32  # imagehash's pHash resamples to 32x32 and keeps the 8x8 lowest DCT frequencies
 HASH_INPUT = 128  # side the trimmed picture is reduced to for imagehash's pHash (which sees 32x32)
-VERSION = 2  # of the hash's definition: stored with hashes that outlive a build (the eval index)
+VERSION = 3  # of the hash's definition: stored with hashes that outlive a build (the eval index)
 MAX_FRAMES = 4  # nested frames removed at most
 DETECT = 64  # side of the reduced copy the frame is found on: averaging evens out noise and texture
 MIN_CONTENT = 0.5  # a frame leaves at least this fraction of each side; less is a subject on a plain
@@ -77,7 +80,16 @@ def _ring_is_uniform(img: Image.Image, colour: Tuple[int, ...]) -> bool:
     strips = (far[0], far[-1], far[:, 0], far[:, -1])
     total = sum(len(strip) for strip in strips)
     near = total - sum(int(strip.sum()) for strip in strips)
-    return near >= FRAME_UNIFORM * total
+    if near >= FRAME_UNIFORM * total:
+        return True
+    # Letterbox or pillarbox: black or white bars on two opposite sides only (a picture padded to
+    # a square or to 16:9), the picture touching the other two.  Only black and white, and only
+    # clean bars: a dark sky above a dark foreground, or a grey backdrop, would be cut in one copy
+    # and not in another (a greyscale or resized one), which moves the hash by 20 bits.
+    if not (max(colour) <= BAR_DARK or min(colour) >= BAR_LIGHT):
+        return False
+    uniform = [len(strip) - int(strip.sum()) >= BAR_UNIFORM * len(strip) for strip in strips]
+    return (uniform[0] and uniform[1]) or (uniform[2] and uniform[3])
 
 
 def _frame_colour(img: Image.Image) -> Optional[Tuple[int, ...]]:
@@ -225,40 +237,36 @@ def variant_picture(img: Image.Image, variant: Variant) -> Image.Image:
     return crop_fraction(rotate_inside(img, variant.angle), variant.crop)
 
 
+def crop_name(crop: Tuple[float, float, float, float]) -> str:
+    """ "crop-left5%-bottom10%": the sides cut and how much (fractions of the side)."""
+    sides = zip(("left", "top", "right", "bottom"), crop)
+    return "crop-" + "-".join(f"{side}{round(cut * 100)}%" for side, cut in sides if cut)
+
+
+def _mirrored(geometry: List[Variant]) -> List[Variant]:
+    return [v._replace(name=f"mirrored {v.name}".strip(), mirror=True) for v in geometry]
+
+
+# The eval index's grid: every crop of 0, 5 or 10% on each side (80), turns of 1 to 7 degrees
+# either way (14), the picture itself, and the mirror of each.  A web copy cut by up to 10% on
+# each side is then within 2.5% a side of a grid crop, where the pHash moves by about 4 bits;
+# a coarser grid (centre crops, single sides and corners: 44 variants, version 1) caught 35% of
+# random crops, this one 80% (docs/dedup-and-safety.md).
+INDEX_CROP_STEPS = (0.0, 0.05, 0.1)
+INDEX_ANGLES = tuple(sign * a for a in range(1, 8) for sign in (1.0, -1.0))
+
+
 def _variant_grid() -> Tuple[Variant, ...]:
     geometry = [Variant("")]
-    for keep in (0.96, 0.92, 0.88):  # centre crops: each side keeps this much
-        cut = round((1 - keep) / 2, 3)
-        geometry.append(Variant(f"crop{round(keep * 100)}%", crop=(cut, cut, cut, cut)))
-    for side, crop in (
-        ("left", (0.08, 0, 0, 0)),
-        ("top", (0, 0.08, 0, 0)),
-        ("right", (0, 0, 0.08, 0)),
-        ("bottom", (0, 0, 0, 0.08)),
-    ):
-        geometry.append(Variant(f"cut8-{side}", crop=crop))
-    for corner, crop in (
-        ("top-left", (0, 0, 0.08, 0.08)),
-        ("top-right", (0.08, 0, 0, 0.08)),
-        ("bottom-left", (0, 0.08, 0.08, 0)),
-        ("bottom-right", (0.08, 0.08, 0, 0)),
-    ):
-        geometry.append(Variant(f"crop8-{corner}", crop=crop))
-    for corner, crop in (
-        ("top-left", (0, 0, 0.12, 0.12)),
-        ("top-right", (0.12, 0, 0, 0.12)),
-        ("bottom-left", (0, 0.12, 0.12, 0)),
-        ("bottom-right", (0.12, 0.12, 0, 0)),
-    ):
-        geometry.append(Variant(f"crop12-{corner}", crop=crop))
-    for angle in (2.0, -2.0, 4.0, -4.0, 6.0, -6.0):
-        geometry.append(Variant(f"rotated{angle:+g}deg", angle=angle))
-    mirrored = [v._replace(name=f"mirrored {v.name}".strip(), mirror=True) for v in geometry]
-    return tuple(geometry + mirrored)
+    for crop in itertools.product(INDEX_CROP_STEPS, repeat=4):
+        if any(crop):
+            geometry.append(Variant(crop_name(crop), crop=crop))
+    geometry += [Variant(f"rotated{angle:+g}deg", angle=angle) for angle in INDEX_ANGLES]
+    return tuple(geometry + _mirrored(geometry))
 
 
 INDEX_VARIANTS = _variant_grid()  # the original first; ``VARIANTS_VERSION`` numbers this set
-VARIANTS_VERSION = 1
+VARIANTS_VERSION = 2  # 1: centre crops, 8% sides and corners, 12% corners, +-2/4/6 degrees
 
 
 def index_hashes(img: Image.Image) -> List[Tuple[str, str]]:
@@ -277,15 +285,27 @@ def index_hashes(img: Image.Image) -> List[Tuple[str, str]]:
     return out
 
 
-# Variants every training image carries (near-duplicate search): a mirrored copy of each is free.
-BUILD_GEOMETRY = (
-    Variant("crop90%", crop=(0.05, 0.05, 0.05, 0.05)),
-    Variant("rotated+4deg", angle=4.0),
-    Variant("rotated-4deg", angle=-4.0),
+# Variants every training image carries (near-duplicate search): the mirror of each is free.
+# Crops are separable (rows and columns are resampled independently), so each costs two small
+# matrix products; a turn is one (64, 1024) map of the 32x32 pixels, cached per aspect ratio.
+BUILD_CROPS = (
+    (0.05, 0.05, 0.05, 0.05),  # centre 90%
+    (0.1, 0.0, 0.0, 0.0),  # 10% off one side
+    (0.0, 0.1, 0.0, 0.0),
+    (0.0, 0.0, 0.1, 0.0),
+    (0.0, 0.0, 0.0, 0.1),
+    (0.0, 0.0, 0.1, 0.1),  # a corner: 10% off two sides
+    (0.1, 0.0, 0.0, 0.1),
+    (0.0, 0.1, 0.1, 0.0),
+    (0.1, 0.1, 0.0, 0.0),
 )
-BUILD_VARIANTS_VERSION = 1  # of this set: stored with the variants (the image store)
+BUILD_ANGLES = (3.0, -3.0, 6.0, -6.0)
+BUILD_GEOMETRY = tuple(Variant(crop_name(c), crop=c) for c in BUILD_CROPS) + tuple(
+    Variant(f"rotated{a:+g}deg", angle=a) for a in BUILD_ANGLES
+)
+BUILD_VARIANTS_VERSION = 2  # of this set: part of the image store's digest (1: crop90%, +-4 degrees)
 _MIRROR = np.where(np.arange(8) % 2 == 1, -1.0, 1.0)[None, :]  # odd horizontal frequencies change sign
-_ASPECT_STEPS = 16  # the linear maps are cached per 1/16 of log2(aspect ratio)
+_ASPECT_STEPS = 16  # the turn taps are cached per 1/16 of log2(aspect ratio)
 
 
 def _dct_matrix() -> np.ndarray:
@@ -294,9 +314,10 @@ def _dct_matrix() -> np.ndarray:
     return 2.0 * np.cos(np.pi * np.arange(8)[:, None] * (2 * n[None, :] + 1) / (2 * HASH_SIDE))
 
 
-def _sampling_matrix(variant: Variant, aspect: float) -> np.ndarray:
-    """(1024, 1024): the 32x32 grey picture of ``variant`` (mirror aside) as bilinear samples of
-    the 32x32 grey picture of the original, whose width / height is ``aspect``."""
+def _bilinear_taps(variant: Variant, aspect: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(pixel indices, weights), each (4, 1024): the 32x32 grey picture of ``variant`` (mirror
+    aside) as bilinear samples of the 32x32 grey picture of the original, whose width / height
+    is ``aspect``; output pixel i is ``sum(weights[:, i] * original.ravel()[indices[:, i]])``."""
     width, height = aspect, 1.0
     k = inner_scale(width, height, variant.angle)
     left, top, right, bottom = variant.crop
@@ -313,39 +334,80 @@ def _sampling_matrix(variant: Variant, aspect: float) -> np.ndarray:
     py = np.clip(y * HASH_SIDE - 0.5, 0, HASH_SIDE - 1).ravel()
     x0, y0 = np.minimum(px.astype(int), HASH_SIDE - 2), np.minimum(py.astype(int), HASH_SIDE - 2)
     fx, fy = px - x0, py - y0
-    m = np.zeros((HASH_SIDE * HASH_SIDE, HASH_SIDE * HASH_SIDE))
-    rows = np.arange(len(px))
+    indices, weights = [], []
     for dy, wy in ((0, 1 - fy), (1, fy)):
         for dx, wx in ((0, 1 - fx), (1, fx)):
-            np.add.at(m, (rows, (y0 + dy) * HASH_SIDE + x0 + dx), wy * wx)
+            indices.append((y0 + dy) * HASH_SIDE + x0 + dx)
+            weights.append(wy * wx)
+    return np.stack(indices), np.stack(weights)
+
+
+def _axis_sampling(cut_low: float, cut_high: float) -> np.ndarray:
+    """(32, 32): one axis of a crop's 32-pixel picture as linear samples of the original's 32
+    pixels, ``cut_low`` and ``cut_high`` of the side cut at either end."""
+    centres = (np.arange(HASH_SIDE) + 0.5) / HASH_SIDE
+    position = np.clip((cut_low + centres * (1 - cut_low - cut_high)) * HASH_SIDE - 0.5, 0, HASH_SIDE - 1)
+    first = np.minimum(position.astype(int), HASH_SIDE - 2)
+    weight = position - first
+    m = np.zeros((HASH_SIDE, HASH_SIDE))
+    m[np.arange(HASH_SIDE), first] = 1 - weight
+    m[np.arange(HASH_SIDE), first + 1] += weight
     return m
 
 
-@functools.lru_cache(maxsize=256)
-def _variant_maps(aspect_step: int) -> np.ndarray:
-    """(len(BUILD_GEOMETRY) * 64, 1024) float32: the 8x8 DCT coefficients of each build variant
-    as a linear map of the original's 32x32 grey pixels, for one aspect-ratio step."""
+@functools.lru_cache(maxsize=1)
+def _crop_maps() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows: (ny, 8, 32), columns: (32, nx * 8), which row map and column map each of
+    ``BUILD_CROPS`` uses): the DCT's 8 lowest frequencies of each distinct (top, bottom) and
+    (left, right) resampling, so a crop's 8x8 coefficients are ``rows[i] @ pixels @ columns[j]``."""
+    dct = _dct_matrix()
+    vertical = sorted({(c[1], c[3]) for c in BUILD_CROPS})
+    horizontal = sorted({(c[0], c[2]) for c in BUILD_CROPS})
+    rows = np.stack([dct @ _axis_sampling(*v) for v in vertical])
+    columns = np.concatenate([(dct @ _axis_sampling(*h)).T for h in horizontal], axis=1)
+    which_row = np.array([vertical.index((c[1], c[3])) for c in BUILD_CROPS])
+    which_column = np.array([horizontal.index((c[0], c[2])) for c in BUILD_CROPS])
+    return rows, columns, which_row, which_column
+
+
+@functools.lru_cache(maxsize=64)
+def _turn_taps(aspect_step: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``_bilinear_taps`` of each of ``BUILD_ANGLES``, stacked ((turns, 4, 1024) each), for
+    one aspect-ratio step.  Kept as taps rather than one dense (64, 1024) map per turn: the
+    dense maps were 1 MiB an aspect ratio, read from memory for every image (0.2-0.5 ms on the
+    benchmark machine), the taps are 64 KiB and the DCT after them is separable."""
     aspect = 2.0 ** (aspect_step / _ASPECT_STEPS)
-    dct = np.kron(_dct_matrix(), _dct_matrix())  # (64, 1024): row v*8+u, column y*32+x
-    return np.concatenate([dct @ _sampling_matrix(v, aspect) for v in BUILD_GEOMETRY]).astype(np.float32)
+    taps = [_bilinear_taps(Variant("", angle=a), aspect) for a in BUILD_ANGLES]
+    return np.stack([i for i, _ in taps]), np.stack([w for _, w in taps])
 
 
 def _hexes(coefficients: np.ndarray) -> List[str]:
-    """``_hex`` of each (8, 8) block of an (n, 8, 8) stack, vectorised (a median costs more than
-    the rest of a variant)."""
+    """``_hex`` of each (8, 8) block of an (n, 8, 8) stack, vectorised.  The median is the mean of
+    the two middle values of each sorted row, as ``np.median`` computes it (the same bits), but
+    without its per-call overhead, which cost more than the rest of the variants."""
     flat = coefficients.reshape(len(coefficients), 64)
-    bits = flat > np.median(flat, axis=1)[:, None]
+    ordered = np.sort(flat, axis=1)
+    median = (ordered[:, 31] + ordered[:, 32]) / 2
+    bits = flat > median[:, None]
     return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
 
 
 def phash_and_variants(img: Image.Image) -> Tuple[str, Tuple[str, ...]]:
     """``phash(img)`` and the pHashes of its build variants: mirrored, then each of
-    ``BUILD_GEOMETRY`` and its mirror, duplicates of the pHash or of each other left out."""
+    ``BUILD_GEOMETRY`` and its mirror, duplicates of the pHash or of each other left out.  All
+    come from the 32x32 grey picture the pHash is made of (linear maps, no resampling of the
+    image), so they cost a few percent of the image stage (benchmarks/copy_detection.py)."""
     picture = _reduced(trim_frame(img), HASH_INPUT)
-    pixels = _grey32(picture)
-    aspect_step = round(math.log2(picture.width / picture.height) * _ASPECT_STEPS)
-    geometric = (_variant_maps(aspect_step) @ pixels.ravel().astype(np.float32)).reshape(-1, 8, 8)
-    plain = np.concatenate([_dct8(pixels)[None], geometric.astype(np.float64)])
+    pixels = _grey32(picture).astype(np.float64)
+    rows, columns, which_row, which_column = _crop_maps()
+    products = np.einsum("ays,sx->ayx", rows @ pixels, columns)  # (ny, 8, nx * 8)
+    products = products.reshape(len(rows), 8, -1, 8)
+    crops = products[which_row, :, which_column]  # (crops, 8, 8)
+    indices, weights = _turn_taps(round(math.log2(picture.width / picture.height) * _ASPECT_STEPS))
+    turned = (pixels.ravel()[indices] * weights).sum(axis=1).reshape(-1, HASH_SIDE, HASH_SIDE)
+    dct = _dct_matrix()
+    turns = dct @ turned @ dct.T  # (turns, 8, 8)
+    plain = np.concatenate([_dct8(pixels)[None], crops, turns])
     stack = np.stack([plain, plain * _MIRROR], axis=1).reshape(-1, 8, 8)  # each, then its mirror
     first, *rest = _hexes(stack)
     out: List[str] = []

@@ -517,3 +517,84 @@ def test_dedup_near_images_probes_the_variants_as_the_reference_does(bands_):
 
     out = run_collect(build)
     assert _summary(out["kept"], out["dropped"]) == _expected_summary(samples, expected)
+
+
+def test_beam_buckets_pair_each_phash_with_each_close_hash_once_and_no_two_variants():
+    """With variant hashes in the buckets (stored only, never probing): every pHash-pHash and
+    pHash-variant pair within K leaves exactly one bucket, and no variant-variant pair does."""
+    values = sorted(set(int(h, 16) for h in _clustered(1200, K, seed=7).values()))
+    is_variant = {v: n % 3 == 0 for n, v in enumerate(values)}
+    plan = band_plan(K)
+    masks = [[(1 << top, mask) for top, group in flip_masks(band) for mask in group] for band in plan]
+    buckets = {}
+    for value in values:
+        member = (f"{value:016x}", ())
+        for key, entry in _index_entries((value, member, is_variant[value]), plan, masks):
+            buckets.setdefault(key, []).append(entry)
+    edges = [tuple(sorted((a, b))) for item in buckets.items() for (a, _), (b, _) in _bucket_edges(item, K, plan)]
+    i, j = close_pairs(np.array(values, dtype=np.uint64), K)
+    expected = [
+        tuple(sorted((f"{values[a]:016x}", f"{values[b]:016x}")))
+        for a, b in zip(i.tolist(), j.tolist())
+        if not (is_variant[values[a]] and is_variant[values[b]])
+    ]
+    assert len(expected) > 200 and len(expected) < len(i)
+    assert sorted(edges) == sorted(expected)
+
+
+def test_mirrored_cropped_and_letterboxed_copies_are_dropped_by_the_beam_stage():
+    """End to end on real photographs: the image stage hashes each JPEG (pHash and variants), the
+    Beam stage drops a mirrored, a cropped, a letterboxed and a rotated copy as near duplicates
+    of their originals and keeps the unrelated photographs."""
+    data = pytest.importorskip("skimage.data")
+    from flamingo_corpus.images.process import process_image
+    from flamingo_corpus.recipe import ImageConfig
+
+    def photo(name, box):
+        return Image.fromarray(getattr(data, name)()).convert("RGB").crop(box)
+
+    def letterbox(img):
+        canvas = Image.new("RGB", (max(img.size),) * 2)
+        canvas.paste(img, (0, (img.width - img.height) // 2))
+        return canvas
+
+    originals = {
+        "astronaut": photo("astronaut", (100, 40, 420, 280)),
+        "coffee": photo("coffee", (80, 60, 480, 360)),
+        "chelsea": photo("chelsea", (40, 20, 440, 290)),
+        "rocket": photo("rocket", (100, 50, 500, 350)),
+    }
+    copies = {
+        "mirrored": ("astronaut", originals["astronaut"].transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+        "corner": ("coffee", perceptual.crop_fraction(originals["coffee"], (0.1, 0.1, 0, 0))),
+        "letterboxed": ("chelsea", letterbox(originals["chelsea"])),
+        "rotated": ("rocket", perceptual.rotate_inside(originals["rocket"], -3)),
+    }
+    unrelated = {
+        "camera": photo("camera", (0, 0, 300, 250)),
+        "hubble": photo("hubble_deep_field", (0, 0, 400, 300)),
+        "coins": photo("coins", (0, 0, 300, 200)),
+    }
+    pictures = {**originals, **{n: im for n, (_, im) in copies.items()}, **unrelated}
+    cfg = ImageConfig(min_side=0, min_encoded_bytes=0)
+    samples = []
+    for row, (name, img) in enumerate(pictures.items()):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        p = process_image(buf.getvalue(), cfg)
+        samples.append(
+            Sample(id=name, source_index=0, row=row, url=None, phash=p.phash, phash_variants=p.phash_variants)
+        )
+    by_id = {s.id: s for s in samples}
+    for name in ("mirrored", "corner", "rotated"):  # the pHash alone misses these (the bars are trimmed)
+        assert hamming(by_id[name].phash, by_id[copies[name][0]].phash) > 5
+
+    def build(p):
+        kept, dropped = p | beam.Create(samples) | DedupNearImages(DedupConfig(near_max_distance=5))
+        return {"kept": kept, "dropped": dropped}
+
+    out = run_collect(build)
+    assert sorted(s.id for s in out["kept"]) == sorted([*originals, *unrelated])
+    assert {d.id: (d.reason, d.duplicate_of) for d in out["dropped"]} == {
+        name: ("near_duplicate", original) for name, (original, _) in copies.items()
+    }
