@@ -127,6 +127,9 @@ def _open(data: bytes, cfg: ImageConfig) -> Image.Image:
 # choice (docs/benchmarks.md).
 DRAFT_OVERSAMPLE = 2
 SHRINK_FILTER = Image.Resampling.BICUBIC
+# Numbers the decode and resize's pixels (1: draft to about the target, box shrink): part of the
+# image store's digest, so stored images of another version are not mixed into a build.
+PIXELS_VERSION = 2
 
 # Greyscale modes of more than 8 bits (16-bit PNGs and TIFFs, 32-bit integer and float TIFFs):
 # Pillow's convert("RGB") clips their values to 255, so a 16-bit picture would come out white.

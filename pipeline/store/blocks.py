@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from ..download.fetch import TRANSIENT
-from ..images import perceptual
+from ..images import perceptual, process
 from ..inputs import source_names
 from ..output.atomic import TMP_MARK, atomic_write
 from ..output.index import WORK_DIR
@@ -152,8 +152,8 @@ class StoreDamaged(RuntimeError):
 def store_sections(recipe: Recipe) -> dict:
     """What decides the stored bytes: the download section (but ``threads`` and ``per_host``, which
     only set how fast and how politely), the image section, the block size, and the versions of the
-    stored perceptual hashes (a new pHash or variant definition gets a folder of its own, and the
-    build names the change)."""
+    stored perceptual hashes and of the image stage's pixels (a new pHash, variant definition or
+    resize gets a folder of its own, and the build names the change)."""
     download = {k: v for k, v in recipe.to_dict()["download"].items() if k not in ("threads", "per_host")}
     hashes = {"phash": perceptual.VERSION, "variants": perceptual.BUILD_VARIANTS_VERSION}
     return {
@@ -161,6 +161,7 @@ def store_sections(recipe: Recipe) -> dict:
         "image": recipe.to_dict()["image"],
         "store": recipe.to_dict()["store"],
         "hashes": hashes,
+        "pixels": process.PIXELS_VERSION,
     }
 
 
