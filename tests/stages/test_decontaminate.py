@@ -534,7 +534,9 @@ def test_chunked_search_gives_the_same_matches(index, monkeypatch):
 
 def _photo(name: str, box) -> Image.Image:
     data = pytest.importorskip("skimage.data")
-    return Image.fromarray(getattr(data, name)()).convert("RGB").crop(box)
+    pixels = getattr(data, name)()
+    pixels = pixels[0] if isinstance(pixels, tuple) else pixels  # stereo_motorcycle: (left, right, disparity)
+    return Image.fromarray(pixels).convert("RGB").crop(box)
 
 
 EVAL_PHOTOS = {  # eval item -> (photograph, crop box)
@@ -542,12 +544,26 @@ EVAL_PHOTOS = {  # eval item -> (photograph, crop box)
     "coffee.png": ("coffee", (80, 60, 480, 360)),
     "chelsea.png": ("chelsea", (40, 20, 440, 290)),
     "rocket.png": ("rocket", (100, 50, 500, 350)),
+    "motorcycle.png": ("stereo_motorcycle", (200, 100, 640, 400)),
+    "grace.png": ("astronaut", (20, 250, 300, 500)),
 }
+
+
+def _letterboxed(img: Image.Image) -> Image.Image:
+    """Padded to a square with black bars above and below (the picture is wider than high)."""
+    canvas = Image.new("RGB", (max(img.size),) * 2)
+    canvas.paste(img, (0, (img.width - img.height) // 2))
+    return canvas
+
+
 COPIES = {  # the web copy -> (eval item, edit, the variant the drop must name)
     "mirrored": ("astronaut.png", lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "mirrored"),
     "cropped": ("coffee.png", lambda im: perceptual.crop_fraction(im, (0.05,) * 4), "crop"),  # 90% a side
     "rotated": ("chelsea.png", lambda im: perceptual.rotate_inside(im, 5), "rotated"),
     "framed": ("rocket.png", lambda im: ImageOps.expand(im, border=16, fill="white"), ""),
+    "letterboxed": ("rocket.png", _letterboxed, ""),  # the bars are trimmed before hashing
+    "corner": ("motorcycle.png", lambda im: perceptual.crop_fraction(im, (0.1, 0, 0, 0.1)), "crop-left10%-bottom10%"),
+    "off-grid crop": ("grace.png", lambda im: perceptual.crop_fraction(im, (0.03, 0.08, 0.06, 0.01)), "crop"),
 }
 UNRELATED = {
     "camera": ("camera", (0, 0, 300, 250)),

@@ -96,6 +96,40 @@ def test_white_borders_stay_within_k(fraction):
     assert max(_distances(lambda im: _border(im, fraction))) <= K
 
 
+def _bars(img: Image.Image, colour, vertical: bool) -> Image.Image:
+    """Padded to a square with bars of ``colour`` above and below (or left and right)."""
+    side = max(img.size) + 40
+    size = (img.width, side) if vertical else (side, img.height)
+    canvas = Image.new("RGB", size, colour)
+    canvas.paste(img, ((size[0] - img.width) // 2, (size[1] - img.height) // 2))
+    return canvas
+
+
+@pytest.mark.parametrize("colour", [(0, 0, 0), (255, 255, 255)])
+@pytest.mark.parametrize("vertical", [True, False])
+def test_letterbox_and_pillarbox_bars_are_trimmed(colour, vertical):
+    """pHash version 3: black or white bars on two opposite sides (the picture touches the other
+    two) are cut like a frame, so the padded copy hashes as the picture (bare: 10-25 bits off)."""
+    data = pytest.importorskip("skimage.data")
+    for name, box in (
+        ("astronaut", (100, 40, 420, 280)),
+        ("coffee", (80, 60, 380, 360)),
+        ("rocket", (100, 50, 400, 350)),
+    ):
+        img = Image.fromarray(getattr(data, name)()).convert("RGB").crop(box)
+        padded = _jpeg(_bars(img, colour, vertical), 90)
+        assert perceptual.content_box(padded) is not None
+        assert hamming(_phash(padded), _phash(_jpeg(img, 90))) <= 4
+
+
+def test_grey_or_coloured_bars_on_two_sides_are_not_cut():
+    """Only black and white bars count: a grey backdrop above and below a subject is part of the
+    picture (cutting it in one copy and not another moved the hash by 20 bits)."""
+    img = _noisy(SCENES[0], 0)
+    assert perceptual.content_box(_bars(img, (114, 114, 114), vertical=True)) is None
+    assert perceptual.content_box(_bars(img, (40, 55, 80), vertical=True)) is None
+
+
 def test_different_images_are_not_within_k():
     rng = random.Random(7)
     for seed, scene in enumerate(SCENES):
