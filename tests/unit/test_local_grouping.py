@@ -122,3 +122,20 @@ def test_a_share_is_sent_in_chunks_and_can_be_sent_again(monkeypatch):
     assert _groups(ours, post, 1)[0] == {
         f"block-{k}": [f"rows.parquet:{i}" for i in range(k, 2000, 50)] for k in range(50)
     }
+
+
+def test_local_builds_and_their_workers_use_two_malloc_arenas_unless_told_otherwise(monkeypatch):
+    import subprocess
+    import sys
+
+    from flamingo_corpus.runners import local
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    local_runner(PipelineOptions([]))
+    worker = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.environ.get('MALLOC_ARENA_MAX'))"], capture_output=True, text=True
+    )
+    assert worker.stdout.strip() == str(local.MALLOC_ARENAS)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    local_runner(PipelineOptions([]))
+    assert local.os.environ["MALLOC_ARENA_MAX"] == "4"
