@@ -657,6 +657,26 @@ def download_errors(build, kind: Optional[str] = None) -> pa.Table:
     return pa.table({"reason": [r["reason"] for r in rows], "count": pa.array([r["count"] for r in rows], pa.int64())})
 
 
+def retries(build, kind: Optional[str] = None) -> Dict[str, int]:
+    """What fetching again did (``attempts``: fetches of a URL over every run that used the image
+    store): rows fetched more than once, of them ``recovered`` (past the download stage now) and
+    ``still failing`` (dropped by the download stage after their last attempt)."""
+    b = open_build(build)
+    _, where = _of_kind(b, kind or b.item_kind)
+    t = b.aggregate(
+        ["kind", "stage", "status", "attempts"],
+        {"failing": (f("stage") == "download") & (f("status") == "dropped")},
+        ["failing"],
+        where=where & (f("attempts") > 1),
+    )
+    by = {r["failing"]: r["n"] for r in t.to_pylist()}
+    return {
+        "fetched more than once": by.get(False, 0) + by.get(True, 0),
+        "recovered": by.get(False, 0),
+        "still failing": by.get(True, 0),
+    }
+
+
 def host_of(url: pc.Expression) -> pc.Expression:
     """The lower-cased host of a URL expression; "(no host)" where there is none."""
     host = pc.utf8_lower(pc.replace_substring_regex(url, pattern=_HOST, replacement=r"\1"))

@@ -171,6 +171,24 @@ def test_funnel_starts_with_every_row_and_ends_with_the_kept(crafted):
     assert {(s["stage"], s["reason"]): s["count"] for s in drops}[("download", "http_404")] == 3
 
 
+def test_retries_count_the_rows_fetched_again_and_what_became_of_them(tmp_path):
+    rows = [
+        _row(0, attempts=1, url="http://a.example/0.jpg"),
+        _row(1, attempts=2, url="http://a.example/1.jpg"),  # a retry brought it in: kept
+        _row(
+            2, "dropped", "clip", "low_similarity", attempts=3, url="http://a.example/2.jpg"
+        ),  # fetched, later dropped
+        _row(3, "dropped", "download", "timeout", attempts=2, url="http://b.example/3.jpg"),
+        _row(4, "dropped", "download", "timeout", attempts=1, url="http://b.example/4.jpg"),
+        _row(5, "dropped", "metadata", "no_url"),  # never fetched
+    ]
+    assert stats.retries(_write_build(tmp_path / "b", rows)) == {
+        "fetched more than once": 3,
+        "recovered": 2,
+        "still failing": 1,
+    }
+
+
 def test_headline_counts_downloads_as_everything_past_the_download_stage(crafted):
     h = stats.headline(crafted)
     assert (h["rows in"], h["rows kept"], h["rows dropped"]) == (14, 2, 12)
