@@ -99,10 +99,9 @@ class CachingResolver:
                 if hit[0] > self.clock():
                     return _answer(hit[1])
                 del self._cache[key]
-            pending = self._pending.get(key)
-            mine = pending is None
-            if mine:
-                pending = self._pending[key] = _Pending()
+            found_pending = self._pending.get(key)
+            mine = found_pending is None
+            pending = self._pending[key] = _Pending() if found_pending is None else found_pending
         if not mine:
             pending.done.wait()
             if pending.error is not None:

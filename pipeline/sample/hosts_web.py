@@ -29,6 +29,7 @@ name map they resolve by (``download/dns.py``, ``FLAMINGO_CORPUS_TEST_HOSTS``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import multiprocessing
@@ -215,7 +216,7 @@ class HostWeb:
             sock.bind((h.address, port))
             sock.listen(256)
             port = sock.getsockname()[1]
-            server = await asyncio.start_server(lambda r, w, h=h: self._serve(h, r, w), sock=sock)
+            server = await asyncio.start_server(functools.partial(self._serve, h), sock=sock)
             self._servers.append(server)
         if port == 0:  # no host listens at all: pick a port nobody uses for the URLs
             probe = socket.create_server(("127.0.0.1", 0))

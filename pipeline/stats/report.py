@@ -272,7 +272,7 @@ def plot_politeness(table: pa.Table, title: str = "Requests per host") -> Figure
         _no_data(ax, "no requests")
         fig.suptitle(title)
         return fig
-    parts = {
+    parts: Dict[str, Sequence[int]] = {
         "answered": [r["requests"] - r["http_429"] - r["http_5xx"] for r in rows],
         "429": [r["http_429"] for r in rows],
         "5xx": [r["http_5xx"] for r in rows],

@@ -312,12 +312,12 @@ class _FetchBlock(beam.DoFn):
                     )
                 )
                 self._in_flight += 1
-            elif verdict == DEAD:
+            elif verdict == DEAD and host is not None:
                 self._gate.cut_off_row(host)
-                self._settle(b, s, before, _cut_off(s.url, str(info)))
+                self._settle(b, s, before, _cut_off(s.url or "", str(info)))
             else:
                 waiting[host] = True
-                wake = min(wake, float(info))  # type: ignore[arg-type]
+                wake = min(wake, float(info))
                 kept.append(item)
         self._queue[: len(window)] = kept
         return wake
