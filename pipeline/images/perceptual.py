@@ -266,22 +266,35 @@ def _variant_grid() -> Tuple[Variant, ...]:
 
 
 INDEX_VARIANTS = _variant_grid()  # the original first; ``VARIANTS_VERSION`` numbers this set
+_INDEX_CROPS = tuple(v.crop for v in INDEX_VARIANTS[1 : len(INDEX_VARIANTS) // 2] if any(v.crop))
+# The names of ``variant_coefficients``'s blocks: the mirror of a crop of the picture is the
+# mirrored picture cut on the other side, the mirror of a turn the mirrored picture turned back.
+_INDEX_NAMES = (
+    [""]
+    + [crop_name(c) for c in _INDEX_CROPS]
+    + [f"rotated{a:+g}deg" for a in INDEX_ANGLES]
+    + ["mirrored"]
+    + [f"mirrored {crop_name((c[2], c[1], c[0], c[3]))}" for c in _INDEX_CROPS]
+    + [f"mirrored rotated{-a:+g}deg" for a in INDEX_ANGLES]
+)
+assert sorted(_INDEX_NAMES) == sorted(v.name for v in INDEX_VARIANTS)
 VARIANTS_VERSION = 2  # 1: centre crops, 8% sides and corners, 12% corners, +-2/4/6 degrees
 
 
 def index_hashes(img: Image.Image) -> List[Tuple[str, str]]:
     """(variant name, pHash) of the picture and of each of its ``INDEX_VARIANTS`` ("" names the
     picture itself); a hash already listed is left out, so the first variant that gives it is the
-    one named.  The variants are cut from the picture without its frame at ``THUMBNAIL`` pixels
-    a side (what the pHash sees of a bigger picture is no finer)."""
-    own = phash(img)
-    out, seen = [("", own)], {own}
-    picture = trim_frame(img)
-    for variant in INDEX_VARIANTS[1:]:
-        h = phash(variant_picture(picture, variant))
+    one named.  The variants are made as the build's are (``variant_coefficients``: linear maps of
+    the 32x32 grey picture the pHash is made of), about 5 ms for the 190 of a picture; cutting and
+    turning the picture itself and hashing each (version 1) cost 1 ms a variant and caught no
+    more copies (docs/dedup-and-safety.md)."""
+    coefficients = variant_coefficients(img, _INDEX_CROPS, INDEX_ANGLES)
+    out: List[Tuple[str, str]] = []
+    seen = set()
+    for name, h in zip(_INDEX_NAMES, _hexes(coefficients)):
         if h not in seen:
             seen.add(h)
-            out.append((variant.name, h))
+            out.append((name, h))
     return out
 
 
@@ -355,30 +368,55 @@ def _axis_sampling(cut_low: float, cut_high: float) -> np.ndarray:
     return m
 
 
-@functools.lru_cache(maxsize=1)
-def _crop_maps() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(rows: (ny, 8, 32), columns: (32, nx * 8), which row map and column map each of
-    ``BUILD_CROPS`` uses): the DCT's 8 lowest frequencies of each distinct (top, bottom) and
-    (left, right) resampling, so a crop's 8x8 coefficients are ``rows[i] @ pixels @ columns[j]``."""
+@functools.lru_cache(maxsize=4)
+def _crop_maps(crops: Tuple[Tuple[float, float, float, float], ...]) -> Tuple[np.ndarray, ...]:
+    """(rows: (ny, 8, 32), columns: (nx, 32, 8), which row map and column map each crop uses):
+    the DCT's 8 lowest frequencies of each distinct (top, bottom) and (left, right) resampling, so
+    a crop's 8x8 coefficients are ``rows[i] @ pixels @ columns[j]``."""
     dct = _dct_matrix()
-    vertical = sorted({(c[1], c[3]) for c in BUILD_CROPS})
-    horizontal = sorted({(c[0], c[2]) for c in BUILD_CROPS})
+    vertical = sorted({(c[1], c[3]) for c in crops})
+    horizontal = sorted({(c[0], c[2]) for c in crops})
     rows = np.stack([dct @ _axis_sampling(*v) for v in vertical])
-    columns = np.concatenate([(dct @ _axis_sampling(*h)).T for h in horizontal], axis=1)
-    which_row = np.array([vertical.index((c[1], c[3])) for c in BUILD_CROPS])
-    which_column = np.array([horizontal.index((c[0], c[2])) for c in BUILD_CROPS])
+    columns = np.stack([(dct @ _axis_sampling(*h)).T for h in horizontal])
+    which_row = np.array([vertical.index((c[1], c[3])) for c in crops])
+    which_column = np.array([horizontal.index((c[0], c[2])) for c in crops])
     return rows, columns, which_row, which_column
 
 
-@functools.lru_cache(maxsize=64)
-def _turn_taps(aspect_step: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The ``_bilinear_taps`` of each of ``BUILD_ANGLES``, stacked ((turns, 4, 1024) each), for
-    one aspect-ratio step.  Kept as taps rather than one dense (64, 1024) map per turn: the
-    dense maps were 1 MiB an aspect ratio, read from memory for every image (0.2-0.5 ms on the
+@functools.lru_cache(maxsize=128)
+def _turn_taps(aspect_step: int, angles: Tuple[float, ...]) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``_bilinear_taps`` of each of ``angles``, stacked ((turns, 4, 1024) each), for one
+    aspect-ratio step.  Kept as taps rather than one dense (64, 1024) map per turn: the dense
+    maps were 1 MiB an aspect ratio, read from memory for every image (0.2-0.5 ms on the
     benchmark machine), the taps are 64 KiB and the DCT after them is separable."""
     aspect = 2.0 ** (aspect_step / _ASPECT_STEPS)
-    taps = [_bilinear_taps(Variant("", angle=a), aspect) for a in BUILD_ANGLES]
+    taps = [_bilinear_taps(Variant("", angle=a), aspect) for a in angles]
     return np.stack([i for i, _ in taps]), np.stack([w for _, w in taps])
+
+
+def variant_coefficients(
+    img: Image.Image, crops: Tuple[Tuple[float, float, float, float], ...], angles: Tuple[float, ...]
+) -> np.ndarray:
+    """(2 * (1 + len(crops) + len(angles)), 8, 8): the pHash's DCT coefficients of the picture
+    (without its frame), of each crop and of each turn (corners cut), then of the mirror of each
+    in the same order; all from the 32x32 grey picture the pHash is made of, so the first block
+    is ``phash``'s, bit for bit.  The mirror is free (the odd horizontal frequencies change
+    sign); a crop is two small matrix products (rows and columns are resampled apart); a turn
+    is a bilinear gather of the 32x32 pixels and a separable DCT."""
+    picture = _reduced(trim_frame(img), HASH_INPUT)
+    pixels = _grey32(picture).astype(np.float64)
+    parts = [_dct8(pixels)[None]]
+    if crops:
+        rows, columns, which_row, which_column = _crop_maps(crops)
+        parts.append((rows @ pixels)[which_row] @ columns[which_column])
+    if angles:
+        aspect_step = round(math.log2(picture.width / picture.height) * _ASPECT_STEPS)
+        indices, weights = _turn_taps(aspect_step, angles)
+        turned = (pixels.ravel()[indices] * weights).sum(axis=1).reshape(-1, HASH_SIDE, HASH_SIDE)
+        dct = _dct_matrix()
+        parts.append(dct @ turned @ dct.T)
+    plain = np.concatenate(parts)
+    return np.concatenate([plain, plain * _MIRROR])
 
 
 def _hexes(coefficients: np.ndarray) -> List[str]:
@@ -393,23 +431,11 @@ def _hexes(coefficients: np.ndarray) -> List[str]:
 
 
 def phash_and_variants(img: Image.Image) -> Tuple[str, Tuple[str, ...]]:
-    """``phash(img)`` and the pHashes of its build variants: mirrored, then each of
-    ``BUILD_GEOMETRY`` and its mirror, duplicates of the pHash or of each other left out.  All
-    come from the 32x32 grey picture the pHash is made of (linear maps, no resampling of the
-    image), so they cost a few percent of the image stage (benchmarks/copy_detection.py)."""
-    picture = _reduced(trim_frame(img), HASH_INPUT)
-    pixels = _grey32(picture).astype(np.float64)
-    rows, columns, which_row, which_column = _crop_maps()
-    products = np.einsum("ays,sx->ayx", rows @ pixels, columns)  # (ny, 8, nx * 8)
-    products = products.reshape(len(rows), 8, -1, 8)
-    crops = products[which_row, :, which_column]  # (crops, 8, 8)
-    indices, weights = _turn_taps(round(math.log2(picture.width / picture.height) * _ASPECT_STEPS))
-    turned = (pixels.ravel()[indices] * weights).sum(axis=1).reshape(-1, HASH_SIDE, HASH_SIDE)
-    dct = _dct_matrix()
-    turns = dct @ turned @ dct.T  # (turns, 8, 8)
-    plain = np.concatenate([_dct8(pixels)[None], crops, turns])
-    stack = np.stack([plain, plain * _MIRROR], axis=1).reshape(-1, 8, 8)  # each, then its mirror
-    first, *rest = _hexes(stack)
+    """``phash(img)`` and the pHashes of its build variants: each of ``BUILD_GEOMETRY``, then
+    the mirror of the picture and of each, duplicates of the pHash or of each other left out.
+    Linear maps of the 32x32 grey picture (``variant_coefficients``), no resampling of the image,
+    so they cost a few percent of the image stage (benchmarks/copy_detection.py)."""
+    first, *rest = _hexes(variant_coefficients(img, BUILD_CROPS, BUILD_ANGLES))
     out: List[str] = []
     for h in rest:
         if h != first and h not in out:
