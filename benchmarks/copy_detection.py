@@ -16,10 +16,15 @@ are grouped at ``dedup.near_max_distance`` with the variants each image carries
 dropped as an overlap of any evaluation image (decontamination) or grouped with its own original
 (near-dup); an unrelated photo is a false positive when it is dropped or grouped at all.
 
-Columns: ``before`` is the single pHash on both sides (the method of pHash version 2 without
-variants), ``now`` the shipped method, ``imagededup`` the PHash of imagededup (an outside
-reference, when it is installed) at the same thresholds, single hash on both sides.  It also times
-the image stage with and without the build-side variants.
+Columns: ``before`` is the single pHash on both sides (today's pHash, letterbox trimming
+included, without variants), ``now`` the shipped method (eval index variants
+``perceptual.INDEX_VARIANTS`` for decontamination, build variants ``Sample.phash_variants`` for
+near-dup), ``imagededup`` the PHash of imagededup (an outside reference, when it is installed) at
+the same thresholds, single hash on both sides.  It also times the image stage (which computes
+the build variants) against the pHash alone and the pHash with variants, and the eval index per
+picture; the load average is printed with the times, since the benchmark machine is shared.
+pHashes made with a median threshold have 32 bits set, so their distances are even: a threshold
+of 5 acts as 4, and a variant margin of 1 at phash_distance 6 means a variant counts within 4.
 
     python benchmarks/copy_detection.py [--recipe manifests/laion2b-en.yaml] [--eval 100]
         [--per-kind 20] [--unrelated 1000] [--seed 0]
@@ -361,7 +366,7 @@ def main() -> None:
             per_kind_now.append((cols[1], cols[4]))
     print(
         f"| **overall ({in_goal} kinds, {count} copies)** | "
-        + " | ".join(f"**{t / count:.2f}**" for t in totals)
+        + " | ".join(f"**{t / count:.3f}**" for t in totals)
         + " |"
     )
     caption_recall = 1.0  # captions equal after match_key are looked up exactly (tests/stages/test_decontaminate.py)
@@ -379,14 +384,14 @@ def main() -> None:
     ]
     print(
         f"| **false positives** (of {len(u)} unrelated) | "
-        + " | ".join("-" if isinstance(f, float) and math.isnan(f) else f"{int(f)} ({f / len(u):.1%})" for f in fp)
+        + " | ".join("-" if isinstance(f, float) and math.isnan(f) else f"{int(f)} ({f / len(u):.2%})" for f in fp)
         + " |"
     )
     worst = min(min(a, b) for a, b in per_kind_now)
     print(
         f"\ngoal (recall >= 0.95 overall, >= 0.8 every kind, false positives <= 0.5%): decontamination "
-        f"overall {totals[1] / count:.2f}, near-dup {totals[4] / count:.2f}; worst kind {worst:.2f}; "
-        f"false positives {fp[1] / len(u):.1%} and {fp[4] / len(u):.1%}"
+        f"overall {totals[1] / count:.3f}, near-dup {totals[4] / count:.3f}; worst kind {worst:.2f}; "
+        f"false positives {fp[1] / len(u):.2%} and {fp[4] / len(u):.2%}"
     )
 
     # Cost: the image stage with and without the build-side variants.
@@ -406,9 +411,10 @@ def main() -> None:
     plain = per_image(perceptual.phash, decoded)
     with_variants = per_image(perceptual.phash_and_variants, decoded)
     print(
-        f"\ncost per image ({len(datas)} of the web's JPEGs): image stage {stage:.0f} us; pHash {plain:.0f} us; "
-        f"pHash with variants {with_variants:.0f} us: +{with_variants - plain:.0f} us, "
-        f"{(with_variants - plain) / stage:.1%} of the image stage"
+        f"\ncost per image ({len(datas)} of the web's JPEGs, best of 5; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): image stage {stage:.0f} us; pHash {plain:.0f} us; "
+        f"pHash with {len(perceptual.BUILD_GEOMETRY)} build variants and their mirrors {with_variants:.0f} us: "
+        f"+{with_variants - plain:.0f} us, {(with_variants - plain) / stage:.1%} of the image stage"
     )
 
 
