@@ -220,14 +220,21 @@ class SortedBand:
 
     def __init__(self, values: np.ndarray, band: Band):
         band_values = (values >> np.uint64(band.shift)) & np.uint64(band.mask)
+        # Positions and (table) band values in 32 bits when they fit: the eval index keeps one
+        # table per band for millions of hashes, and these were 16 of its ~40 bytes a hash.
+        small = len(values) < 2**31
         self.order = np.argsort(band_values, kind="stable")
+        if small:
+            self.order = self.order.astype(np.int32)
         self.sorted = band_values[self.order]
         self.values = values[self.order]
         self.size = self.start = None
         if band.width <= _TABLE_MAX_BITS and 1 << band.width <= 16 * len(values):
-            self.sorted = self.sorted.astype(np.int64)
+            self.sorted = self.sorted.astype(np.int32 if band.width < 31 else np.int64)
             self.size = np.bincount(self.sorted, minlength=1 << band.width).astype(np.int32)
             self.start = np.cumsum(self.size) - self.size
+            if small:
+                self.start = self.start.astype(np.int32)
 
     def lookup(self, probe: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(which probes hit, first position, bucket size) for the probed band values found."""

@@ -50,6 +50,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -260,10 +261,10 @@ class EvalIndex:
     eval images is the same on every run."""
 
     header: IndexHeader
-    sets: List[str]  # per image row
-    items: List[str]
+    sets: Sequence[str]  # per image row (``Coded`` when read from a file)
+    items: Sequence[str]
     phashes: np.ndarray  # uint64, per image row
-    variants: List[str] = field(default_factory=list)  # per image row: "" for the picture itself
+    variants: Sequence[str] = field(default_factory=list)  # per image row: "" for the picture itself
     embeddings: Optional[np.ndarray] = None  # float32 (rows with an embedding, dim)
     embedding_rows: Optional[np.ndarray] = None  # image row of each embedding row
     captions: Dict[str, Tuple[str, str]] = field(default_factory=dict)  # match key -> (eval_set, item)
@@ -273,7 +274,7 @@ class EvalIndex:
         return len(self.items)
 
     def variant(self, row: int) -> str:
-        return self.variants[row] if self.variants else ""
+        return self.variants[row] if len(self.variants) else ""
 
     def _tables(self, distance: int):
         """The band plan for ``distance`` and one sorted band table per band (built once)."""
@@ -282,7 +283,8 @@ class EvalIndex:
             plan = band_plan(distance)
             cache[distance] = (plan, [SortedBand(self.phashes, band) for band in plan])
         if "_penalty" not in self.__dict__:
-            self.__dict__["_penalty"] = np.array([VARIANT_MARGIN if v else 0 for v in self.variants], dtype=np.int64)
+            variants = self.variants if isinstance(self.variants, Coded) else Coded.of(list(self.variants))
+            self.__dict__["_penalty"] = variants.flags(lambda v: bool(v)) * np.int8(VARIANT_MARGIN)
         return cache[distance]
 
     def match(
@@ -376,12 +378,66 @@ def _nearest(n_query: int, n_eval: int, cost: Callable[[int, int], np.ndarray]) 
     return best_j, best_c
 
 
-def _shared_strings(column: pa.ChunkedArray) -> List[Optional[str]]:
-    """The column as a list whose equal strings are one object: an item name repeats once per
-    variant (~44 times), and a COCO-sized index has millions of rows."""
-    encoded = column.combine_chunks().dictionary_encode()
+class Coded(Sequence[str]):
+    """A column of strings as small integer codes into its distinct values: an item name repeats
+    once per variant (~190 times), and a COCO-sized index has millions of rows, so three Python
+    lists (8 bytes a row each, on top of the strings) were most of its memory."""
+
+    def __init__(self, codes: np.ndarray, names: List[str]):
+        self.codes, self.names = codes, names
+
+    @classmethod
+    def of(cls, values: Sequence[str]) -> "Coded":
+        names = sorted(set(values))
+        rank = {n: i for i, n in enumerate(names)}
+        return cls(np.array([rank[v] for v in values], dtype=np.int32), names)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, row):  # type: ignore[override]
+        if isinstance(row, slice):
+            return [self.names[c] for c in self.codes[row].tolist()]
+        return self.names[self.codes[row]]
+
+    def __iter__(self):
+        names = self.names
+        return (names[c] for c in self.codes.tolist())
+
+    def __contains__(self, value) -> bool:
+        return value in self.names and bool((self.codes == self.names.index(value)).any())
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, Coded)) else NotImplemented
+
+    def flags(self, predicate: Callable[[str], bool], dtype=np.int8) -> np.ndarray:
+        """``predicate`` of each row's string, as an array, computed once per distinct string."""
+        return np.array([predicate(n) for n in self.names], dtype=dtype)[self.codes]
+
+
+def _coded_column(column: pa.ChunkedArray) -> Tuple[np.ndarray, List[str], np.ndarray]:
+    """(codes, distinct strings, the rank of each distinct string in sorted order) of a string
+    column, nulls read as ""."""
+    encoded = pc.fill_null(column.combine_chunks(), "").dictionary_encode()
     names = encoded.dictionary.to_pylist()
-    return [None if i is None else names[i] for i in encoded.indices.to_pylist()]
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32), names, rank
+
+
+_NIBBLE = np.zeros(256, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
+_NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
+def _hex_column(column: pa.ChunkedArray) -> np.ndarray:
+    """A column of 16-hex-digit strings as uint64, parsed in numpy (a Python int per row cost a
+    second and ~100 MB of short-lived objects a million rows): digit pairs to bytes, 8 bytes
+    read as one big-endian integer."""
+    digits = np.array(column.combine_chunks().to_pylist(), dtype="S16")
+    nibbles = _NIBBLE[digits.view(np.uint8).reshape(len(digits), 16)]
+    packed = np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2])
+    return packed.view(">u8").ravel().astype(np.uint64)
 
 
 def load_index(path: str) -> EvalIndex:
@@ -398,13 +454,18 @@ def load_index(path: str) -> EvalIndex:
     kinds = table.column("kind").to_pylist()
     images = table.filter(pa.array([k == IMAGE for k in kinds]))
     caps = table.filter(pa.array([k == CAPTION for k in kinds]))
-    sets, items, variants = (_shared_strings(images.column(c)) for c in ("eval_set", "item", "variant"))
-    keys = [_row_order({"eval_set": s, "item": i, "variant": v}) for s, i, v in zip(sets, items, variants)]
-    order = sorted(range(len(items)), key=keys.__getitem__)
+    # Rows in _row_order (eval set, item, variant rank, variant), sorted on the codes' ranks
+    # with numpy: a Python sort key per row took most of the load of a million-row index.
+    (set_codes, set_names, set_rank), (item_codes, item_names, item_rank), (var_codes, var_names, var_rank) = (
+        _coded_column(images.column(c)) for c in ("eval_set", "item", "variant")
+    )
+    grid_rank = np.array([_VARIANT_RANK.get(v, len(_VARIANT_RANK)) for v in var_names], dtype=np.int64)
+    order = np.lexsort((var_rank[var_codes], grid_rank[var_codes], item_rank[item_codes], set_rank[set_codes]))
     images = images.take(pa.array(order, pa.int64()))
-    sets, items, variants = (_shared_strings(images.column(c)) for c in ("eval_set", "item", "variant"))
-    variants = [v or "" for v in variants]
-    phashes = np.array([int(h, 16) for h in images.column("phash").to_pylist()], dtype=np.uint64)
+    sets = Coded(set_codes[order], set_names)
+    items = Coded(item_codes[order], item_names)
+    variants = Coded(var_codes[order], var_names)
+    phashes = _hex_column(images.column("phash"))
     embeddings = embedding_rows = None
     if header.has_embeddings:
         column = images.column("embedding").combine_chunks()
