@@ -59,7 +59,9 @@ class FetchImages(beam.PTransform):
         return samples, tuple(stage.drops) | "Fetch drops" >> beam.Flatten()
 
 
-def _release(s: Sample) -> Sample:
+def _release(s: Sample, keep_variants: bool = False) -> Sample:
+    if s.phash_variants and not keep_variants:  # only near dup reads them: ~0.5 KB a sample a shuffle
+        s = s.replace(phash_variants=())
     if s.image_bytes is None or not s.stored_images:
         return s
     return s.replace(image_bytes=None, image_len=len(s.image_bytes))
@@ -68,10 +70,15 @@ def _release(s: Sample) -> Sample:
 class ReleaseImages(beam.PTransform):
     """Samples -> the same samples without their image bytes, which the store holds (they keep
     where: ``stored_images``, and how many bytes: ``image_len``).  Applied after the last stage
-    that looks at pixels, so that no shuffle after it carries an image."""
+    that looks at pixels, so that no shuffle after it carries an image.  The variant hashes
+    (``Sample.phash_variants``) go too, unless ``keep_variants`` (a build with near dup)."""
+
+    def __init__(self, keep_variants: bool = False):
+        super().__init__()
+        self.keep_variants = keep_variants
 
     def expand(self, samples):
-        return samples | "Release image bytes" >> beam.Map(_release)
+        return samples | "Release image bytes" >> beam.Map(_release, self.keep_variants)
 
 
 class WriteOutput(beam.PTransform):

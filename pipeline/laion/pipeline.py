@@ -78,7 +78,8 @@ def build_laion(
         from ..clip.stage import ScoreWithClip
 
         rows = stage(rows, "Score with CLIP", ScoreWithClip(recipe.clip))
-    rows = rows | "Release images" >> ReleaseImages()  # no stage after this one looks at pixels
+    # no stage after this one looks at pixels (nor, but near dup, at the variant hashes)
+    rows = rows | "Release images" >> ReleaseImages(keep_variants=recipe.dedup.near)
     if recipe.decontamination.index:  # eval-set images and captions
         rows = stage(rows, "Decontaminate against eval sets", Decontaminate(recipe.decontamination, recipe.clip))
     if recipe.safety.nsfw_head:
