@@ -226,9 +226,15 @@ class StoreConfig:
     """The image store (docs/output.md, "The image store"): where it is is a command-line choice
     (``--store``, default ``<output>/_build/store``); how it is cut is the recipe's."""
 
-    # Input rows (LAION rows, MMC4 document lines) per store block: the unit the store writes
-    # whole, that a resumed build takes or fetches again, and that a worker holds in memory.
+    # Input rows (LAION rows, MMC4 document lines) per store block and fetch lane: the unit the
+    # store writes whole, that a resumed build takes or fetches again, and that a worker holds in memory.
     block_rows: int = 1000
+    # Fetch lanes (download/lanes.py), each fetched by one worker at a time: how many workers can
+    # fetch at once (several times the build's worker processes); a host's rows are in host_spread of them.
+    lanes: int = 64
+    # Lanes one host's rows are split over, each with its part of the host's limits (1: one
+    # worker sees all of a host's answers, so a 429 pauses all its rows)
+    host_spread: int = 1
 
 
 @dataclass(frozen=True)
@@ -332,6 +338,8 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("shard", "samples_per_shard"): (1, INF, True, False),
     ("shard", "index_shards"): (0, INF, True, False),
     ("store", "block_rows"): (1, 1_000_000, True, True),
+    ("store", "lanes"): (1, 1_000_000, True, True),
+    ("store", "host_spread"): (1, 1024, True, True),
     ("sample_web", "port"): (0, 65535, True, True),
 }
 # Pairs of keys of one section where the first may not exceed the second.

@@ -27,7 +27,9 @@ SIZES = "sizes.json"
 # Stages whose drops happen before an image is in hand: everything after them was downloaded.
 BEFORE_DOWNLOAD = ("read", "metadata", "download")
 SHARD_FIELDS = ("name", "count", "bytes", "sha256")  # a shard's entry in the manifest
-TIMING_FIELDS = ("seconds",)  # the manifest fields that differ between two runs of one build
+# The manifest fields that differ between two runs of one build: its time, and what this run asked
+# of the hosts (a resumed or re-filtered build takes its images from the store and asks nothing).
+TIMING_FIELDS = ("seconds", "hosts")
 
 
 def code_version() -> str:

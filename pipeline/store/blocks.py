@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from ..download.fetch import TRANSIENT
+from ..download.lanes import Lanes
 from ..images import perceptual, process
 from ..inputs import source_names
 from ..output.atomic import TMP_MARK, atomic_write
@@ -192,13 +193,17 @@ class StoreSpec:
     run: str
     retry_failed: bool = False
     report: Optional[str] = None
+    lanes: int = 1
+    host_spread: int = 1
 
     @property
     def dir(self) -> str:
         return posixpath.join(self.root, self.digest[:DIGEST_CHARS])
 
-    def block_of(self, s: Sample) -> int:
-        return s.row // self.block_rows
+    @property
+    def routing(self) -> Lanes:
+        """How rows are cut into blocks and routed to fetch lanes (download/lanes.py)."""
+        return Lanes(self.lanes, self.host_spread, self.block_rows)
 
     def block_path(self, source_index: int, block: int) -> str:
         return posixpath.join(
@@ -237,6 +242,8 @@ def make_spec(
         run or new_run_id(),
         retry_failed,
         report,
+        recipe.store.lanes,
+        recipe.store.host_spread,
     )
     return spec, changed
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from ..download.lanes import Lanes
 from .blocks import (
     DIGEST_CHARS,
     STORE_FILE,
@@ -99,6 +100,7 @@ def check_store(root: str) -> StoreReport:
             report.problems.append(f"{posixpath.join(folder, STORE_FILE)}: does not describe the folder {name}")
         d = DigestReport(folder, sections)
         report.digests.append(d)
+        routing = _routing(sections.get("store") or {})
         for path in block_files(folder):
             try:
                 rows = read_block(path, digest) or []
@@ -110,8 +112,7 @@ def check_store(root: str) -> StoreReport:
             except ValueError:
                 report.problems.append(f"{path}: not a block file name")
                 continue
-            block_rows = sections.get("store", {}).get("block_rows") or 0
-            outside = [r["id"] for r in rows if block_rows and r["row"] // block_rows != number]
+            outside = _outside(rows, number, routing)
             if outside:
                 report.problems.append(f"{path}: holds rows of another block ({outside[0]})")
             if len({r["id"] for r in rows}) != len(rows):
@@ -143,3 +144,25 @@ def write_store_report(report: StoreReport, path: str) -> None:
     )
     with FileSystems.create(path) as f:
         f.write(page.encode("utf-8"))
+
+
+def _outside(rows: List[dict], number: int, routing: Optional[Lanes]) -> List[str]:
+    """Ids of ``rows`` that cannot be in block ``number``: a block holds rows of one lane and one
+    band, starting at row ``number`` (download/lanes.py)."""
+    if routing is None or not rows:
+        return []
+    first = min(rows, key=lambda r: r["row"])
+    lane, band = routing.lane(first["url"], first["id"]), routing.band(number)
+    return [
+        r["id"]
+        for r in rows
+        if r["row"] < number or routing.band(r["row"]) != band or routing.lane(r["url"], r["id"]) != lane
+    ]
+
+
+def _routing(store: dict) -> Optional[Lanes]:
+    """How the store's recipe cut its blocks (None when its section does not say)."""
+    try:
+        return Lanes(int(store.get("lanes", 1)), int(store.get("host_spread", 1)), int(store["block_rows"]))
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -1,7 +1,9 @@
 """Download and process images block by block, through the image store (store/blocks.py).
 
-The samples that reach the fetch are grouped by store block (``block_rows`` consecutive rows of
-one input file: a shuffle of small records, no image has been fetched yet).  For each block the
+The samples that reach the fetch are grouped by store block, and the blocks by fetch lane
+(download/lanes.py: the rows of one host are in at most ``store.host_spread`` lanes, a block holds
+rows of one lane; two shuffles of small records, no image has been fetched yet).  A worker takes a
+lane's blocks one after the other; for each block the
 worker reads the store's block, if there is one, and takes from it every row whose id and URL are
 the ones it has to fetch; it fetches the others (all of them when the block is missing or
 damaged, the rows stored as transient failures too with ``--retry-failed``), processes them, and
@@ -10,16 +12,18 @@ row is done, so a killed build loses at most the blocks its workers had in hand.
 
 Each worker keeps ``threads`` requests running, as the download stage does, across block
 boundaries: the next block's rows start while the slowest URLs of the previous one finish (at
-most two blocks open at a time).  Rows are not started in queue order but as their hosts allow
+most ``OPEN_BLOCKS`` blocks open at a time).  Rows are not started in queue order but as their hosts allow
 (download/hosts.py, ``download.per_host``): the scheduler scans the first ``_WINDOW`` queued rows
 and starts each one whose host has a free slot, its turn in the pacing and no pause; a row whose
 host was cut off (NXDOMAIN, a run of connection failures, a Retry-After past ``max_pause_s``) is
 dropped as ``host_unavailable`` without a request.  The gate and the DNS cache are the worker
-process's (``shared_gate``, ``shared_resolver``), so its DoFn instances share the limits.
+process's (``shared_gate``, ``shared_resolver``), so its DoFn instances share the limits; the
+worker's share of a host's limits is the host's sub-lanes it holds rows of over the spread, so
+the workers' shares add up to the host's limits.
 
 Downloads run on the thread pool; decoding and re-encoding run
-on the bundle's thread, one image at a time, so memory holds about two blocks of processed images
-and ``threads`` downloads.
+on the bundle's thread, one image at a time, so memory holds about ``OPEN_BLOCKS`` blocks of
+processed images and ``threads`` downloads.
 
 What leaves is, per row, the sample with its processed image (and where it is in the store) or
 its drop: ``download`` or ``image`` as the stages would have dropped it, or ``safety`` when the
@@ -31,6 +35,7 @@ file of the ``StoreSpec``.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import hashlib
 import json
@@ -40,7 +45,7 @@ import posixpath
 import queue
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -49,7 +54,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from ..download.dns import shared_resolver
 from ..download.fetch import Fetcher, FetchResult
-from ..download.hosts import DEAD, GO, HostLimits, host_key, merge_figures, shared_gate, worker_id
+from ..download.hosts import DEAD, GO, HostLimits, merge_figures, shared_gate, worker_id
+from ..download.lanes import Lanes
 from ..download.stage import WorkerShuttingDown, fetch_policy
 from ..images.process import ImageRejected, process_image
 from ..output.atomic import atomic_write
@@ -192,18 +198,24 @@ def outcome(s: Sample, row: dict, path: str) -> tuple:
     return downloaded, final, (row["stage"], row["reason"], row["detail"]), row["download_sha256"]
 
 
+# Blocks a worker keeps open at once: while a block waits for its last rows (a slow or paced host),
+# the next ones' rows start.  Memory holds their processed images: a few blocks' worth.
+OPEN_BLOCKS = 4
+
+
 class _FetchBlock(beam.DoFn):
     """(store block, its samples) -> per row ``outcome(...)``; the block's figures on ``FIGURES``."""
 
     FIGURES = "store_figures"
     HOSTS = "host_figures"
 
-    def __init__(self, download: DownloadConfig, image: ImageConfig, spec: StoreSpec, share: float = 1.0):
+    def __init__(self, download: DownloadConfig, image: ImageConfig, spec: StoreSpec, share: Optional[float] = None):
         self.download, self.image, self.spec, self.share = download, image, spec, share
 
     def setup(self):
         per_host = self.download.per_host
-        self._gate = shared_gate(HostLimits.from_config(per_host), self.share)
+        self._routing = self.spec.routing
+        self._gate = shared_gate(HostLimits.from_config(per_host), self.share or 1.0 / self._routing.spread)
         resolver = shared_resolver(per_host.dns_ttl_s, per_host.dns_negative_ttl_s)
         self._fetcher = Fetcher(fetch_policy(self.download), resolver=resolver, gate=self._gate)
         self._pool = cf.ThreadPoolExecutor(self.download.threads, thread_name_prefix="download")
@@ -215,11 +227,16 @@ class _FetchBlock(beam.DoFn):
         self._open: Dict[str, _Block] = {}
         self._queue: List[Tuple[_Block, Sample, int, Optional[str]]] = []
         self._in_flight = 0
+        # rows queued or in flight per host and sub-lane: the host's share is the sub-lanes held
+        self._held: Dict[Optional[str], collections.Counter] = collections.defaultdict(collections.Counter)
 
     def process(self, item):
-        (source_index, number), samples = item
-        self._start(source_index, number, sorted(samples, key=input_order))
-        yield from self._pump(max_open=1)
+        """A fetch lane's blocks, one after the other (the next one starts while the slowest
+        fetches of the last one end)."""
+        _lane, blocks = item
+        for (source_index, number), samples in sorted(blocks, key=lambda b: b[0]):
+            self._start(source_index, number, sorted(samples, key=input_order))
+            yield from self._pump(max_open=OPEN_BLOCKS - 1)
 
     def finish_bundle(self):
         for out in self._pump(max_open=0):
@@ -256,7 +273,9 @@ class _FetchBlock(beam.DoFn):
                 continue
             b.retried += int(old is not None)
             b.waiting += 1
-            self._queue.append((b, s, (old["attempts"] or 0) if old is not None else 0, host_key(s.url)))
+            host, sub = self._routing.host_and_sub(s.url, s.id)
+            self._held[host][sub] += 1
+            self._queue.append((b, s, (old["attempts"] or 0) if old is not None else 0, host))
         self._open[path] = b
 
     def _pump(self, max_open: int):
@@ -303,7 +322,7 @@ class _FetchBlock(beam.DoFn):
             if host in waiting:
                 kept.append(item)
                 continue
-            verdict, info = self._gate.try_start(host, now)
+            verdict, info = self._gate.try_start(host, now, share=self._share(host))
             if verdict == GO:
                 self._pool.submit(self._fetcher.fetch, s.url).add_done_callback(
                     lambda f, b=b, s=s, before=before, host=host, done=self._done, gate=self._gate: (
@@ -328,7 +347,22 @@ class _FetchBlock(beam.DoFn):
             raise WorkerShuttingDown("worker shutting down: the bundle's fetches were cancelled")
         self._settle(b, s, before, future.result())
 
+    def _share(self, host: Optional[str]) -> float:
+        """This worker's share of ``host``'s limits: the host's sub-lanes it holds rows of, over
+        the spread (download/lanes.py); or the share it was given."""
+        if self.share is not None:
+            return self.share
+        return min(1.0, max(1, len(self._held.get(host) or ())) / self._routing.spread)
+
     def _settle(self, b: _Block, s: Sample, before: int, r: FetchResult) -> None:
+        host, sub = self._routing.host_and_sub(s.url, s.id)
+        held = self._held.get(host)
+        if held is not None and held[sub] > 0:
+            held[sub] -= 1
+            if not held[sub]:
+                del held[sub]
+            if not held:
+                del self._held[host]
         self._progress.add(1, ok=int(r.ok))
         row = fetched_row(s, r, self.image, before + 1, self.spec.run)
         b.rows[s.id] = row
@@ -408,10 +442,10 @@ class FetchBlocks(beam.PTransform):
     """Samples to fetch -> (samples with processed images, drops), through the store of ``spec``.
     ``removal`` is the removal list (``read_removal_list``) to screen the downloaded bytes with."""
 
-    # Each worker's share of every host's limits (download/hosts.py) when none is given: 1.0, each
-    # worker holds the whole limits.  Until rows are routed so that a host's rows reach a bounded
-    # set of workers, a test on N workers sets 1 / N here to hold the limits for the whole build.
-    default_share = 1.0
+    # A worker's share of a host's limits (download/hosts.py) when none is given: the sub-lanes
+    # of the host it holds over ``store.host_spread`` (download/lanes.py).  A number here (a
+    # test's) holds every host to that share instead.
+    default_share: Optional[float] = None
 
     def __init__(
         self,
@@ -427,10 +461,14 @@ class FetchBlocks(beam.PTransform):
 
     def expand(self, samples):
         spec = self.spec
+        routing = spec.routing
         out = (
             samples
-            | "Key by store block" >> beam.Map(lambda s: ((s.source_index, spec.block_of(s)), s))
-            | "Group store block" >> beam.GroupByKey()
+            | "Key by lane and band"
+            >> beam.Map(lambda s: ((s.source_index, routing.band(s.row), routing.lane(s.url, s.id)), s))
+            | "Group lane and band" >> beam.GroupByKey()
+            | "Cut store blocks" >> beam.FlatMapTuple(_blocks, routing)
+            | "Group fetch lane" >> beam.GroupByKey()
             | "Fetch or take from store"
             >> beam.ParDo(_FetchBlock(self.download, self.image, spec, self.share)).with_outputs(
                 _FetchBlock.FIGURES, _FetchBlock.HOSTS, main="rows"
@@ -450,6 +488,15 @@ class FetchBlocks(beam.PTransform):
         side = {"blocklist": beam.pvalue.AsSingleton(self.removal)} if self.removal is not None else {}
         settled = out.rows | "Settle" >> beam.ParDo(_Settle(), **side).with_outputs(DROPPED_TAG, main="kept")
         return settled.kept, settled[DROPPED_TAG]
+
+
+def _blocks(key: Tuple[int, int, int], samples, routing: Optional[Lanes] = None) -> Iterator[Tuple[int, tuple]]:
+    """One lane's samples of a band cut into store blocks, each keyed by the lane:
+    ``(lane, ((source index, block number), samples))``."""
+    assert routing is not None
+    source_index, _band, lane = key
+    for number, block in routing.cut(list(samples)):
+        yield lane, ((source_index, number), block)
 
 
 def hosts_path(report: str) -> str:

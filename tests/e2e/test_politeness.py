@@ -19,7 +19,6 @@ from flamingo_corpus.recipe import recipe_from_dict
 from flamingo_corpus.sample.hosts_web import Host, HostWeb
 from flamingo_corpus.stats import compute as stats_compute
 from flamingo_corpus.stats import report
-from flamingo_corpus.store.fetch import FetchBlocks
 
 from ..helpers import index_rows
 from ..loopback_build import jpeg_bytes, smooth_photo
@@ -35,9 +34,8 @@ IN_FLIGHT_S = 0.25
 
 
 def _rows(web: HostWeb) -> list:
-    """(url, caption) rows: one busy slow host, a throttling host (its rows in the first store
-    block, so one worker fetches them all: its 429s are that worker's to heed until rows are routed
-    by host), a dead domain and a refusing host spread over every block, and a long tail."""
+    """(url, caption) rows: one busy slow host, a throttling host, a dead domain and a refusing
+    host spread over the input, and a long tail."""
     throttled = [web.url("throttle.test", f"t{i}.jpg") for i in range(15)]
     rest = [web.url("big.test", f"b{i}.jpg") for i in range(80)]
     rest += [web.url("gone.test", f"g{i}.jpg") for i in range(20)]
@@ -60,8 +58,7 @@ def test_limits_hold_across_two_workers_as_the_server_counts_them(tmp_path, monk
     with HostWeb(hosts, images) as web:
         web.write_hosts_file(str(tmp_path / "hosts.json"), log=str(log))
         monkeypatch.setenv(HOSTS_ENV, str(tmp_path / "hosts.json"))
-        # until rows are routed by host, each of the two workers holds half of every host's limits
-        monkeypatch.setattr(FetchBlocks, "default_share", 1 / WORKERS)
+        # no share is set: the routing (download/lanes.py) gives each worker its part of a host
         urls = _rows(web)
         pq.write_table(
             pa.table({"URL": urls, "TEXT": [f"picture number {i} of the web" for i in range(len(urls))]}),
