@@ -299,9 +299,11 @@ def test_a_build_killed_at_70_percent_resumes_from_the_store(tmp_path):
             "name: killed\n"
             "input: {corpus: laion, path: rows.parquet}\n"
             "filters: {language: {enabled: false}}\n"
-            "download: {allow_private: true, timeout_s: 30, deadline_s: 60, threads: 8}\n"
+            # one loopback host: unlimited, and spread over two lanes so that both workers fetch
+            "download: {allow_private: true, timeout_s: 30, deadline_s: 60, threads: 8,\n"
+            "           per_host: {max_concurrent: 0, max_requests_per_s: 0}}\n"
             "clip: {enabled: false}\n"
-            f"store: {{block_rows: {block_rows}}}\n"
+            f"store: {{block_rows: {block_rows}, host_spread: {workers}}}\n"
             "shard: {samples_per_shard: 250}\n"
         )
         out = tmp_path / "out"
