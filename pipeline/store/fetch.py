@@ -21,9 +21,9 @@ process's (``shared_gate``, ``shared_resolver``), so its DoFn instances share th
 worker's share of a host's limits is the host's sub-lanes it holds rows of over the spread, so
 the workers' shares add up to the host's limits.
 
-Downloads run on the thread pool; decoding and re-encoding run
-on the bundle's thread, one image at a time, so memory holds about ``OPEN_BLOCKS`` blocks of
-processed images and ``threads`` downloads.
+Downloads, decoding and re-encoding run on the thread pool (Pillow releases the interpreter lock
+while it decodes, resizes and encodes, so a worker process uses more than one core); memory holds
+about ``OPEN_BLOCKS`` blocks of processed images and ``2 * threads`` rows in flight.
 
 What leaves is, per row, the sample with its processed image (and where it is in the store) or
 its drop: ``download`` or ``image`` as the stages would have dropped it, or ``safety`` when the
@@ -324,16 +324,14 @@ class _FetchBlock(beam.DoFn):
                 continue
             verdict, info = self._gate.try_start(host, now, share=self._share(host))
             if verdict == GO:
-                self._pool.submit(self._fetcher.fetch, s.url).add_done_callback(
-                    lambda f, b=b, s=s, before=before, host=host, done=self._done, gate=self._gate: (
-                        gate.finish(host),
-                        done.put((b, s, before, f)),
-                    )
+                self._pool.submit(self._fetch_and_process, s, host, before).add_done_callback(
+                    lambda f, b=b, s=s, before=before, done=self._done: done.put((b, s, before, f))
                 )
                 self._in_flight += 1
             elif verdict == DEAD and host is not None:
                 self._gate.cut_off_row(host)
-                self._settle(b, s, before, _cut_off(s.url or "", str(info)))
+                r = _cut_off(s.url or "", str(info))
+                self._settle(b, s, before, r, fetched_row(s, r, self.image, before + 1, self.spec.run))
             else:
                 waiting[host] = True
                 wake = min(wake, float(info))
@@ -345,7 +343,18 @@ class _FetchBlock(beam.DoFn):
         self._in_flight -= 1
         if future.cancelled():  # teardown cancelled the fetches: the worker is being shut down
             raise WorkerShuttingDown("worker shutting down: the bundle's fetches were cancelled")
-        self._settle(b, s, before, future.result())
+        self._settle(b, s, before, *future.result())
+
+    def _fetch_and_process(self, s: Sample, host: Optional[str], before: int) -> Tuple[FetchResult, dict]:
+        """On a download thread: fetch a row, give its host's slot back, process the image.
+        Decoding and resizing run on the download threads, not on the bundle's: Pillow lets go
+        of the interpreter lock while it decodes, resizes and encodes, so one worker process
+        keeps more than one core busy."""
+        try:
+            r = self._fetcher.fetch(s.url)
+        finally:
+            self._gate.finish(host)
+        return r, fetched_row(s, r, self.image, before + 1, self.spec.run)
 
     def _share(self, host: Optional[str]) -> float:
         """This worker's share of ``host``'s limits: the host's sub-lanes it holds rows of, over
@@ -354,7 +363,7 @@ class _FetchBlock(beam.DoFn):
             return self.share
         return min(1.0, max(1, len(self._held.get(host) or ())) / self._routing.spread)
 
-    def _settle(self, b: _Block, s: Sample, before: int, r: FetchResult) -> None:
+    def _settle(self, b: _Block, s: Sample, before: int, r: FetchResult, row: dict) -> None:
         host, sub = self._routing.host_and_sub(s.url, s.id)
         held = self._held.get(host)
         if held is not None and held[sub] > 0:
@@ -364,7 +373,6 @@ class _FetchBlock(beam.DoFn):
             if not held:
                 del self._held[host]
         self._progress.add(1, ok=int(r.ok))
-        row = fetched_row(s, r, self.image, before + 1, self.spec.run)
         b.rows[s.id] = row
         b.fetched += 1
         b.waiting -= 1
