@@ -54,6 +54,11 @@ HASH_BITS = 64
 # Candidate pairs (or XOR elements in ``close_pairs``) handled at once: 1M, so memory stays bounded
 # (tens of MiB per block) whatever the size of a bucket.
 _BLOCK_ELEMENTS = 1 << 20
+# Band values looked up at once (one flip mask, this many probing hashes): at 10M hashes a whole
+# mask's lookup made ~200 MB of temporaries, which the allocator maps and the kernel zeroes afresh
+# for every one of the ~3,600 masks (167 of 832 CPU-seconds went to the system at k=10); 1M-element
+# chunks reuse the heap (docs/benchmarks.md).
+_PROBE_CHUNK = 1 << 20
 # Bands up to this width are looked up in a direct table of bucket starts and sizes (at 2**24:
 # 192 MiB), when it has at most 16 entries a hash; others by binary search in the sorted values.
 _TABLE_MAX_BITS = 24
@@ -307,8 +312,9 @@ def _probe_ranges(table: SortedBand, band: Band, counts: dict):
         own = table.sorted[prober]
         for mask in masks:
             counts["probes"] += len(prober)
-            hit, first, size = table.lookup(own ^ mask)
-            yield prober[hit], first, size
+            for lo in range(0, len(prober), _PROBE_CHUNK):
+                hit, first, size = table.lookup(own[lo : lo + _PROBE_CHUNK] ^ mask)
+                yield prober[lo : lo + _PROBE_CHUNK][hit], first, size
 
 
 def _confirmed(

@@ -116,3 +116,16 @@ def test_the_adaptive_plan_does_less_counted_work_than_the_plans_for_other_sizes
 
     chosen = work(None)
     assert chosen < work(3) and chosen < work(11)
+
+
+def test_looking_up_in_chunks_changes_nothing(monkeypatch):
+    """The lookups of one flip mask are made a chunk of probing hashes at a time (memory at 10M
+    hashes): with chunks of 97 hashes the same pairs come out, in the same order."""
+    from flamingo_corpus.dedup import hamming_index
+
+    values = _clustered(4_000, 10, seed=13)
+    whole = multi_index_edges(values, 10, 3)
+    monkeypatch.setattr(hamming_index, "_PROBE_CHUNK", 97)
+    assert np.array_equal(multi_index_edges(values, 10, 3), whole)
+    i, j = close_pairs(values, 10)
+    assert _pairs(whole) == sorted(zip(i.tolist(), j.tolist()))
