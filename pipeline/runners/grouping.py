@@ -40,7 +40,7 @@ _lock = threading.Lock()
 _depth = 0
 
 
-class CompactGroupingBuffer(_BEAMS):  # type: ignore[misc, valid-type]
+class CompactGroupingBuffer(_BEAMS):
     """``execution.GroupingBuffer`` with its values kept encoded (in the global window)."""
 
     def __init__(self, pre_grouped_coder, post_grouped_coder, windowing) -> None:
@@ -114,11 +114,11 @@ def installed() -> Iterator[None]:
     global _depth
     with _lock:
         _depth += 1
-        execution.GroupingBuffer = CompactGroupingBuffer
+        execution.GroupingBuffer = CompactGroupingBuffer  # type: ignore[misc]
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                execution.GroupingBuffer = _BEAMS
+                execution.GroupingBuffer = _BEAMS  # type: ignore[misc]
