@@ -80,9 +80,14 @@ def _child(spec_path: str, result_path: str) -> None:
             clip=r(recipe.clip, enabled=False),
             filters=r(recipe.filters, dedup_urls=False, language=r(recipe.filters.language, enabled=False)),
             dedup=r(recipe.dedup, exact=False),
-            download=r(recipe.download, per_host=r(recipe.download.per_host, **limits)),
+            download=r(
+                recipe.download,
+                per_host=r(recipe.download.per_host, **limits),
+                threads=spec.get("threads") or recipe.download.threads,
+            ),
         )
-        FetchBlocks.default_share = 1 / spec["workers"]
+        # a run may ask for the build's own shares (the sub-lanes a worker holds: "share": null)
+        FetchBlocks.default_share = spec.get("share", 1 / spec["workers"])
         beam = ["--direct_running_mode=multi_processing", f"--direct_num_workers={spec['workers']}"]
         result = run_build(recipe, spec["out"], beam, overwrite=True)
         out = {"units": result.accounted, "kept": result.kept}
