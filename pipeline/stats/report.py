@@ -540,7 +540,18 @@ def sections(build, samples: int = 12, documents: int = 200) -> List[Section]:
     dups = stats.duplicate_groups(b)
     out.append(Section("duplicates", "Duplicate groups", plot_duplicate_groups(dups), dups))
     by_reason, by_domain = stats.download_errors(b), stats.download_errors_by_domain(b)
-    out.append(Section("download-errors", "Download errors", plot_download_errors(by_reason, by_domain), by_domain))
+    retried = stats.retries(b)
+    out.append(
+        Section(
+            "download-errors",
+            "Download errors",
+            plot_download_errors(by_reason, by_domain),
+            by_domain,
+            note=f"{retried['fetched more than once']:,} rows were fetched more than once (over the runs that "
+            f"used the image store, --retry-failed): {retried['recovered']:,} recovered, "
+            f"{retried['still failing']:,} still failing.",
+        )
+    )
     hosts, totals = stats.politeness(b)
     if hosts is not None:
         out.append(

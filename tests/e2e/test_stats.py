@@ -182,11 +182,10 @@ def test_retries_count_the_rows_fetched_again_and_what_became_of_them(tmp_path):
         _row(4, "dropped", "download", "timeout", attempts=1, url="http://b.example/4.jpg"),
         _row(5, "dropped", "metadata", "no_url"),  # never fetched
     ]
-    assert stats.retries(_write_build(tmp_path / "b", rows)) == {
-        "fetched more than once": 3,
-        "recovered": 2,
-        "still failing": 1,
-    }
+    b = _write_build(tmp_path / "b", rows)
+    assert stats.retries(b) == {"fetched more than once": 3, "recovered": 2, "still failing": 1}
+    (errors,) = [p for p in report.sections(b, samples=0) if p.name == "download-errors"]
+    assert "3 rows were fetched more than once" in errors.note and "2 recovered, 1 still failing" in errors.note
 
 
 def test_headline_counts_downloads_as_everything_past_the_download_stage(crafted):
