@@ -65,6 +65,12 @@ def _index_dict(r: IndexRow) -> dict:
     return {name: getattr(r, name) for name in INDEX_SCHEMA.names}
 
 
+# The index writer buffers a row group before writing it: Beam's default of 64 MiB made the worker
+# that writes the index grow by about 1 kB per row up to that size (benchmarks/store.py, memory).
+# Row groups of about 8 MiB (some 8,000 rows) cap it lower and read as well with pyarrow and DuckDB.
+INDEX_ROW_GROUP_BYTES = 8 * 1024 * 1024
+
+
 class WriteIndex(beam.PTransform):
     """IndexRows -> parquet index files, and the counts per (stage, status, reason) as JSON lines."""
 
@@ -80,6 +86,7 @@ class WriteIndex(beam.PTransform):
             INDEX_SCHEMA,
             file_name_suffix=".parquet",
             num_shards=self.num_shards,
+            row_group_buffer_size=INDEX_ROW_GROUP_BYTES,
         )
         return (
             rows
