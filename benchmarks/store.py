@@ -91,6 +91,9 @@ def child(spec_path: str, result_path: str) -> None:
 
     counting(execution.GroupingBuffer, "shuffle")
     counting(execution.WindowGroupingBuffer, "side")
+    from flamingo_corpus.runners.grouping import CompactGroupingBuffer  # what local builds group with
+
+    counting(CompactGroupingBuffer, "shuffle")
 
     from flamingo_corpus.build import run_build
     from flamingo_corpus.recipe import load_recipe
@@ -104,6 +107,15 @@ def child(spec_path: str, result_path: str) -> None:
         shard=r(recipe.shard, samples_per_shard=1000),
         clip=r(recipe.clip, enabled=False),
     )
+    if hasattr(recipe.store, "host_spread"):
+        # One loopback host: no per-host limits, and the host spread over every fetch lane, as for
+        # any one-host input (docs/politeness.md); otherwise its rows would be one lane, one worker.
+        per_host = r(recipe.download.per_host, max_concurrent=0, max_requests_per_s=0)
+        recipe = r(
+            recipe,
+            download=r(recipe.download, per_host=per_host),
+            store=r(recipe.store, host_spread=recipe.store.lanes),
+        )
     kwargs = {"store": spec["store"]} if spec.get("store") else {}
     start = time.monotonic()
     result = run_build(recipe, spec["out"], spec["beam_args"], overwrite=True, **kwargs)
@@ -164,10 +176,14 @@ def main() -> None:
     )
     ap.add_argument(
         "--pictures",
-        choices=("smooth", "scenes"),
+        choices=("smooth", "scenes", "photos"),
         default="smooth",
         help="smooth: 320x240 smooth photos, quick to make (64,000 for the memory runs); scenes: "
-        "throughput.py's synthetic scenes of 512x512 to 1024x768, as the other benchmarks serve",
+        "throughput.py's synthetic scenes of 512x512 to 1024x768, as the other benchmarks serve; photos: "
+        "crops of real photographs (benchmarks/photos.py), as a crawl downloads them",
+    )
+    ap.add_argument(
+        "--latency", type=float, default=0.0, help="seconds the server waits before each answer (its /slow/ path)"
     )
     ap.add_argument("--workdir", help="keep the pictures here and reuse them")
     args = ap.parse_args()
@@ -177,18 +193,24 @@ def main() -> None:
     biggest = max(args.rows, args.rows_big if "memory" in what else 0)
     print(f"machine: {machine()}")
     print(f"{load()}; generating {biggest} pictures ...", flush=True)
-    web = tmp / ("web" if args.pictures == "smooth" else "web-scenes")
+    web = tmp / {"smooth": "web", "scenes": "web-scenes", "photos": "web-photos"}[args.pictures]
     if args.pictures == "smooth":
         items = make_pictures(web, biggest)
+    elif args.pictures == "photos":
+        from photos import web_photos
+
+        items = [(path, f"a photograph, number {i}") for i, path in enumerate(web_photos(web, biggest))]
     else:  # throughput.py's synthetic scenes, 512x512 to 1024x768: the resize does real work
         from throughput import make_web
 
         items = make_web(web, biggest)
+    if args.latency:  # every request answered after --latency seconds (the web's /slow/ behaviour)
+        items = [(f"slow/{args.latency:g}/{path}", caption) for path, caption in items]
     beam = beam_args("multi_processing", args.workers)
     with serve(web) as (url, _):
         meta = tmp / f"rows-{args.rows}.parquet"
         write_metadata(meta, url, items[: args.rows])
-        base = {"input": str(meta), "beam_args": beam, "out": str(tmp / "out")}
+        base = {"input": str(meta), "beam_args": beam, "out": str(tmp / "out"), "workers": args.workers}
         if "throughput" in what:
             old = baseline_path(args.baseline, tmp) if args.baseline else None
             print(f"throughput, {args.rows} rows, multi_processing x {args.workers}, CLIP off; {load()}", flush=True)
@@ -213,23 +235,22 @@ def main() -> None:
                     f"({', '.join(f'{x:.3f}' for x in ratios)})",
                     flush=True,
                 )
-        if "rebuild" in what:
-            store = tmp / "store-rebuild"
-            shutil.rmtree(store, ignore_errors=True)
-            first = run({**base, "store": str(store)}, tmp / "run")
+        if "rebuild" in what:  # pairs: a first build into an empty store, then a rebuild from it
+            print(f"rebuild, {args.rows} rows, latency {args.latency:g} s; {load()}", flush=True)
+            firsts, agains = [], []
+            for k in range(args.repeat):
+                store = tmp / "store-rebuild"
+                shutil.rmtree(store, ignore_errors=True)
+                firsts.append(run({**base, "store": str(store)}, tmp / "run"))
+                agains.append(run({**base, "store": str(store)}, tmp / "run"))
+                for label, r in (("first build, empty store", firsts[-1]), ("rebuild from the full store", agains[-1])):
+                    print(line(f"{label}, run {k + 1}", r) + f"; {r['store']['rows_fetched']} rows fetched", flush=True)
+            ratios = [f["seconds"] / a["seconds"] for f, a in zip(firsts, agains)]
+            first_s, again_s = median([r["seconds"] for r in firsts]), median([r["seconds"] for r in agains])
             print(
-                line("first build, empty store", first) + f"; {first['store']['rows_fetched']} rows fetched", flush=True
-            )
-            again = [run({**base, "store": str(store)}, tmp / "run") for _ in range(args.repeat)]
-            for k, r in enumerate(again):
-                print(
-                    line(f"rebuild from the full store, run {k + 1}", r)
-                    + f"; {r['store']['rows_fetched']} rows fetched",
-                    flush=True,
-                )
-            print(
-                f"  rebuild speed-up: {first['seconds'] / median([r['seconds'] for r in again]):.1f}x "
-                f"(first {first['seconds']:.1f} s, rebuild median {median([r['seconds'] for r in again]):.1f} s)",
+                f"  rebuild speed-up, median of {len(ratios)} pairs: {median(ratios):.1f}x "
+                f"({', '.join(f'{x:.1f}' for x in ratios)}; "
+                f"first median {first_s:.1f} s, rebuild median {again_s:.1f} s)",
                 flush=True,
             )
         if "memory" in what:
