@@ -40,12 +40,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import host_limits
 from _common import REPO, load, machine
 from photos import web_photos
-from throughput import median
+from throughput import TreeMonitor, median
 
 
 def steady_rate(times: list, cut: float = 0.05) -> tuple:
@@ -57,6 +58,30 @@ def steady_rate(times: list, cut: float = 0.05) -> tuple:
     return ((hi - lo) / span if span > 0 else float("nan")), span
 
 
+def _quantiles(times: list, cut: float = 0.05) -> tuple:
+    times = sorted(times)
+    return times[int(cut * (len(times) - 1))], times[int((1 - cut) * (len(times) - 1))]
+
+
+class CpuTrace(TreeMonitor):
+    """throughput.py's monitor of a process tree, keeping the tree's CPU seconds over time: how
+    many cores the tool used between two moments (the steady state's)."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        super().__init__(pid, interval)
+        self.trace: list = []  # (time.monotonic(), CPU seconds of every process seen so far)
+
+    def _sample(self) -> None:
+        super()._sample()
+        self.trace.append((time.monotonic(), sum(cpu for _role, _rss, cpu in self.peak.values())))
+
+    def cores_between(self, t0: float, t1: float) -> float:
+        def at(t):
+            return next((cpu for when, cpu in self.trace if when >= t), self.trace[-1][1] if self.trace else 0.0)
+
+        return (at(t1) - at(t0)) / (t1 - t0) if t1 > t0 else float("nan")
+
+
 def measure(spec: dict, work: Path, web) -> dict:
     """One run in a fresh child (host_limits.py's), the web restarted for it; the child's figures
     and the server's (every request's arrival time)."""
@@ -66,13 +91,17 @@ def measure(spec: dict, work: Path, web) -> dict:
     result_path.unlink(missing_ok=True)
     web.reset()
     load_before = os.getloadavg()[0]
-    rc = subprocess.call(
+    started = time.monotonic()  # the machine's clock, as the server's request times (Linux)
+    proc = subprocess.Popen(
         [sys.executable, host_limits.__file__, "--child", str(spec_path), str(result_path)],
         cwd=REPO,
         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    with CpuTrace(proc.pid) as trace:
+        rc = proc.wait()
+    ended = time.monotonic()
     stats = web.snapshot()
     if rc != 0 or not result_path.exists():
         raise RuntimeError(f"run {spec['tool']} failed with exit status {rc}")
@@ -81,7 +110,11 @@ def measure(spec: dict, work: Path, web) -> dict:
     r["requests"] = len(times)
     r["connections"] = sum(s.connections for s in stats.values())
     r["steady"], r["steady_span"] = steady_rate(times)
+    r["steady_cores"] = trace.cores_between(*_quantiles(times))
     r["server_span"] = max(times) - min(times) if times else 0.0
+    # before the first request (start-up, imports, the shuffles before the fetch) and after the last
+    r["head"] = (min(times) - started) if times else 0.0
+    r["tail"] = (ended - max(times)) if times else 0.0
     r["load"] = (load_before, os.getloadavg()[0])
     shutil.rmtree(spec["out"], ignore_errors=True)
     return r
@@ -91,8 +124,10 @@ def describe(label: str, r: dict) -> str:
     return (
         f"  {label:<24} whole run {r['units'] / r['seconds']:6.1f} rows/s, steady {r['steady']:6.1f} rows/s, "
         f"{r['cpu'] / r['units'] * 1000:5.1f} CPU-ms/row ({r['kept']} kept of {r['units']}, {r['seconds']:.1f} s, "
-        f"{r['cpu']:.1f} CPU-s; server: {r['requests']} requests on {r['connections']} connections over "
-        f"{r['server_span']:.1f} s, 5-95% in {r['steady_span']:.1f} s; load {r['load'][0]:.1f} -> {r['load'][1]:.1f})"
+        f"{r['cpu']:.1f} CPU-s, {r['steady_cores']:.2f} cores in the steady state; server: "
+        f"{r['requests']} requests on {r['connections']} connections over "
+        f"{r['server_span']:.1f} s, 5-95% in {r['steady_span']:.1f} s, {r['head']:.1f} s before the first and "
+        f"{r['tail']:.1f} s after the last; load {r['load'][0]:.1f} -> {r['load'][1]:.1f})"
     )
 
 
