@@ -7,9 +7,10 @@ for this project's records (``records.Sample``, about 1.1 kB encoded) that is th
 the encoded size, and it made the runner the largest process of a local build, growing by about
 4 kB per input row (benchmarks/store.py, ``memory``).
 
-``CompactGroupingBuffer`` keeps the key and each value encoded, as Beam's other buffer
-(``ListBuffer``) keeps every element, and decodes a key's values only when it sends that key's
-group to a worker.  Beam's buffer also encodes each worker's share whole before sending any of it
+``CompactGroupingBuffer`` writes each value encoded to a temporary file (``TMPDIR``) as it arrives
+and keeps, per key, where its values are (16 bytes a value); it reads and decodes a key's values
+only when it sends that key's group to a worker, and the file goes with the buffer when the stage
+that reads it is done.  Beam's buffer also encodes each worker's share whole before sending any of it
 (a second copy of the shuffle in the runner); this one encodes the groups as they are sent, a
 megabyte at a time, and the worker's bounded receive queue paces it.  Groups are dealt to the
 workers round-robin in the order Beam's buffer deals them.  Pipelines in other windowings than the
@@ -18,15 +19,18 @@ global one (none in this project) keep Beam's buffer.
 This is written here, not taken from Beam, because Beam has no option for it: the buffer is
 chosen inside ``BundleContextManager.get_buffer``.  ``installed()`` swaps the class in for one run
 and puts Beam's back after; ``LocalFnApiRunner`` (runners/local.py) runs every local build in it.
-The shuffle itself stays in memory: the local runner holds every shuffle's input between two
-stages, about 1.2 kB a row (docs/scale.md); distributed runners spill their shuffles to disk.
+So the runner's memory no longer holds the shuffles, its disk does (about 1.4 kB a row, docs/scale.md),
+as the distributed runners' shuffles do.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
+import os
+import tempfile
 import threading
-from typing import Iterator, List
+from typing import IO, Iterator, List, Optional
 
 from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
 from apache_beam.runners.portability.fn_api_runner import execution
@@ -41,13 +45,16 @@ _depth = 0
 
 
 class CompactGroupingBuffer(_BEAMS):
-    """``execution.GroupingBuffer`` with its values kept encoded (in the global window)."""
+    """``execution.GroupingBuffer`` with its values kept encoded (in the global window), on disk."""
 
     def __init__(self, pre_grouped_coder, post_grouped_coder, windowing) -> None:
         super().__init__(pre_grouped_coder, post_grouped_coder, windowing)
         self._compact = windowing.is_default()
         if self._compact:
             self._value_impl = pre_grouped_coder.value_coder().get_impl()
+            self._spill: Optional[IO[bytes]] = None
+            self._end = 0  # bytes written to the spill file
+            self._flushed = False
 
     def append(self, elements_data: bytes) -> None:
         if not self._compact:
@@ -57,10 +64,17 @@ class CompactGroupingBuffer(_BEAMS):
         stream = create_InputStream(elements_data)
         element_impl = self._pre_grouped_coder.get_impl()
         key_impl, value_impl = self._key_coder.get_impl(), self._value_impl
-        table = self._table
         while stream.size() > 0:
             key, value = element_impl.decode_from_stream(stream, True).value
-            table[key_impl.encode(key)].append(value_impl.encode(value))
+            self._add(key_impl.encode(key), value_impl.encode(value))
+
+    def extend(self, input_buffer) -> None:
+        if not (self._compact and isinstance(input_buffer, CompactGroupingBuffer) and input_buffer._compact):
+            return super().extend(input_buffer)
+        if input_buffer is not self:
+            for encoded_key in list(input_buffer._table):
+                for v in input_buffer.encoded_values(encoded_key):
+                    self._add(encoded_key, v)
 
     def partition(self, n: int) -> List[List[bytes]]:
         if not self._compact:
@@ -69,6 +83,28 @@ class CompactGroupingBuffer(_BEAMS):
             keys = list(self._table)
             self._grouped_output = [_Part(self, keys[i::n]) for i in range(n)]  # type: ignore[misc]
         return self._grouped_output
+
+    def _add(self, encoded_key: bytes, encoded_value: bytes) -> None:
+        """Write a value to the spill file; the table keeps where it is (offset, length)."""
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile(prefix="flamingo-corpus-shuffle-")
+        self._spill.write(encoded_value)
+        places = self._table.get(encoded_key)
+        if places is None:
+            places = self._table[encoded_key] = array.array("q")
+        places.append(self._end)
+        places.append(len(encoded_value))
+        self._end += len(encoded_value)
+
+    def encoded_values(self, encoded_key: bytes) -> List[bytes]:
+        """The values of a key as they were appended, encoded, read back from the spill file."""
+        assert self._spill is not None
+        with _lock:
+            if not self._flushed:
+                self._spill.flush()
+                self._flushed = True
+        places, fd = self._table[encoded_key], self._spill.fileno()
+        return [os.pread(fd, places[i + 1], places[i]) for i in range(0, len(places), 2)]
 
 
 class _Part:
@@ -98,7 +134,7 @@ class _Part:
         key_impl, value_impl = b._key_coder.get_impl(), b._value_impl
         stream = create_OutputStream()
         for encoded_key in self._keys:
-            values = [value_impl.decode(v) for v in b._table[encoded_key]]
+            values = [value_impl.decode(v) for v in b.encoded_values(encoded_key)]
             group_impl.encode_to_stream(in_global_window((key_impl.decode(encoded_key), values)), stream, True)
             if stream.size() >= self.CHUNK_BYTES:
                 yield stream.get()

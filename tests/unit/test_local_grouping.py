@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 
 import apache_beam as beam
@@ -73,7 +74,7 @@ def test_the_same_groups_dealt_to_the_same_workers_as_beams_buffer(workers):
     assert _groups(ours, post, workers) == _groups(beams, post, workers)
 
 
-def test_it_holds_the_values_encoded_in_a_fraction_of_beams_memory():
+def test_it_keeps_the_values_on_disk_and_a_fraction_of_beams_memory():
     pre, post = _coders()
     elements = [(f"block-{i // 1000}", _sample(i)) for i in range(20000)]
     encoded = sum(len(pre.encode(GlobalWindows.windowed_value(kv))) for kv in elements)
@@ -88,8 +89,11 @@ def test_it_holds_the_values_encoded_in_a_fraction_of_beams_memory():
         return size
 
     ours, beams = held(grouping.CompactGroupingBuffer), held(execution.GroupingBuffer)
-    assert ours < 1.3 * encoded, (ours, encoded)
-    assert ours < beams / 2, (ours, beams)
+    assert ours < 0.2 * encoded, (ours, encoded)  # where each value is, not the value
+    assert ours < beams / 20, (ours, beams)
+    spilled = grouping.CompactGroupingBuffer(pre, post, core.Windowing(GlobalWindows()))
+    _fill(spilled, pre, elements)
+    assert 0.8 * encoded < os.fstat(spilled._spill.fileno()).st_size < encoded
 
 
 def test_local_builds_group_with_it_and_beams_buffer_is_back_after(monkeypatch):
