@@ -10,9 +10,9 @@ are).  Each run is a child process; its wall time, its CPU time (the Beam worker
 img2dataset's processes included) and what the server counted (the peak of requests in flight at
 one host, the most requests one host got in one second) are printed.
 
-Limits on: the recipe's defaults (16 at once, 50 per second per host), each of the ``--workers``
-worker processes holding 1 / workers of them (FetchBlocks.default_share: what a build does until
-rows are routed by host).  Limits off: ``max_concurrent: 0, max_requests_per_s: 0``.
+Limits on: the recipe's defaults (16 at once, 50 per second per host), the rows routed to fetch
+lanes by host (download/lanes.py: one worker fetches a host, with its whole limits).  Limits off:
+``max_concurrent: 0, max_requests_per_s: 0``.
 
     .venv/bin/python benchmarks/host_limits.py [--hosts 1000] [--big 1500,800,400] [--repeat 2]
         [--workers 2] [--latency 0.03] [--img2dataset]
@@ -86,8 +86,9 @@ def _child(spec_path: str, result_path: str) -> None:
                 threads=spec.get("threads") or recipe.download.threads,
             ),
         )
-        # a run may ask for the build's own shares (the sub-lanes a worker holds: "share": null)
-        FetchBlocks.default_share = spec.get("share", 1 / spec["workers"])
+        # the build's own shares (the sub-lanes of a host a worker holds, download/lanes.py), or a
+        # share a run asks for ("share": 0.5: every worker holds half of every host's limits)
+        FetchBlocks.default_share = spec.get("share")
         beam = ["--direct_running_mode=multi_processing", f"--direct_num_workers={spec['workers']}"]
         result = run_build(recipe, spec["out"], beam, overwrite=True)
         out = {"units": result.accounted, "kept": result.kept}
