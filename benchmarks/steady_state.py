@@ -215,14 +215,20 @@ def main() -> None:
         whole = [(a["units"] / a["seconds"]) / (b["units"] / b["seconds"]) for a, b in zip(ours, theirs)]
         steady = [a["steady"] / b["steady"] for a, b in zip(ours, theirs)]
         cost = [(b["cpu"] / b["units"]) / (a["cpu"] / a["units"]) for a, b in zip(ours, theirs)]
+        # the steady rate per core the tool had then: what load from others does not move
+        per_core = [(a["steady"] / a["steady_cores"]) / (b["steady"] / b["steady_cores"]) for a, b in zip(ours, theirs)]
         print(f"  {label} / img2dataset, per pair and median of {len(ours)}:")
-        for name, xs in (("whole run", whole), ("steady state", steady), ("per CPU-second", cost)):
+        figures = [("whole run", whole), ("steady state", steady), ("per CPU-second", cost)]
+        figures.append(("steady per core", per_core))
+        for name, xs in figures:
             print(f"    {name:<15} {median(xs):.2f}x  ({', '.join(f'{x:.2f}' for x in xs)})")
     for label, runs in results.items():
         print(
             f"  {label}: median whole run {median([r['units'] / r['seconds'] for r in runs]):.1f} rows/s, steady "
             f"{median([r['steady'] for r in runs]):.1f} rows/s, "
-            f"{median([r['cpu'] / r['units'] for r in runs]) * 1000:.1f} CPU-ms/row"
+            f"{median([r['cpu'] / r['units'] for r in runs]) * 1000:.1f} CPU-ms/row, "
+            f"{median([r['steady_cores'] for r in runs]):.2f} cores in the steady state, "
+            f"{median([r['steady'] / r['steady_cores'] for r in runs]):.1f} steady rows per core-second"
         )
     print(f"  {load()}")
 
