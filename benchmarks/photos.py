@@ -35,24 +35,16 @@ PHOTOS = (
     "motorcycle",
     "grace_hopper",
     "page",
-)
+)  # names in copy_detection.photographs
 _cache: Dict[str, Image.Image] = {}
 
 
 def source_photographs() -> Dict[str, Image.Image]:
-    """The package photographs, RGB (loaded once)."""
+    """The package photographs, RGB (loaded once, by copy_detection.photographs)."""
     if not _cache:
-        import matplotlib
-        import skimage.data as data
+        from copy_detection import photographs
 
-        for name in PHOTOS:
-            if name == "motorcycle":
-                pixels = data.stereo_motorcycle()[0]
-            elif name == "grace_hopper":
-                pixels = np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
-            else:
-                pixels = getattr(data, name)()
-            _cache[name] = Image.fromarray(pixels).convert("RGB")
+        _cache.update({name: img for name, img in photographs().items() if name in PHOTOS})
     return _cache
 
 
