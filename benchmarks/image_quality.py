@@ -44,6 +44,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 from _common import REPO, load, machine  # noqa: E402
+from copy_detection import EVAL_PHOTOS  # noqa: E402
 from copy_detection import photographs as _rgb_photographs  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
@@ -52,24 +53,7 @@ from flamingo_corpus.recipe import ImageConfig, load_recipe  # noqa: E402
 
 # Photographs of scenes, people, objects, sky, microscopy and textures (the textures are the
 # hardest case for a drafted decode: detail near the output's Nyquist frequency).
-PHOTOS = (
-    "astronaut",
-    "camera",
-    "chelsea",
-    "coffee",
-    "hubble_deep_field",
-    "rocket",
-    "retina",
-    "coins",
-    "moon",
-    "immunohistochemistry",
-    "cell",
-    "motorcycle",
-    "grace_hopper",
-    "grass",
-    "gravel",
-    "brick",
-)
+PHOTOS = EVAL_PHOTOS + ("grass", "gravel", "brick")
 GREY_PHOTOS = ("camera", "coins", "moon", "cell", "grass", "gravel", "brick")  # stored as 8-bit grey
 KINDS = ("jpeg q90", "jpeg q75", "jpeg q95 4:4:4", "progressive", "greyscale", "exif-rotated", "png")
 
