@@ -12,9 +12,10 @@ row is done, so a killed build loses at most the blocks its workers had in hand.
 
 Each worker keeps ``threads`` requests running, as the download stage does, across block
 boundaries: the next block's rows start while the slowest URLs of the previous one finish (at
-most ``OPEN_BLOCKS`` blocks open at a time).  Rows are not started in queue order but as their hosts allow
-(download/hosts.py, ``download.per_host``): the scheduler scans the first ``_WINDOW`` queued rows
-and starts each one whose host has a free slot, its turn in the pacing and no pause; a row whose
+most ``OPEN_BLOCKS`` blocks open at a time, up to ``MAX_OPEN_BLOCKS`` while every queued row's
+host is paced).  Rows are not started in queue order but as their hosts allow (download/hosts.py,
+``download.per_host``): the rows wait in one queue per host, and the scheduler goes over the hosts
+and starts rows of each one that has a free slot, its turn in the pacing and no pause; a row whose
 host was cut off (NXDOMAIN, a run of connection failures, a Retry-After past ``max_pause_s``) is
 dropped as ``host_unavailable`` without a request.  The gate and the DNS cache are the worker
 process's (``shared_gate``, ``shared_resolver``), so its DoFn instances share the limits; the
@@ -45,7 +46,7 @@ import posixpath
 import queue
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -69,9 +70,6 @@ __all__ = ["FetchBlocks", "STORE_FIGURES"]
 
 log = logging.getLogger(__name__)
 
-# Queued rows the scheduler looks at for one whose host may take a request now (at least; 8 per
-# download thread): bounded so that a queue held up by one busy host costs little to scan.
-_WINDOW = 256
 # Longest wait of an idle scheduler before it looks at its hosts again (another DoFn instance of
 # the process may free a slot it waits for).
 _POLL_S = 0.05
@@ -199,8 +197,11 @@ def outcome(s: Sample, row: dict, path: str) -> tuple:
 
 
 # Blocks a worker keeps open at once: while a block waits for its last rows (a slow or paced host),
-# the next ones' rows start.  Memory holds their processed images: a few blocks' worth.
+# the next ones' rows start.  Up to MAX_OPEN_BLOCKS while every queued row's host is paced and
+# threads are free (a busy host's lane must not stall the worker).  Memory holds their processed
+# images: that many blocks' worth at most.
 OPEN_BLOCKS = 4
+MAX_OPEN_BLOCKS = 16
 
 
 class _FetchBlock(beam.DoFn):
@@ -220,13 +221,14 @@ class _FetchBlock(beam.DoFn):
         self._fetcher = Fetcher(fetch_policy(self.download), resolver=resolver, gate=self._gate)
         self._pool = cf.ThreadPoolExecutor(self.download.threads, thread_name_prefix="download")
         self._progress = Progress("download")
-        self._window = max(_WINDOW, 8 * self.download.threads)
 
     def start_bundle(self):
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._open: Dict[str, _Block] = {}
-        self._queue: List[Tuple[_Block, Sample, int, Optional[str]]] = []
+        # rows waiting for their fetch, per host in the order the hosts came (a dict keeps it)
+        self._queues: Dict[Optional[str], Deque[Tuple[_Block, Sample, int]]] = {}
         self._in_flight = 0
+        self._idle = False  # the last pass found rows but no host that took one
         # rows queued or in flight per host and sub-lane: the host's share is the sub-lanes held
         self._held: Dict[Optional[str], collections.Counter] = collections.defaultdict(collections.Counter)
 
@@ -236,7 +238,7 @@ class _FetchBlock(beam.DoFn):
         _lane, blocks = item
         for (source_index, number), samples in sorted(blocks, key=lambda b: b[0]):
             self._start(source_index, number, sorted(samples, key=input_order))
-            yield from self._pump(max_open=OPEN_BLOCKS - 1)
+            yield from self._pump(max_open=OPEN_BLOCKS - 1, more=MAX_OPEN_BLOCKS - 1)
 
     def finish_bundle(self):
         for out in self._pump(max_open=0):
@@ -275,12 +277,16 @@ class _FetchBlock(beam.DoFn):
             b.waiting += 1
             host, sub = self._routing.host_and_sub(s.url, s.id)
             self._held[host][sub] += 1
-            self._queue.append((b, s, (old["attempts"] or 0) if old is not None else 0, host))
+            self._queues.setdefault(host, collections.deque()).append(
+                (b, s, (old["attempts"] or 0) if old is not None else 0)
+            )
         self._open[path] = b
 
-    def _pump(self, max_open: int):
+    def _pump(self, max_open: int, more: int = 0):
         """Keep ``2 * threads`` fetches in flight as the hosts allow, finish what is done, emit the
-        complete blocks; return once at most ``max_open`` blocks are unfinished."""
+        complete blocks; return once at most ``max_open`` blocks are unfinished, or at most
+        ``more`` while the queued rows' hosts are all paced and threads are free (so that the
+        next block's hosts can use them)."""
         limit = 2 * self.download.threads
         while True:
             wake = self._start_ready(limit)
@@ -295,6 +301,8 @@ class _FetchBlock(beam.DoFn):
                 yield from self._close(self._open.pop(path))
             if len(self._open) <= max_open:
                 return
+            if self._idle and self._in_flight < limit and len(self._open) <= more:
+                return
             if ready:
                 continue
             # Nothing was done: wait for a fetch to end, or for the first waiting host's turn.
@@ -307,36 +315,38 @@ class _FetchBlock(beam.DoFn):
                 pass
 
     def _start_ready(self, limit: int) -> float:
-        """Start the queued rows (of the first ``_window``) whose hosts take a request now, and
-        drop those of hosts cut off; the earliest time a waiting row's host may take one."""
+        """Start queued rows whose hosts take a request now, host after host in the order they
+        came, and drop the rows of hosts cut off; the earliest time a waiting host may take one.
+        A host that is paced or at its concurrency is passed over at the cost of one look, however
+        many rows it has queued, so that it never holds up the other hosts' rows."""
         wake = math.inf
         now = time.monotonic()
-        waiting: Dict[Optional[str], bool] = {}  # hosts already found waiting in this pass
-        kept = []
-        window = self._queue[: self._window]
-        for i, item in enumerate(window):
+        started = 0
+        for host in list(self._queues):
             if self._in_flight >= limit:
-                kept.extend(window[i:])
                 break
-            b, s, before, host = item
-            if host in waiting:
-                kept.append(item)
-                continue
-            verdict, info = self._gate.try_start(host, now, share=self._share(host))
-            if verdict == GO:
-                self._pool.submit(self._fetch_and_process, s, host, before).add_done_callback(
-                    lambda f, b=b, s=s, before=before, done=self._done: done.put((b, s, before, f))
-                )
-                self._in_flight += 1
-            elif verdict == DEAD and host is not None:
-                self._gate.cut_off_row(host)
-                r = _cut_off(s.url or "", str(info))
-                self._settle(b, s, before, r, fetched_row(s, r, self.image, before + 1, self.spec.run))
-            else:
-                waiting[host] = True
-                wake = min(wake, float(info))
-                kept.append(item)
-        self._queue[: len(window)] = kept
+            rows = self._queues[host]
+            while rows and self._in_flight < limit:
+                verdict, info = self._gate.try_start(host, now, share=self._share(host))
+                if verdict == GO:
+                    b, s, before = rows.popleft()
+                    self._pool.submit(self._fetch_and_process, s, host, before).add_done_callback(
+                        lambda f, b=b, s=s, before=before, done=self._done: done.put((b, s, before, f))
+                    )
+                    self._in_flight += 1
+                    started += 1
+                elif verdict == DEAD and host is not None:
+                    while rows:
+                        b, s, before = rows.popleft()
+                        self._gate.cut_off_row(host)
+                        r = _cut_off(s.url or "", str(info))
+                        self._settle(b, s, before, r, fetched_row(s, r, self.image, before + 1, self.spec.run))
+                else:
+                    wake = min(wake, float(info))
+                    break
+            if not rows:
+                del self._queues[host]
+        self._idle = not started and bool(self._queues)
         return wake
 
     def _finish(self, b: _Block, s: Sample, before: int, future: cf.Future) -> None:
