@@ -30,7 +30,7 @@ import contextlib
 import os
 import tempfile
 import threading
-from typing import IO, Iterator, List, Optional
+from typing import IO, Dict, Iterator, List, Optional
 
 from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
 from apache_beam.runners.portability.fn_api_runner import execution
@@ -53,6 +53,7 @@ class CompactGroupingBuffer(_BEAMS):
         if self._compact:
             self._value_impl = pre_grouped_coder.value_coder().get_impl()
             self._spill: Optional[IO[bytes]] = None
+            self._places: Dict[bytes, "array.array[int]"] = {}  # per key: offset, length, offset, ...
             self._end = 0  # bytes written to the spill file
             self._flushed = False
 
@@ -72,7 +73,7 @@ class CompactGroupingBuffer(_BEAMS):
         if not (self._compact and isinstance(input_buffer, CompactGroupingBuffer) and input_buffer._compact):
             return super().extend(input_buffer)
         if input_buffer is not self:
-            for encoded_key in list(input_buffer._table):
+            for encoded_key in list(input_buffer._places):
                 for v in input_buffer.encoded_values(encoded_key):
                     self._add(encoded_key, v)
 
@@ -80,7 +81,7 @@ class CompactGroupingBuffer(_BEAMS):
         if not self._compact:
             return super().partition(n)
         if not self._grouped_output:
-            keys = list(self._table)
+            keys = list(self._places)
             self._grouped_output = [_Part(self, keys[i::n]) for i in range(n)]  # type: ignore[misc]
         return self._grouped_output
 
@@ -89,9 +90,9 @@ class CompactGroupingBuffer(_BEAMS):
         if self._spill is None:
             self._spill = tempfile.TemporaryFile(prefix="flamingo-corpus-shuffle-")
         self._spill.write(encoded_value)
-        places = self._table.get(encoded_key)
+        places = self._places.get(encoded_key)
         if places is None:
-            places = self._table[encoded_key] = array.array("q")
+            places = self._places[encoded_key] = array.array("q")
         places.append(self._end)
         places.append(len(encoded_value))
         self._end += len(encoded_value)
@@ -103,7 +104,7 @@ class CompactGroupingBuffer(_BEAMS):
             if not self._flushed:
                 self._spill.flush()
                 self._flushed = True
-        places, fd = self._table[encoded_key], self._spill.fileno()
+        places, fd = self._places[encoded_key], self._spill.fileno()
         return [os.pread(fd, places[i + 1], places[i]) for i in range(0, len(places), 2)]
 
 
