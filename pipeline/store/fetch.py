@@ -485,7 +485,7 @@ class FetchBlocks(beam.PTransform):
             | "Key by lane and band"
             >> beam.Map(lambda s: ((s.source_index, routing.band(s.row), routing.lane(s.url, s.id)), s))
             | "Group lane and band" >> beam.GroupByKey()
-            | "Cut store blocks" >> beam.FlatMapTuple(_blocks, routing)
+            | "Cut store blocks" >> beam.FlatMapTuple(lambda key, samples: _blocks(key, samples, routing))
             | "Group fetch lane" >> beam.GroupByKey()
             | "Fetch or take from store"
             >> beam.ParDo(_FetchBlock(self.download, self.image, spec, self.share)).with_outputs(
@@ -508,10 +508,9 @@ class FetchBlocks(beam.PTransform):
         return settled.kept, settled[DROPPED_TAG]
 
 
-def _blocks(key: Tuple[int, int, int], samples, routing: Optional[Lanes] = None) -> Iterator[Tuple[int, tuple]]:
+def _blocks(key: Tuple[int, int, int], samples, routing: Lanes) -> Iterator[Tuple[int, tuple]]:
     """One lane's samples of a band cut into store blocks, each keyed by the lane:
     ``(lane, ((source index, block number), samples))``."""
-    assert routing is not None
     source_index, _band, lane = key
     for number, block in routing.cut(list(samples)):
         yield lane, ((source_index, number), block)
