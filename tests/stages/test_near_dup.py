@@ -445,24 +445,31 @@ def test_drop_frequent_images_counts_distinct_documents():
 # --- copies that are not the same picture (issue 21) -------------------------------------------
 
 
+def _photo(data, name: str, box) -> Image.Image:
+    """A crop of one of scikit-image's photographs (``data`` is ``skimage.data``), RGB."""
+    return Image.fromarray(getattr(data, name)()).convert("RGB").crop(box)
+
+
+def _four_originals(data) -> dict:
+    """The crops of four photographs that the copies are made from."""
+    return {
+        "astronaut": _photo(data, "astronaut", (100, 40, 420, 280)),
+        "coffee": _photo(data, "coffee", (80, 60, 480, 360)),
+        "chelsea": _photo(data, "chelsea", (40, 20, 440, 290)),
+        "rocket": _photo(data, "rocket", (100, 50, 500, 350)),
+    }
+
+
 def test_mirrored_cropped_rotated_and_framed_copies_are_grouped_with_their_original():
     """Real photographs: the pHash alone is 20-30 bits from a mirrored, cropped or rotated copy;
     the variants each image carries (perceptual.phash_and_variants) bring them within k=5 of the
     original, and unrelated photographs stay apart."""
     data = pytest.importorskip("skimage.data")
 
-    def photo(name, box):
-        return Image.fromarray(getattr(data, name)()).convert("RGB").crop(box)
-
     def web(img):
         return _jpeg(img, 90).convert("RGB")
 
-    originals = {
-        "astronaut": photo("astronaut", (100, 40, 420, 280)),
-        "coffee": photo("coffee", (80, 60, 480, 360)),
-        "chelsea": photo("chelsea", (40, 20, 440, 290)),
-        "rocket": photo("rocket", (100, 50, 500, 350)),
-    }
+    originals = _four_originals(data)
     copies = {
         "mirrored": web(originals["astronaut"].transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
         "cropped": web(perceptual.crop_fraction(originals["coffee"], (0.05,) * 4)),
@@ -470,10 +477,10 @@ def test_mirrored_cropped_rotated_and_framed_copies_are_grouped_with_their_origi
         "framed": web(ImageOps.expand(originals["rocket"], border=16, fill="white")),
     }
     unrelated = {
-        "camera": photo("camera", (0, 0, 300, 250)),
-        "hubble": photo("hubble_deep_field", (0, 0, 400, 300)),
-        "cells": photo("immunohistochemistry", (0, 0, 300, 300)),
-        "coins": photo("coins", (0, 0, 300, 200)),
+        "camera": _photo(data, "camera", (0, 0, 300, 250)),
+        "hubble": _photo(data, "hubble_deep_field", (0, 0, 400, 300)),
+        "cells": _photo(data, "immunohistochemistry", (0, 0, 300, 300)),
+        "coins": _photo(data, "coins", (0, 0, 300, 200)),
     }
     pictures = {**{n: web(im) for n, im in originals.items()}, **copies, **{n: web(im) for n, im in unrelated.items()}}
     hashed = {n: perceptual.phash_and_variants(im) for n, im in pictures.items()}
@@ -584,20 +591,12 @@ def test_mirrored_cropped_and_letterboxed_copies_are_dropped_by_the_beam_stage()
     from flamingo_corpus.images.process import process_image
     from flamingo_corpus.recipe import ImageConfig
 
-    def photo(name, box):
-        return Image.fromarray(getattr(data, name)()).convert("RGB").crop(box)
-
     def letterbox(img):
         canvas = Image.new("RGB", (max(img.size),) * 2)
         canvas.paste(img, (0, (img.width - img.height) // 2))
         return canvas
 
-    originals = {
-        "astronaut": photo("astronaut", (100, 40, 420, 280)),
-        "coffee": photo("coffee", (80, 60, 480, 360)),
-        "chelsea": photo("chelsea", (40, 20, 440, 290)),
-        "rocket": photo("rocket", (100, 50, 500, 350)),
-    }
+    originals = _four_originals(data)
     copies = {
         "mirrored": ("astronaut", originals["astronaut"].transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
         "corner": ("coffee", perceptual.crop_fraction(originals["coffee"], (0.1, 0.1, 0, 0))),
@@ -605,9 +604,9 @@ def test_mirrored_cropped_and_letterboxed_copies_are_dropped_by_the_beam_stage()
         "rotated": ("rocket", perceptual.rotate_inside(originals["rocket"], -3)),
     }
     unrelated = {
-        "camera": photo("camera", (0, 0, 300, 250)),
-        "hubble": photo("hubble_deep_field", (0, 0, 400, 300)),
-        "coins": photo("coins", (0, 0, 300, 200)),
+        "camera": _photo(data, "camera", (0, 0, 300, 250)),
+        "hubble": _photo(data, "hubble_deep_field", (0, 0, 400, 300)),
+        "coins": _photo(data, "coins", (0, 0, 300, 200)),
     }
     pictures = {**originals, **{n: im for n, (_, im) in copies.items()}, **unrelated}
     cfg = ImageConfig(min_side=0, min_encoded_bytes=0)
