@@ -228,7 +228,6 @@ class _FetchBlock(beam.DoFn):
         # rows waiting for their fetch, per host in the order the hosts came (a dict keeps it)
         self._queues: Dict[Optional[str], Deque[Tuple[_Block, Sample, int]]] = {}
         self._in_flight = 0
-        self._idle = False  # the last pass found rows but no host that took one
         # rows queued or in flight per host and sub-lane: the host's share is the sub-lanes held
         self._held: Dict[Optional[str], collections.Counter] = collections.defaultdict(collections.Counter)
 
@@ -290,6 +289,10 @@ class _FetchBlock(beam.DoFn):
         limit = 2 * self.download.threads
         while True:
             wake = self._start_ready(limit)
+            # Fewer fetches in flight than the threads take, after every queued row that could
+            # start did: the queued rows' hosts are all paced or at their concurrency (or none is
+            # queued), so the next block's rows may use the free threads.
+            free = self._in_flight < limit
             ready = 0
             while True:
                 try:
@@ -301,7 +304,7 @@ class _FetchBlock(beam.DoFn):
                 yield from self._close(self._open.pop(path))
             if len(self._open) <= max_open:
                 return
-            if self._idle and self._in_flight < limit and len(self._open) <= more:
+            if free and len(self._open) <= more:
                 return
             if ready:
                 continue
@@ -321,7 +324,6 @@ class _FetchBlock(beam.DoFn):
         many rows it has queued, so that it never holds up the other hosts' rows."""
         wake = math.inf
         now = time.monotonic()
-        started = 0
         for host in list(self._queues):
             if self._in_flight >= limit:
                 break
@@ -334,7 +336,6 @@ class _FetchBlock(beam.DoFn):
                         lambda f, b=b, s=s, before=before, done=self._done: done.put((b, s, before, f))
                     )
                     self._in_flight += 1
-                    started += 1
                 elif verdict == DEAD and host is not None:
                     while rows:
                         b, s, before = rows.popleft()
@@ -346,7 +347,6 @@ class _FetchBlock(beam.DoFn):
                     break
             if not rows:
                 del self._queues[host]
-        self._idle = not started and bool(self._queues)
         return wake
 
     def _finish(self, b: _Block, s: Sample, before: int, future: cf.Future) -> None:
