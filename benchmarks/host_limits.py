@@ -15,7 +15,7 @@ lanes by host (download/lanes.py: one worker fetches a host, with its whole limi
 ``max_concurrent: 0, max_requests_per_s: 0``.
 
     .venv/bin/python benchmarks/host_limits.py [--hosts 1000] [--big 1500,800,400] [--repeat 2]
-        [--workers 2] [--latency 0.03] [--img2dataset]
+        [--workers 2] [--latency 0.03] [--img2dataset] [--rate 50]
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def _child(spec_path: str, result_path: str) -> None:
 
         r = dataclasses.replace
         recipe = load_recipe(REPO / "manifests" / "sample-laion.yaml")
-        limits = {} if spec["limits"] else {"max_concurrent": 0, "max_requests_per_s": 0}
+        off = {"max_concurrent": 0, "max_requests_per_s": 0}
+        limits = off if spec["limits"] is None else spec["limits"]  # on: the recipe's, or --rate
         recipe = r(
             recipe,
             input=r(recipe.input, path=spec["input"]),
@@ -120,6 +121,11 @@ def _measure(spec: dict, work: Path, web) -> dict:
     result["peak_concurrent"] = max(s.peak_concurrent for s in stats.values())
     result["peak_1s"] = max(s.max_in_window(1.0) for s in stats.values())
     result["requests"] = sum(s.requests for s in stats.values())
+    # when the busiest host was fetched, from the run's first request to its last
+    start = min(min(s.times) for s in stats.values() if s.times)
+    busiest = max(stats.values(), key=lambda s: s.requests)
+    result["busiest"] = [busiest.requests, min(busiest.times) - start, max(busiest.times) - start]
+    result["span"] = max(max(s.times) for s in stats.values() if s.times) - start
     shutil.rmtree(spec["out"], ignore_errors=True)
     return result
 
@@ -129,7 +135,8 @@ def _describe(label: str, r: dict) -> str:
         f"  {label:<22} {r['units'] / r['seconds']:7.1f} rows/s, {r['units'] / r['cpu']:6.1f} rows/CPU-s "
         f"({r['kept']} kept of {r['units']}, {r['seconds']:.1f} s, {r['cpu']:.1f} CPU-s; server: "
         f"{r['requests']} requests, at most {r['peak_concurrent']} at once and {r['peak_1s']} in one second "
-        "at one host)"
+        f"at one host; the busiest host's {r['busiest'][0]} from {r['busiest'][1]:.1f} s to {r['busiest'][2]:.1f} s "
+        f"of {r['span']:.1f} s of requests)"
     )
 
 
@@ -168,6 +175,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--img2dataset", action="store_true")
+    parser.add_argument("--rate", type=float, help="limits on: this many requests/s per host, not the recipe's")
     args = parser.parse_args()
     if args.child:
         _child(*args.child)
@@ -206,7 +214,8 @@ def main() -> None:
                 order = [True, False] if i % 2 == 0 else [False, True]
                 for on in order:
                     # the web keeps its port across restarts: the same URLs
-                    r = _measure({**base, "tool": "ours", "limits": on, "out": str(tmp / "out")}, tmp / "run", web)
+                    limits = ({"max_requests_per_s": args.rate} if args.rate else {}) if on else None
+                    r = _measure({**base, "tool": "ours", "limits": limits, "out": str(tmp / "out")}, tmp / "run", web)
                     label = "limits on" if on else "limits off"
                     results[label].append(r)
                     print(_describe(f"{label} (run {i + 1})", r), flush=True)

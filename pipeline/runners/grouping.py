@@ -13,7 +13,7 @@ only when it sends that key's group to a worker, and the file goes with the buff
 that reads it is done.  Beam's buffer also encodes each worker's share whole before sending any of it
 (a second copy of the shuffle in the runner); this one encodes the groups as they are sent, a
 megabyte at a time, and the worker's bounded receive queue paces it.  Groups are dealt to the
-workers round-robin in the order Beam's buffer deals them.  Pipelines in other windowings than the
+workers largest first (``_dealt``), so that a large group does not start last.  Pipelines in other windowings than the
 global one (none in this project) keep Beam's buffer.
 
 This is written here, not taken from Beam, because Beam has no option for it: the buffer is
@@ -81,9 +81,33 @@ class CompactGroupingBuffer(_BEAMS):
         if not self._compact:
             return super().partition(n)
         if not self._grouped_output:
-            keys = list(self._places)
-            self._grouped_output = [_Part(self, keys[i::n]) for i in range(n)]  # type: ignore[misc]
+            self._grouped_output = [_Part(self, keys) for keys in self._dealt(n)]  # type: ignore[misc]
         return self._grouped_output
+
+    # Up to this many groups, they are dealt largest first (below); above it, in the order their
+    # keys came (many small groups balance by themselves, and sorting millions costs time).
+    SIZED_DEAL_MAX_KEYS = 1 << 16
+
+    def _dealt(self, n: int) -> List[List[bytes]]:
+        """The keys of each of ``n`` workers' shares, in the order they are sent.  Few groups
+        (a fetch lane's blocks, a shard's samples) are dealt largest first, each to the share
+        with the fewest bytes so far (longest processing time first): the largest groups start
+        first and the shares end together, instead of a large group dealt last holding up the
+        stage's end (a busy host's lane, paced by its per-host limits, is the largest group of the
+        fetch).  Beam's buffer deals them round-robin in the order they came.  The order never
+        changes a result: every stage's output is independent of how its groups are dealt (the
+        1- and N-worker byte-identity tests)."""
+        keys = list(self._places)
+        if len(keys) > self.SIZED_DEAL_MAX_KEYS or n == 1:
+            return [keys[i::n] for i in range(n)]
+        size = {k: sum(self._places[k][1::2]) for k in keys}
+        shares: List[List[bytes]] = [[] for _ in range(n)]
+        loads = [0] * n
+        for k in sorted(keys, key=lambda k: -size[k]):  # stable: equal sizes keep their order
+            i = loads.index(min(loads))
+            shares[i].append(k)
+            loads[i] += size[k]
+        return shares
 
     def _add(self, encoded_key: bytes, encoded_value: bytes) -> None:
         """Write a value to the spill file; the table keeps where it is (offset, length)."""

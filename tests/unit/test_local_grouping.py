@@ -64,14 +64,39 @@ def _groups(buffer, post, n):
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_the_same_groups_dealt_to_the_same_workers_as_beams_buffer(workers):
+def test_the_same_groups_as_beams_buffer_each_whole_in_one_share(workers):
     pre, post = _coders()
     elements = [(f"block-{i % 17}", _sample(i)) for i in range(1000)]
     beams = execution.GroupingBuffer(pre, post, core.Windowing(GlobalWindows()))
     ours = grouping.CompactGroupingBuffer(pre, post, core.Windowing(GlobalWindows()))
     _fill(beams, pre, elements)
     _fill(ours, pre, elements)
-    assert _groups(ours, post, workers) == _groups(beams, post, workers)
+    shares = _groups(ours, post, workers)
+    assert len(shares) == workers and all(shares)
+    merged = {k: v for share in shares for k, v in share.items()}
+    assert sum(len(share) for share in shares) == len(merged) == 17  # no group split or repeated
+    assert merged == {k: v for share in _groups(beams, post, workers) for k, v in share.items()}
+
+
+def test_large_groups_are_dealt_first_and_the_shares_balance():
+    # one lane of a busy host (400 rows), one of 120, and 60 lanes of a few rows, as they come
+    # from the fetch's grouping: the busy lanes came last, Beam's buffer deals them last
+    pre, post = _coders()
+    sizes = [3 + i % 4 for i in range(60)] + [120, 400]
+    elements, i = [], 0
+    for lane, n in enumerate(sizes):
+        for _ in range(n):
+            elements.append((f"lane-{lane}", _sample(i)))
+            i += 1
+    ours = grouping.CompactGroupingBuffer(pre, post, core.Windowing(GlobalWindows()))
+    _fill(ours, pre, elements)
+    first, second = _groups(ours, post, 2)
+    assert next(iter(first)) == "lane-61" and next(iter(second)) == "lane-60"  # sent first
+    for share in (first, second):
+        counts = [len(v) for v in share.values()]
+        assert counts == sorted(counts, reverse=True)
+    rows = sorted(sum(len(v) for v in share.values()) for share in (first, second))
+    assert rows == [sum(sizes) - 400, 400]  # the busy lane alone, everything else beside it
 
 
 def test_it_keeps_the_values_on_disk_and_a_fraction_of_beams_memory():
