@@ -10,7 +10,7 @@ are).  Each run is a child process; its wall time, its CPU time (the Beam worker
 img2dataset's processes included) and what the server counted (the peak of requests in flight at
 one host, the most requests one host got in one second) are printed.
 
-Limits on: the recipe's defaults (16 at once, 50 per second per host), the rows routed to fetch
+Limits on: the recipe's defaults (16 at once, 100 per second per host), the rows routed to fetch
 lanes by host (download/lanes.py: one worker fetches a host, with its whole limits).  Limits off:
 ``max_concurrent: 0, max_requests_per_s: 0``.
 

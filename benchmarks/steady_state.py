@@ -20,7 +20,7 @@ For each run:
 
 Runs alternate (ours, img2dataset, ours, ...; each pair in turn starts with the other tool) on
 the same cores and the same URL list; the ratios are per pair, and the medians are printed.  Ours
-runs the recipe's per-host limits (``download.per_host``: 16 at once, 50 requests per second per
+runs the recipe's per-host limits (``download.per_host``: 16 at once, 100 requests per second per
 host), the shares the build gives each worker (the host's sub-lanes it holds); ``--limits off``
 runs it without them (img2dataset has none: like for like), ``--limits both`` both.
 

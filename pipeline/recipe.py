@@ -78,7 +78,7 @@ class PerHostConfig:
     slowed down when it pushes back, and when it is given up.  Decides no stored bytes."""
 
     max_concurrent: int = 16  # requests in flight to one host at once (0: unlimited)
-    max_requests_per_s: float = 50.0  # requests started per second to one host (0: unlimited)
+    max_requests_per_s: float = 100.0  # requests started per second to one host (0: unlimited)
     # pause of a host after a 429/503 without Retry-After (doubles while they go on, up to max_pause_s)
     pause_s: float = 1.0
     max_pause_s: float = 60.0  # longest pause honoured: a Retry-After beyond it cuts the host off

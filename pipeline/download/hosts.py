@@ -81,7 +81,7 @@ class HostLimits:
     """The politeness settings of a build (``recipe.PerHostConfig``), for one whole host."""
 
     max_concurrent: int = 16  # 0: unlimited
-    max_requests_per_s: float = 50.0  # 0: unlimited
+    max_requests_per_s: float = 100.0  # 0: unlimited
     pause_s: float = 1.0
     max_pause_s: float = 60.0
     min_rate_fraction: float = 0.05
