@@ -5,7 +5,8 @@ the same list.
 The web (sample/hosts_web.py, in a process of its own) gives each host an address in 127/8; the
 URLs name the addresses (IP literals), so img2dataset, which resolves through the system, reaches
 the same hosts, and the per-host gate keys on the same thing.  Rows per host follow a long tail:
-a few hosts with ``--big`` rows each, the others 1 to 5 rows; the rows are shuffled (as LAION's
+a few hosts with ``--big`` rows each, the others on a power law down to 1 to 5 rows (``--tail``;
+``--tail 0``: all of them 1 to 5); the rows are shuffled (as LAION's
 are).  Each run is a child process; its wall time, its CPU time (the Beam workers' or
 img2dataset's processes included) and what the server counted (the peak of requests in flight at
 one host, the most requests one host got in one second) are printed.
@@ -14,7 +15,7 @@ Limits on: the recipe's defaults (16 at once, 100 per second per host), the rows
 lanes by host (download/lanes.py: one worker fetches a host, with its whole limits).  Limits off:
 ``max_concurrent: 0, max_requests_per_s: 0``.
 
-    .venv/bin/python benchmarks/host_limits.py [--hosts 1000] [--big 1500,800,400] [--repeat 2]
+    .venv/bin/python benchmarks/host_limits.py [--hosts 1000] [--big 2000,1500,1000] [--tail 1.1] [--repeat 2]
         [--workers 2] [--latency 0.03] [--img2dataset] [--rate 50]
 """
 
@@ -51,9 +52,18 @@ def _images(n: int = 16) -> list:
     return out
 
 
-def _row_counts(hosts: int, big: list, seed: int = 5) -> list:
+def _row_counts(hosts: int, big: list, tail: float, seed: int = 5) -> list:
+    """Rows per host: the ``big`` hosts, then the others.  ``tail`` 0: each of the others 1 to 5
+    rows (a web of a few giants and dust).  ``tail`` s > 0: the host of rank r (from 1, the
+    busiest) gets ``big[0] / r**s`` rows, and 1 to 5 where that is fewer: a power law, as the
+    rows per host of web crawls follow, with hosts of hundreds and tens between the giants and the
+    dust (the busiest host's share of the rows is printed)."""
     rng = random.Random(seed)
-    return list(big) + [rng.choice((1, 1, 1, 2, 2, 3, 4, 5)) for _ in range(hosts - len(big))]
+    counts = list(big)
+    for rank in range(len(big) + 1, hosts + 1):
+        dust = rng.choice((1, 1, 1, 2, 2, 3, 4, 5))
+        counts.append(max(dust, round(big[0] / rank**tail)) if tail else dust)
+    return counts
 
 
 def _child(spec_path: str, result_path: str) -> None:
@@ -170,7 +180,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--hosts", type=int, default=1000)
-    parser.add_argument("--big", default="1500,800,400", help="rows of the few busy hosts")
+    parser.add_argument("--big", default="2000,1500,1000", help="rows of the few busy hosts")
+    parser.add_argument(
+        "--tail", type=float, default=1.1, help="the other hosts' rows: big[0] / rank**TAIL, at least 1-5 (0: 1-5)"
+    )
     parser.add_argument("--latency", type=float, default=0.03)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
@@ -186,7 +199,7 @@ def main() -> None:
 
     from flamingo_corpus.sample.hosts_web import Host, HostWeb
 
-    counts = _row_counts(args.hosts, [int(x) for x in args.big.split(",") if x])
+    counts = _row_counts(args.hosts, [int(x) for x in args.big.split(",") if x], args.tail)
     hosts = [Host(f"h{i}.test", "slow", latency_s=args.latency) for i in range(args.hosts)]
     addresses = {h.name: h.address for h in HostWeb(hosts, [b"x"]).hosts.values()}
     hosts = [dataclasses.replace(h, address=addresses[h.name]) for h in hosts]
@@ -194,8 +207,11 @@ def main() -> None:
     print(f"host_limits: {machine()}; shared machine, {load()}")
     print(
         f"  web: {args.hosts} hosts, {args.latency * 1000:.0f} ms per request; rows per host: "
-        f"{', '.join(str(c) for c in counts[: len(args.big.split(','))])} (busy), 1-5 (the other "
-        f"{args.hosts - len(args.big.split(','))}); {sum(counts)} rows"
+        f"{', '.join(str(c) for c in counts[: len(args.big.split(','))])} (busy), "
+        + (f"then {counts[0]} / rank^{args.tail:g} and at least 1-5 " if args.tail else "1-5 ")
+        + f"(the other {args.hosts - len(args.big.split(','))}: {sum(1 for c in counts if c >= 100)} hosts with 100 "
+        f"or more, {sum(1 for c in counts if c <= 5)} with 1-5); {sum(counts)} rows, the busiest host "
+        f"{100 * counts[0] / sum(counts):.1f}% of them"
     )
     results: dict = {"limits on": [], "limits off": [], "img2dataset": []}
     with tempfile.TemporaryDirectory(prefix="host-limits-") as tmp_name:

@@ -153,7 +153,7 @@ def main() -> None:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fc-steady-"))
     images = [(work / p).read_bytes() for p in web_photos(work, args.photos)]
     big = [int(x) for x in args.big.split(",") if x]
-    counts = host_limits._row_counts(args.hosts, big)
+    counts = host_limits._row_counts(args.hosts, big, tail=0)
     hosts = [
         Host(f"h{i}.test", "slow", latency_s=args.latency, connect_latency_s=args.connect_latency)
         for i in range(args.hosts)
