@@ -449,11 +449,17 @@ class _Watchdog:
     def watch(self, sock: socket.socket, deadline: float) -> list:
         entry = [deadline, next(self._seq), sock, "watching"]
         with self._cv:
+            # The thread sleeps until the earliest deadline: wake it only when this one is earlier
+            # (deadlines mostly come in order, so almost never; waking it for every socket made
+            # the fetch threads queue for this lock).  Released entries leave the heap when their
+            # deadline comes round.
+            earliest = not self._heap or entry < self._heap[0]
             heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fetch-deadline", daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            if earliest:
+                self._cv.notify()
         return entry
 
     def release(self, entry: list) -> bool:
