@@ -49,6 +49,24 @@ def test_host_key_is_the_lower_case_idna_host_name():
     assert host_key("not a url") is None and host_key(None) is None and host_key("http:///x") is None
 
 
+def test_a_scheduler_that_asks_late_still_gets_the_rate_and_no_window_sees_more():
+    # the scheduler's passes come at irregular times after a host's turn (the worker is busy):
+    # the host must still get its rate, and no one-second window more than rate + 1 starts
+    import random
+
+    g, clock = gate(max_concurrent=0, max_requests_per_s=20)
+    rng, starts = random.Random(3), []
+    while clock.t < 1030.0:
+        if g.try_start("a")[0] == GO:
+            starts.append(clock.t)
+        clock.t += rng.uniform(0.0, 0.02)  # passes 0-20 ms apart; the interval is 50 ms
+    assert len(starts) >= 0.97 * 20 * 30  # a schedule restarted at every late start: ~17/s
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.025 - 1e-9  # never closer than half an interval
+    most = max(sum(1 for t in starts[i:] if t < s + 1.0) for i, s in enumerate(starts))
+    assert most <= 21
+
+
 def test_concurrency_is_held_and_freed():
     g, _ = gate(max_concurrent=2, max_requests_per_s=0)
     assert g.try_start("a")[0] == GO and g.try_start("a")[0] == GO
