@@ -34,7 +34,8 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.runner import PipelineRunner
 
-from . import grouping, local_worker
+from . import dataplane, grouping, local_worker
+from .heap import returning_freed_memory
 
 DIRECT_NAMES = {"", "direct", "directrunner", "switchingdirectrunner"}
 
@@ -124,7 +125,9 @@ class LocalFnApiRunner(fn_runner.FnApiRunner):
         if self.workers:
             self._num_workers = self.workers
         self.use_local_worker(pipeline_proto)
-        with grouping.installed():  # the shuffles held encoded: runners/grouping.py
+        # the shuffles held encoded (runners/grouping.py), inputs sent a megabyte at a time
+        # (runners/dataplane.py), freed heap pages handed back (runners/heap.py)
+        with grouping.installed(), dataplane.installed(), returning_freed_memory():
             return super().run_via_runner_api(pipeline_proto, options)
 
     @staticmethod

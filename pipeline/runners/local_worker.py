@@ -22,6 +22,7 @@ import os
 import sys
 
 from ..logs import configure_worker
+from .heap import returning_freed_memory
 from .stop import ignore_interrupts
 
 if __name__ == "__main__":  # a worker process (the launcher imports this module for BEAM_MODULE)
@@ -30,11 +31,15 @@ if __name__ == "__main__":  # a worker process (the launcher imports this module
 
 from apache_beam.runners.worker import sdk_worker_main  # noqa: E402 - after the log is set up
 
+from .dataplane import install_in_worker  # noqa: E402 - imports Beam's data plane
+
 BEAM_MODULE = sdk_worker_main.__name__  # the module the FnApiRunner starts its workers with
 
 
 def main(argv: list) -> None:
-    sdk_worker_main.main(argv)
+    install_in_worker()  # output flushed to the runner a megabyte at a time (runners/dataplane.py)
+    with returning_freed_memory():  # freed heap pages go back to the system (runners/heap.py)
+        sdk_worker_main.main(argv)
     # Run the exit handlers (logging.shutdown among them) as a normal exit would: os._exit skips
     # them.  atexit has no public call for it; _run_exitfuncs is what the interpreter itself calls.
     atexit._run_exitfuncs()
