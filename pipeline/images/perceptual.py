@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.fftpack
@@ -186,7 +186,7 @@ def hamming(a: str, b: str) -> int:
 #
 # - the eval index stores the hashes of many *variants* of each evaluation picture (mirrored,
 #   cropped, rotated with the corners cut): ``INDEX_VARIANTS``, 190 a picture;
-# - every training image carries a few variant hashes of its own (``phash_and_variants``, 27), so
+# - every training image carries a few variant hashes of its own (``phash_and_variants``, up to 33), so
 #   near-duplicate search can pair one image's pHash with another's variant.
 #
 # Both are made from the same 32x32 grey picture the pHash came from (``variant_coefficients``):
@@ -302,9 +302,10 @@ def index_hashes(img: Image.Image) -> List[Tuple[str, str]]:
     return out
 
 
-# Variants every training image carries (near-duplicate search): the mirror of each is free.
+# Variants every training image carries (near-duplicate search): crops, turns and a few mirrors.
 # Crops are separable (rows and columns are resampled independently), so each costs two small
-# matrix products; a turn a bilinear gather of the 32x32 pixels, its taps cached per aspect ratio.
+# matrix products; a turn a bilinear gather of the 32x32 pixels, its taps cached per aspect ratio;
+# a mirror is free (a sign change of the coefficients), but each is one more hash to store.
 BUILD_CROPS = (
     (0.05, 0.05, 0.05, 0.05),  # centre 90%
     (0.1, 0.0, 0.0, 0.0),  # 10% off one side
@@ -315,12 +316,33 @@ BUILD_CROPS = (
     (0.1, 0.0, 0.0, 0.1),
     (0.0, 0.1, 0.1, 0.0),
     (0.1, 0.1, 0.0, 0.0),
+    # Tiles: 2.5 or 7.5% off each side (16).  A crop moves the pHash about as the sum of its four
+    # sides' offsets, and the crops above (each side 0, 5 or 10%, few combinations) were within
+    # k of a copy cut by 0-10% on each side a quarter of the time; with these every side of such
+    # a copy is within 2.5% of a variant's, all four at once (copy-detection benchmark: random
+    # crops 0.60 -> 0.90, docs/benchmarks.md).
+    *itertools.product((0.025, 0.075), repeat=4),
 )
-BUILD_ANGLES = (3.0, -3.0, 6.0, -6.0)
+BUILD_ANGLES = (3.0, -3.0, 5.0, -5.0)  # the copies aimed at turn by up to 5 degrees
 BUILD_GEOMETRY = tuple(Variant(crop_name(c), crop=c) for c in BUILD_CROPS) + tuple(
     Variant(f"rotated{a:+g}deg", angle=a) for a in BUILD_ANGLES
 )
-BUILD_VARIANTS_VERSION = 2  # of this set: part of the image store's digest (1: crop90%, +-4 degrees)
+# Which of the picture (0), the crops (1..) and the turns (after them) are mirrored too: the
+# picture, the centre crop and the 3-degree turns, for the mirrored copies aimed at (mirrored;
+# mirrored and cut to 90%, framed or turned 3 degrees).  A mirrored variant meets unrelated
+# pictures 3 to 6 times as often as a plain one (unrelated pairs within 4 bits, per variant, over
+# three draws of the copy-detection benchmark: mirrored turns 5.0, mirrored tiles 4.2, mirrored
+# sides and corners 1.1, against 0.6-0.8 plain): crops of a low-detail photograph (a retina, a
+# sky) on either side of its middle are near mirror images of each other.
+BUILD_MIRRORS = (
+    0,
+    1 + BUILD_CROPS.index((0.05, 0.05, 0.05, 0.05)),
+    1 + len(BUILD_CROPS) + BUILD_ANGLES.index(3.0),
+    1 + len(BUILD_CROPS) + BUILD_ANGLES.index(-3.0),
+)
+# Of this set: part of the image store's digest.  1: crop90%, +-4 degrees; 2: centre, sides and
+# corners, +-3 and 6 degrees, all mirrored; 3: the 16 tiles, +-3 and 5 degrees, four mirrors.
+BUILD_VARIANTS_VERSION = 3
 _MIRROR = np.where(np.arange(8) % 2 == 1, -1.0, 1.0)[None, :]  # odd horizontal frequencies change sign
 _ASPECT_STEPS = 16  # the turn taps are cached per 1/16 of log2(aspect ratio)
 
@@ -399,14 +421,18 @@ def _turn_taps(aspect_step: int, angles: Tuple[float, ...]) -> Tuple[np.ndarray,
 
 
 def variant_coefficients(
-    img: Image.Image, crops: Tuple[Tuple[float, float, float, float], ...], angles: Tuple[float, ...]
+    img: Image.Image,
+    crops: Tuple[Tuple[float, float, float, float], ...],
+    angles: Tuple[float, ...],
+    mirrored: Optional[Sequence[int]] = None,
 ) -> np.ndarray:
-    """(2 * (1 + len(crops) + len(angles)), 8, 8): the pHash's DCT coefficients of the picture
-    (without its frame), of each crop and of each turn (corners cut), then of the mirror of each
-    in the same order; all from the 32x32 grey picture the pHash is made of, so the first block
-    is ``phash``'s, bit for bit.  The mirror is free (the odd horizontal frequencies change
-    sign); a crop is two small matrix products (rows and columns are resampled apart); a turn
-    is a bilinear gather of the 32x32 pixels and a separable DCT."""
+    """(n + len(mirrored), 8, 8), n = 1 + len(crops) + len(angles): the pHash's DCT coefficients
+    of the picture (without its frame), of each crop and of each turn (corners cut), then of the
+    mirror of each of those ``mirrored`` names by position (None: all, in the same order); all
+    from the 32x32 grey picture the pHash is made of, so the first block is ``phash``'s, bit for
+    bit.  The mirror is free (the odd horizontal frequencies change sign); a crop is two small
+    matrix products (rows and columns are resampled apart); a turn is a bilinear gather of the
+    32x32 pixels and a separable DCT."""
     picture = _reduced(trim_frame(img), HASH_INPUT)
     pixels = _grey32(picture).astype(np.float64)
     parts = [_dct8(pixels)[None]]
@@ -420,7 +446,7 @@ def variant_coefficients(
         dct = _dct_matrix()
         parts.append(dct @ turned @ dct.T)
     plain = np.concatenate(parts)
-    return np.concatenate([plain, plain * _MIRROR])
+    return np.concatenate([plain, (plain if mirrored is None else plain[list(mirrored)]) * _MIRROR])
 
 
 def _hexes(coefficients: np.ndarray) -> List[str]:
@@ -436,12 +462,11 @@ def _hexes(coefficients: np.ndarray) -> List[str]:
 
 def phash_and_variants(img: Image.Image) -> Tuple[str, Tuple[str, ...]]:
     """``phash(img)`` and the pHashes of its build variants: each of ``BUILD_GEOMETRY``, then
-    the mirror of the picture and of each, duplicates of the pHash or of each other left out.
-    Linear maps of the 32x32 grey picture (``variant_coefficients``), no resampling of the image,
-    so they cost a few percent of the image stage (benchmarks/copy_detection.py)."""
-    first, *rest = _hexes(variant_coefficients(img, BUILD_CROPS, BUILD_ANGLES))
-    out: List[str] = []
-    for h in rest:
-        if h != first and h not in out:
-            out.append(h)
-    return first, tuple(out)
+    the mirrors (``BUILD_MIRRORS``: of the picture, the centre crop and the 3-degree turns),
+    duplicates of the pHash or of each other left out.  Linear maps of the 32x32 grey picture
+    (``variant_coefficients``), no resampling of the image, so they cost a few percent of the
+    image stage (benchmarks/copy_detection.py)."""
+    first, *rest = _hexes(variant_coefficients(img, BUILD_CROPS, BUILD_ANGLES, BUILD_MIRRORS))
+    # dict.fromkeys keeps the first of equal hashes, in order, in linear time (a list's ``in``
+    # made this quadratic in the ~30 hashes)
+    return first, tuple(dict.fromkeys(h for h in rest if h != first))

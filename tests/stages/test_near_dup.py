@@ -493,6 +493,39 @@ def test_mirrored_cropped_rotated_and_framed_copies_are_grouped_with_their_origi
     assert groups == [["astronaut", "mirrored"], ["chelsea", "rotated"], ["coffee", "cropped"], ["framed", "rocket"]]
 
 
+def test_copies_cut_unevenly_on_every_side_are_within_k_of_a_variant_of_their_original():
+    """A copy cut by 0-10% on each side, each side its own amount: the tiles among the build
+    crops (2.5 or 7.5% a side) put one of the original's variants within k=5 of most such copies'
+    pHash (20 of these 24; the centre, side and corner crops alone: 4)."""
+    data = pytest.importorskip("skimage.data")
+    originals = list(_four_originals(data).values())
+    rng = np.random.default_rng(21)
+    found = 0
+    for n in range(24):
+        original = originals[n % 4]
+        copy = _jpeg(perceptual.crop_fraction(original, tuple(rng.uniform(0, 0.1, 4))), 90).convert("RGB")
+        own, variants = perceptual.phash_and_variants(_jpeg(original, 90).convert("RGB"))
+        found += min(hamming(perceptual.phash(copy), v) for v in (own, *variants)) <= 5
+    assert found >= 18
+
+
+def test_only_the_chosen_build_variants_are_mirrored():
+    """variant_coefficients: the picture, each crop and turn, then the mirrors of the blocks
+    ``mirrored`` names, in that order (the build's: picture, centre crop, 3-degree turns)."""
+    img = _noisy(SCENES[0], 0)
+    crops, angles, mirrors = perceptual.BUILD_CROPS, perceptual.BUILD_ANGLES, perceptual.BUILD_MIRRORS
+    blocks = perceptual.variant_coefficients(img, crops, angles, mirrors)
+    plain = 1 + len(crops) + len(angles)
+    assert len(blocks) == plain + 4
+    np.testing.assert_allclose(blocks[:plain], perceptual.variant_coefficients(img, crops, angles)[:plain])
+    for n, block in enumerate(mirrors):
+        np.testing.assert_allclose(blocks[plain + n], blocks[block] * perceptual._MIRROR)
+    assert perceptual.BUILD_GEOMETRY[mirrors[1] - 1].crop == (0.05,) * 4
+    assert [perceptual.BUILD_GEOMETRY[b - 1].angle for b in mirrors[2:]] == [3.0, -3.0]
+    own, variants = perceptual.phash_and_variants(img)
+    assert len(variants) <= len(perceptual.BUILD_GEOMETRY) + len(mirrors)
+
+
 def test_build_variants_are_cheap_and_match_the_transformed_pictures():
     """phash_and_variants: the first hash is phash's, bit for bit; the mirrored variant is the
     mirrored picture's pHash (the DCT's odd horizontal frequencies change sign)."""
