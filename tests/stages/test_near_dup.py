@@ -496,7 +496,7 @@ def test_mirrored_cropped_rotated_and_framed_copies_are_grouped_with_their_origi
 def test_copies_cut_unevenly_on_every_side_are_within_k_of_a_variant_of_their_original():
     """A copy cut by 0-10% on each side, each side its own amount: the tiles among the build
     crops (2.5 or 7.5% a side) put one of the original's variants within k=5 of most such copies'
-    pHash (20 of these 24; the centre, side and corner crops alone: 4)."""
+    pHash (20 of these 24; build variants version 2, without the tiles: 4)."""
     data = pytest.importorskip("skimage.data")
     originals = list(_four_originals(data).values())
     rng = np.random.default_rng(21)
