@@ -22,9 +22,13 @@ process's (``shared_gate``, ``shared_resolver``), so its DoFn instances share th
 worker's share of a host's limits is the host's sub-lanes it holds rows of over the spread, so
 the workers' shares add up to the host's limits.
 
-Downloads, decoding and re-encoding run on the thread pool (Pillow releases the interpreter lock
-while it decodes, resizes and encodes, so a worker process uses more than one core); memory holds
-about ``OPEN_BLOCKS`` blocks of processed images and ``2 * threads`` rows in flight.
+Downloads run on ``threads`` download threads that only fetch: a row is started (its host's slot
+and its turn in the pacing taken) only when a download thread is free to make its request at once,
+so what a host sees is what the gate counts, not a queue of rows waiting for a thread.  Decoding,
+resizing, re-encoding and hashing run on a second pool, a thread per core (Pillow releases the
+interpreter lock while it decodes, resizes and encodes, so a worker process uses more than one
+core).  Memory holds about ``OPEN_BLOCKS`` blocks of processed images and ``2 * threads`` rows in
+flight (fetching, or fetched and waiting for an image thread).
 
 What leaves is, per row, the sample with its processed image (and where it is in the store) or
 its drop: ``download`` or ``image`` as the stages would have dropped it, or ``safety`` when the
@@ -42,6 +46,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import posixpath
 import queue
 import time
@@ -220,6 +225,8 @@ class _FetchBlock(beam.DoFn):
         resolver = shared_resolver(per_host.dns_ttl_s, per_host.dns_negative_ttl_s)
         self._fetcher = Fetcher(fetch_policy(self.download), resolver=resolver, gate=self._gate)
         self._pool = cf.ThreadPoolExecutor(self.download.threads, thread_name_prefix="download")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._images = cf.ThreadPoolExecutor(max(1, min(self.download.threads, cores)), thread_name_prefix="image")
         self._progress = Progress("download")
 
     def start_bundle(self):
@@ -227,7 +234,8 @@ class _FetchBlock(beam.DoFn):
         self._open: Dict[str, _Block] = {}
         # rows waiting for their fetch, per host in the order the hosts came (a dict keeps it)
         self._queues: Dict[Optional[str], Deque[Tuple[_Block, Sample, int]]] = {}
-        self._in_flight = 0
+        self._in_flight = 0  # rows started and not settled (fetching, or fetched and being processed)
+        self._fetching = 0  # of them, rows on a download thread
         # rows queued or in flight per host and sub-lane: the host's share is the sub-lanes held
         self._held: Dict[Optional[str], collections.Counter] = collections.defaultdict(collections.Counter)
 
@@ -252,6 +260,7 @@ class _FetchBlock(beam.DoFn):
 
     def teardown(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._images.shutdown(wait=False, cancel_futures=True)
         self._fetcher.close()
 
     def _start(self, source_index: int, number: int, samples: List[Sample]) -> None:
@@ -289,10 +298,10 @@ class _FetchBlock(beam.DoFn):
         limit = 2 * self.download.threads
         while True:
             wake = self._start_ready(limit)
-            # Fewer fetches in flight than the threads take, after every queued row that could
-            # start did: the queued rows' hosts are all paced or at their concurrency (or none is
-            # queued), so the next block's rows may use the free threads.
-            free = self._in_flight < limit
+            # Download threads free after every queued row that could start did: the queued rows'
+            # hosts are all paced or at their concurrency (or none is queued), so the next block's
+            # rows may use them.
+            free = self._fetching < self.download.threads and self._in_flight < limit
             ready = 0
             while True:
                 try:
@@ -324,18 +333,20 @@ class _FetchBlock(beam.DoFn):
         many rows it has queued, so that it never holds up the other hosts' rows."""
         wake = math.inf
         now = time.monotonic()
+        threads = self.download.threads
         for host in list(self._queues):
-            if self._in_flight >= limit:
+            if self._in_flight >= limit or self._fetching >= threads:
                 break
             rows = self._queues[host]
-            while rows and self._in_flight < limit:
+            while rows and self._in_flight < limit and self._fetching < threads:
                 verdict, info = self._gate.try_start(host, now, share=self._share(host))
                 if verdict == GO:
                     b, s, before = rows.popleft()
-                    self._pool.submit(self._fetch_and_process, s, host, before).add_done_callback(
-                        lambda f, b=b, s=s, before=before, done=self._done: done.put((b, s, before, f))
+                    self._pool.submit(self._fetch, s, host).add_done_callback(
+                        lambda f, b=b, s=s, before=before, done=self._done: done.put((b, s, before, f, None))
                     )
                     self._in_flight += 1
+                    self._fetching += 1
                 elif verdict == DEAD and host is not None:
                     while rows:
                         b, s, before = rows.popleft()
@@ -349,22 +360,34 @@ class _FetchBlock(beam.DoFn):
                 del self._queues[host]
         return wake
 
-    def _finish(self, b: _Block, s: Sample, before: int, future: cf.Future) -> None:
-        self._in_flight -= 1
-        if future.cancelled():  # teardown cancelled the fetches: the worker is being shut down
+    def _finish(self, b: _Block, s: Sample, before: int, fetch: cf.Future, image: Optional[cf.Future]) -> None:
+        """A row's fetch ended (``image`` None): hand a download to an image thread, settle a
+        failure; or its image was processed: settle it."""
+        if fetch.cancelled() or (image is not None and image.cancelled()):
+            # teardown cancelled the fetches: the worker is being shut down
             raise WorkerShuttingDown("worker shutting down: the bundle's fetches were cancelled")
-        self._settle(b, s, before, *future.result())
+        if image is None:
+            self._fetching -= 1
+            r = fetch.result()
+            if r.ok:
+                self._images.submit(fetched_row, s, r, self.image, before + 1, self.spec.run).add_done_callback(
+                    lambda g, b=b, s=s, before=before, f=fetch, done=self._done: done.put((b, s, before, f, g))
+                )
+                return
+            row = fetched_row(s, r, self.image, before + 1, self.spec.run)  # a drop: nothing to decode
+        else:
+            r, row = fetch.result(), image.result()
+        self._in_flight -= 1
+        self._settle(b, s, before, r, row)
 
-    def _fetch_and_process(self, s: Sample, host: Optional[str], before: int) -> Tuple[FetchResult, dict]:
-        """On a download thread: fetch a row, give its host's slot back, process the image.
-        Decoding and resizing run on the download threads, not on the bundle's: Pillow lets go
-        of the interpreter lock while it decodes, resizes and encodes, so one worker process
-        keeps more than one core busy."""
+    def _fetch(self, s: Sample, host: Optional[str]) -> FetchResult:
+        """On a download thread: fetch a row and give its host's slot back.  The image is
+        processed on an image thread (``_finish``): a download thread only waits on the network,
+        so a row started by the scheduler is requested at once."""
         try:
-            r = self._fetcher.fetch(s.url)
+            return self._fetcher.fetch(s.url)
         finally:
             self._gate.finish(host)
-        return r, fetched_row(s, r, self.image, before + 1, self.spec.run)
 
     def _share(self, host: Optional[str]) -> float:
         """This worker's share of ``host``'s limits: the host's sub-lanes it holds rows of, over
