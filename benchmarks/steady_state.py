@@ -197,7 +197,7 @@ def main() -> None:
                     spec = {
                         **base,
                         "tool": "ours",
-                        "limits": label == "ours",
+                        "limits": {} if label == "ours" else None,  # host_limits: the recipe's, or off
                         "share": None,
                         "threads": args.threads,
                         "out": str(tmp / "out"),
