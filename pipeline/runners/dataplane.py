@@ -31,20 +31,15 @@ process (runners/local_worker.py).
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from typing import Iterator
-
 from apache_beam.runners.worker import data_plane
+
+from .patching import ScopedPatch
 
 __all__ = ["CHUNK_BYTES", "install_in_worker", "installed"]
 
 CHUNK_BYTES = 1 << 20
 
 _BEAMS_CREATE = data_plane.ClosableOutputStream.create
-_lock = threading.Lock()
-_depth = 0
-_beams: tuple = ()  # Beam's send method and queue limits while ours are in place
 
 
 def _send_input_in_chunks(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
@@ -71,32 +66,36 @@ def install_in_worker() -> None:
     data_plane.ClosableOutputStream.create = staticmethod(_create_stream)  # type: ignore[method-assign]
 
 
-@contextlib.contextmanager
-def installed() -> Iterator[None]:
-    """Within it, the FnApiRunner sends a bundle's input in messages of about ``CHUNK_BYTES``
-    (nested and concurrent runs share the swap; Beam's method is back once the last one ends)."""
+def _beams_sending() -> tuple:
+    """Beam's send method and queue limits (to put back)."""
     from apache_beam.runners.portability.fn_api_runner import fn_runner  # not in a worker: the runner's
 
-    global _depth, _beams
-    with _lock:
-        if _depth == 0:
-            _beams = (
-                fn_runner.BundleManager._send_input_to_worker,
-                data_plane._DEFAULT_SEND_QUEUE_MAX_ELEMENTS,
-                data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES,
-            )
-        _depth += 1
-        fn_runner.BundleManager._send_input_to_worker = _send_input_in_chunks  # type: ignore[method-assign]
-        # read by every data channel made from now on (Beam 2.77: _GrpcDataChannel.__init__); 0: no limit
-        data_plane._DEFAULT_SEND_QUEUE_MAX_ELEMENTS = data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES = 0
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                (
-                    fn_runner.BundleManager._send_input_to_worker,  # type: ignore[method-assign]
-                    data_plane._DEFAULT_SEND_QUEUE_MAX_ELEMENTS,
-                    data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES,
-                ) = _beams
+    return (
+        fn_runner.BundleManager._send_input_to_worker,
+        data_plane._DEFAULT_SEND_QUEUE_MAX_ELEMENTS,
+        data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES,
+    )
+
+
+def _send_in_chunks() -> None:
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    fn_runner.BundleManager._send_input_to_worker = _send_input_in_chunks  # type: ignore[method-assign]
+    # read by every data channel made from now on (Beam 2.77: _GrpcDataChannel.__init__); 0: no limit
+    data_plane._DEFAULT_SEND_QUEUE_MAX_ELEMENTS = data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES = 0
+
+
+def _put_back(beams: tuple) -> None:
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    (
+        fn_runner.BundleManager._send_input_to_worker,  # type: ignore[method-assign]
+        data_plane._DEFAULT_SEND_QUEUE_MAX_ELEMENTS,
+        data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES,
+    ) = beams
+
+
+# Within ``installed()``, the FnApiRunner sends a bundle's input in messages of about
+# ``CHUNK_BYTES`` (nested and concurrent runs share the swap; Beam's method is back once the last
+# one ends).
+installed = ScopedPatch(_beams_sending, _send_in_chunks, _put_back)

@@ -26,7 +26,6 @@ as the distributed runners' shuffles do.
 from __future__ import annotations
 
 import array
-import contextlib
 import os
 import tempfile
 import threading
@@ -37,11 +36,12 @@ from apache_beam.runners.portability.fn_api_runner import execution
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils import windowed_value
 
+from .patching import ScopedPatch
+
 __all__ = ["CompactGroupingBuffer", "installed"]
 
 _BEAMS = execution.GroupingBuffer
-_lock = threading.Lock()
-_depth = 0
+_lock = threading.Lock()  # the spill file's first flush
 
 
 class CompactGroupingBuffer(_BEAMS):
@@ -168,18 +168,14 @@ class _Part:
             yield stream.get()
 
 
-@contextlib.contextmanager
-def installed() -> Iterator[None]:
-    """Within it, the FnApiRunner groups with ``CompactGroupingBuffer`` (nested and concurrent
-    runs share the swap; Beam's class is back once the last one ends)."""
-    global _depth
-    with _lock:
-        _depth += 1
-        execution.GroupingBuffer = CompactGroupingBuffer  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                execution.GroupingBuffer = _BEAMS  # type: ignore[misc]
+def _use_compact() -> None:
+    execution.GroupingBuffer = CompactGroupingBuffer  # type: ignore[misc]
+
+
+def _put_back(beams: "type[execution.GroupingBuffer]") -> None:
+    execution.GroupingBuffer = beams  # type: ignore[misc]
+
+
+# Within ``installed()``, the FnApiRunner groups with ``CompactGroupingBuffer`` (nested and
+# concurrent runs share the swap; Beam's class is back once the last one ends).
+installed = ScopedPatch(lambda: _BEAMS, _use_compact, _put_back)
