@@ -301,7 +301,7 @@ class _FetchBlock(beam.DoFn):
             # Download threads free after every queued row that could start did: the queued rows'
             # hosts are all paced or at their concurrency (or none is queued), so the next block's
             # rows may use them.
-            free = self._fetching < self.download.threads and self._in_flight < limit
+            free = self._room(limit)
             ready = 0
             while True:
                 try:
@@ -333,12 +333,11 @@ class _FetchBlock(beam.DoFn):
         many rows it has queued, so that it never holds up the other hosts' rows."""
         wake = math.inf
         now = time.monotonic()
-        threads = self.download.threads
         for host in list(self._queues):
-            if self._in_flight >= limit or self._fetching >= threads:
+            if not self._room(limit):
                 break
             rows = self._queues[host]
-            while rows and self._in_flight < limit and self._fetching < threads:
+            while rows and self._room(limit):
                 verdict, info = self._gate.try_start(host, now, share=self._share(host))
                 if verdict == GO:
                     b, s, before = rows.popleft()
@@ -359,6 +358,11 @@ class _FetchBlock(beam.DoFn):
             if not rows:
                 del self._queues[host]
         return wake
+
+    def _room(self, limit: int) -> bool:
+        """Whether another row may start: a download thread free, and fewer than ``limit`` rows
+        started and not settled."""
+        return self._fetching < self.download.threads and self._in_flight < limit
 
     def _finish(self, b: _Block, s: Sample, before: int, fetch: cf.Future, image: Optional[cf.Future]) -> None:
         """A row's fetch ended (``image`` None): hand a download to an image thread, settle a
