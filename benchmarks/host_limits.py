@@ -199,7 +199,8 @@ def main() -> None:
 
     from flamingo_corpus.sample.hosts_web import Host, HostWeb
 
-    counts = _row_counts(args.hosts, [int(x) for x in args.big.split(",") if x], args.tail)
+    big = [int(x) for x in args.big.split(",") if x]
+    counts = _row_counts(args.hosts, big, args.tail)
     hosts = [Host(f"h{i}.test", "slow", latency_s=args.latency) for i in range(args.hosts)]
     addresses = {h.name: h.address for h in HostWeb(hosts, [b"x"]).hosts.values()}
     hosts = [dataclasses.replace(h, address=addresses[h.name]) for h in hosts]
@@ -207,9 +208,9 @@ def main() -> None:
     print(f"host_limits: {machine()}; shared machine, {load()}")
     print(
         f"  web: {args.hosts} hosts, {args.latency * 1000:.0f} ms per request; rows per host: "
-        f"{', '.join(str(c) for c in counts[: len(args.big.split(','))])} (busy), "
+        f"{', '.join(str(c) for c in counts[: len(big)])} (busy), "
         + (f"then {counts[0]} / rank^{args.tail:g} and at least 1-5 " if args.tail else "1-5 ")
-        + f"(the other {args.hosts - len(args.big.split(','))}: {sum(1 for c in counts if c >= 100)} hosts with 100 "
+        + f"(the other {args.hosts - len(big)}: {sum(1 for c in counts if c >= 100)} hosts with 100 "
         f"or more, {sum(1 for c in counts if c <= 5)} with 1-5); {sum(counts)} rows, the busiest host "
         f"{100 * counts[0] / sum(counts):.1f}% of them"
     )

@@ -4,6 +4,7 @@ figures, on an injected clock (no sleeps); and the fetcher's retries going throu
 from __future__ import annotations
 
 import math
+import random
 import socket
 import threading
 import time
@@ -52,8 +53,6 @@ def test_host_key_is_the_lower_case_idna_host_name():
 def test_a_scheduler_that_asks_late_still_gets_the_rate_and_no_window_sees_more():
     # the scheduler's passes come at irregular times after a host's turn (the worker is busy):
     # the host must still get its rate, and no one-second window more than rate + 1 starts
-    import random
-
     g, clock = gate(max_concurrent=0, max_requests_per_s=20)
     rng, starts = random.Random(3), []
     while clock.t < 1030.0:
