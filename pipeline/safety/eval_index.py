@@ -81,15 +81,30 @@ SCHEMA = pa.schema(
     ]
 )
 
-# A variant must be this many bits closer than ``decontamination.phash_distance`` to count: the
-# index holds ~190 hashes a picture, so an unrelated hash is that many times likelier to land near
-# one.  A pHash has 32 bits set (the median threshold), so distances are even and at the shipped
-# distance 6 a variant counts within 4: ~100x fewer chance hits between random 32-bit-set hashes
-# (C(32, j)^2 lie at distance 2j), fewer on photos, whose hashes cluster.  On the copy benchmark
-# the margin costs recall (0.955 against 0.970 overall) for the same 1 false positive in 380
-# unrelated photos; it is kept because that is too few to measure the tail it guards against.
-# docs/dedup-and-safety.md.
-VARIANT_MARGIN = 1
+# A variant must be this many bits closer than ``decontamination.phash_distance`` to count,
+# mirrored variants ``MIRRORED_MARGIN``, the others ``VARIANT_MARGIN``.  A pHash has 32 bits set
+# (the median threshold), so distances are even and at the shipped distance 6 a margin of 1 (or 2)
+# means within 4: ~100x fewer chance hits between random 32-bit-set hashes (C(32, j)^2 lie at
+# distance 2j), fewer on photos, whose hashes cluster.  Mirrored variants are where unrelated
+# photos land: crops of a low-detail photograph (a retina, a sky) on either side of its middle are
+# near mirror images of each other.  Over six draws of the copy benchmark (seeds 0-2, 20 and 40
+# copies a kind, ~400 unrelated photos each), the unrelated photos that a variant at the full
+# distance caught and one 2 bits closer did not were all caught by a mirrored variant (2 on seed
+# 1, 1 on seed 2); a margin on the plain variants kept none out.  One margin of 1 for every
+# variant (before) cost recall for nothing: overall 0.932-0.970, random crops 0.75 on two draws;
+# with the margin on the mirrored variants alone 0.960-0.973, the same false positives
+# (docs/benchmarks.md#copy-detection-benchmarkscopy_detectionpy).
+VARIANT_MARGIN = 0
+MIRRORED_MARGIN = 1
+
+
+def variant_margin(variant: str) -> int:
+    """Bits a match of an index row of this variant ("" for the picture itself) must be closer
+    than ``phash_distance``."""
+    if not variant:
+        return 0
+    return MIRRORED_MARGIN if variant.startswith("mirrored") else VARIANT_MARGIN
+
 
 # Cells (training samples x eval images) compared at once: bounds the memory of one comparison
 # (uint64 XOR or float32 product) to some tens of MB whatever the size of the eval index.
@@ -290,7 +305,7 @@ class EvalIndex:
             cache[distance] = (plan, [SortedBand(self.phashes, band) for band in plan])
         if "_penalty" not in self.__dict__:
             variants = self.variants if isinstance(self.variants, Coded) else Coded.of(list(self.variants))
-            self.__dict__["_penalty"] = variants.flags(lambda v: bool(v)) * np.int8(VARIANT_MARGIN)
+            self.__dict__["_penalty"] = variants.flags(variant_margin)
         return cache[distance]
 
     def match(
@@ -330,7 +345,7 @@ class EvalIndex:
         plan, tables = self._tables(distance)
         penalty = self.__dict__["_penalty"] if len(self.variants) == self.num_images else None
         best, dist = nearest_within(query, plan, tables, distance, penalty)
-        hits = np.flatnonzero(dist <= distance)  # a variant's true distance is VARIANT_MARGIN less
+        hits = np.flatnonzero(dist <= distance)  # the true distance: a variant's margin is not in it
         return [rows[k] for k in hits], [
             Match(
                 self.sets[best[k]],

@@ -608,29 +608,35 @@ def test_mirrored_cropped_rotated_and_framed_copies_are_dropped_naming_the_varia
         assert " ".join(evidence[:-1]).startswith(variant) if variant else evidence == evidence[-1:], drops[name]
 
 
-def test_a_variant_must_be_closer_than_the_picture_itself(tmp_path):
-    """A variant row counts within phash_distance - VARIANT_MARGIN; the picture's own within
-    phash_distance.  At equal distance the picture's own row is named."""
-    from flamingo_corpus.safety.eval_index import VARIANT_MARGIN
+def test_a_mirrored_variant_must_be_closer_than_the_picture_and_its_plain_variants(tmp_path):
+    """A mirrored variant row counts within phash_distance - MIRRORED_MARGIN; the picture's own
+    and its plain (cropped, turned) variants within phash_distance.  At equal distance the
+    picture's own row is named."""
+    from flamingo_corpus.safety.eval_index import MIRRORED_MARGIN, VARIANT_MARGIN
 
     base = "0123456789abcdef"
+    mirrored, cropped = flip_bits(base, range(40, 50)), flip_bits(base, range(20, 30))
     images = [
         {"eval_set": "coco", "item": "a.jpg", "phash": base, "embedding": None},
-        {"eval_set": "coco", "item": "a.jpg", "variant": "mirrored", "phash": flip_bits(base, range(40, 50))},
+        {"eval_set": "coco", "item": "a.jpg", "variant": "mirrored", "phash": mirrored},
         {"eval_set": "coco", "item": "b.jpg", "variant": "mirrored", "phash": flip_bits(base, range(1))},
+        {"eval_set": "coco", "item": "c.jpg", "variant": "crop-left10%", "phash": cropped},
     ]
     path = str(tmp_path / "eval.index")
     write_index(path, images, [])
     idx = load_index(path)
-    variant = flip_bits(base, range(40, 50))
     queries = [
-        flip_bits(variant, range(4)),  # 4 from a's variant: counts as 5
-        flip_bits(variant, range(6)),  # 6 from a's variant: counts as 7, too far
+        flip_bits(mirrored, range(4)),  # 4 from a's mirrored variant: counts as 5
+        flip_bits(mirrored, range(6)),  # 6 from a's mirrored variant: counts as 7, too far
         flip_bits(base, range(1, 7)),  # 6 from a itself: the picture's own row counts at phash_distance
+        flip_bits(cropped, range(6)),  # 6 from c's cropped variant: a plain variant counts as 6
+        flip_bits(cropped, range(8)),  # 8 from it: too far
     ]
-    assert VARIANT_MARGIN == 1
+    assert (VARIANT_MARGIN, MIRRORED_MARGIN) == (0, 1)
     assert [m and m.detail for m in idx.match(queries, phash_distance=6)] == [
         "coco:a.jpg mirrored phash_distance=4",
         None,
         "coco:a.jpg phash_distance=6",
+        "coco:c.jpg crop-left10% phash_distance=6",
+        None,
     ]
