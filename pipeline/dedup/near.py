@@ -16,11 +16,13 @@ from typing import Dict, List, Sequence, Tuple
 import apache_beam as beam
 import numpy as np
 
+from ..images.perceptual import split_variants
 from ..recipe import DedupConfig
 from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .exact import representative_order
 from .hamming_index import (
+    MIRRORED_TURN_MARGIN,
     Band,
     band_plan,
     blocked_pairs,
@@ -38,6 +40,10 @@ STAGE = "near_dup"
 # --- Beam: DedupNearImages ---------------------------------------------------------------------
 
 _STORED, _PROBE, _PROBE_DOWN = 0, 1, 2
+# What a searched hash is: a pHash, a variant, or a mirrored turn (a variant a pHash joins only
+# within ``k - MIRRORED_TURN_MARGIN``, ``hamming_index.variant_limits``).  False and True, as the
+# tests write pHashes and variants, equal the first two.
+_PHASH, _VARIANT, _MIRRORED_TURN = 0, 1, 2
 
 
 def _hash_entry(s: Sample):
@@ -62,15 +68,22 @@ def _copy_edges(item):
 
 
 def _searched(item):
-    """(hash, member, is a variant) of what the search compares for one exact hash: the copy
-    with the smallest id (its copies are joined to it), under its pHash and under each variant
-    hash any of the copies carries (``Sample.phash_variants``: mirrored, cropped, rotated)."""
+    """(hash, member, what it is) of what the search compares for one exact hash: the copy with
+    the smallest id (its copies are joined to it), under its pHash and under each variant hash
+    any of the copies carries (``Sample.phash_variants``: mirrored, cropped, rotated), a mirrored
+    turn only when it is one in every copy that carries it (in ``variant_groups`` a pHash within
+    ``k`` of a copy's plain variant joins that copy, and so all of them)."""
     value, entries = item
     anchor = min((member for member, _ in entries), key=lambda m: m[0])
-    yield value, anchor, False
-    variants = sorted({int(v, 16) for _, vs in entries for v in vs} - {value})
-    for variant in variants:
-        yield variant, anchor, True
+    yield value, anchor, _PHASH
+    plain, turns = set(), set()
+    for _, vs in entries:
+        others, mirrored_turns = split_variants(vs)
+        plain.update(int(v, 16) for v in others)
+        turns.update(int(v, 16) for v in mirrored_turns)
+    turns -= plain
+    for variant in sorted((plain | turns) - {value}):
+        yield variant, anchor, _MIRRORED_TURN if variant in turns else _VARIANT
 
 
 def _index_entries(item, plan: Sequence[Band], masks: Sequence[Sequence[Tuple[int, int]]]):
@@ -96,8 +109,9 @@ def _bucket_edges(item, k: int, plan: Sequence[Band]):
     this band is the first within radius, so each edge leaves exactly one bucket.  Two variant
     hashes make no edge (a crop of one image near a crop of another says little: the relation
     is a pHash within ``k`` of the other's pHash or of one of its variants), nor do two hashes
-    of one sample.  pHashes here are distinct (copies were collapsed before); a variant hash may
-    equal another sample's pHash or variant."""
+    of one sample; a pHash and a mirrored turn only within ``k - MIRRORED_TURN_MARGIN``.
+    pHashes here are distinct (copies were collapsed before); a variant hash may equal another
+    sample's pHash or variant."""
     (band_index, _), entries = item
     stored, up, down = [], [], []
     for role, value, member, variant in entries:
@@ -110,13 +124,18 @@ def _bucket_edges(item, k: int, plan: Sequence[Band]):
         if probing:
             probe_values = np.array([v for v, _, _ in probing], dtype=np.uint64)
             pairs.append((probing, probe_values, *blocked_pairs(probe_values, stored_values, k, upper=False)))
+    strict = k - MIRRORED_TURN_MARGIN
     for left, left_values, i, j in pairs:
-        earlier = found_on_earlier_band(left_values[i] ^ stored_values[j], plan, band_index)
-        for a, b in zip(i[~earlier].tolist(), j[~earlier].tolist()):
+        xor = left_values[i] ^ stored_values[j]
+        later = ~found_on_earlier_band(xor, plan, band_index)
+        distances = np.bitwise_count(xor[later]).tolist()
+        for a, b, distance in zip(i[later].tolist(), j[later].tolist(), distances):
             _, one, one_variant = left[a]
             _, other, other_variant = stored[b]
             if left is down and not other_variant:
                 continue  # a pair of pHashes is the up-probe's
+            if _MIRRORED_TURN in (one_variant, other_variant) and distance > strict:
+                continue
             if not (one_variant and other_variant) and one[0] != other[0]:
                 yield _edge(one, other)
 
@@ -166,7 +185,8 @@ class DedupNearImages(beam.PTransform):
     samples -> (kept, dropped).  Two samples are joined when one's pHash is within
     ``near_max_distance`` of the other's pHash or of one of its ``phash_variants`` (the hashes
     of its mirrored, cropped and rotated copies that the image stage computes,
-    ``perceptual.phash_and_variants``), as ``hamming_index.variant_groups`` does in memory.
+    ``perceptual.phash_and_variants``; of its mirrored turns within ``near_max_distance -
+    MIRRORED_TURN_MARGIN``), as ``hamming_index.variant_groups`` does in memory.
 
     Samples are first grouped by exact pHash: copies are joined to the copy with the smallest
     id, which alone goes on, under its pHash and under every variant hash of the copies (a

@@ -340,6 +340,23 @@ BUILD_MIRRORS = (
     1 + len(BUILD_CROPS) + BUILD_ANGLES.index(3.0),
     1 + len(BUILD_CROPS) + BUILD_ANGLES.index(-3.0),
 )
+# ``phash_and_variants`` lists the mirrors last, the mirrored turns last of all, so near-dup can
+# hold them to a stricter distance (``hamming_index.MIRRORED_TURN_MARGIN``) without the stored
+# hashes carrying their names (which would change what the image store holds): the last
+# ``len(BUILD_MIRRORED_TURNS)`` hashes of an image's variants are its mirrored turns that are not
+# equal to an earlier hash, and, when one was (duplicates are left out), an earlier variant, held
+# to the stricter distance too: an error on the strict side only.
+BUILD_MIRRORED_TURNS = BUILD_MIRRORS[-2:]
+assert BUILD_MIRRORED_TURNS == tuple(1 + len(BUILD_CROPS) + BUILD_ANGLES.index(a) for a in (3.0, -3.0))
+
+
+def split_variants(variants: Sequence[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(the others, the mirrored turns) of an image's ``phash_and_variants`` variants, the latter
+    the last ``len(BUILD_MIRRORED_TURNS)`` (see there)."""
+    cut = max(len(variants) - len(BUILD_MIRRORED_TURNS), 0)
+    return tuple(variants[:cut]), tuple(variants[cut:])
+
+
 # Of this set: part of the image store's digest.  1: crop90%, +-4 degrees; 2: centre, sides and
 # corners, +-3 and 6 degrees, all mirrored; 3: the 16 tiles, +-3 and 5 degrees, four mirrors.
 BUILD_VARIANTS_VERSION = 3
@@ -462,10 +479,10 @@ def _hexes(coefficients: np.ndarray) -> List[str]:
 
 def phash_and_variants(img: Image.Image) -> Tuple[str, Tuple[str, ...]]:
     """``phash(img)`` and the pHashes of its build variants: each of ``BUILD_GEOMETRY``, then
-    the mirrors (``BUILD_MIRRORS``: of the picture, the centre crop and the 3-degree turns),
-    duplicates of the pHash or of each other left out.  Linear maps of the 32x32 grey picture
-    (``variant_coefficients``), no resampling of the image, so they cost a few percent of the
-    image stage (benchmarks/copy_detection.py)."""
+    the mirrors (``BUILD_MIRRORS``: of the picture, the centre crop and the 3-degree turns, the
+    turns last: ``split_variants``), duplicates of the pHash or of each other left out.  Linear
+    maps of the 32x32 grey picture (``variant_coefficients``), no resampling of the image, so they
+    cost a few percent of the image stage (benchmarks/copy_detection.py)."""
     first, *rest = _hexes(variant_coefficients(img, BUILD_CROPS, BUILD_ANGLES, BUILD_MIRRORS))
     # dict.fromkeys keeps the first of equal hashes, in order, in linear time (a list's ``in``
     # made this quadratic in the ~30 hashes)

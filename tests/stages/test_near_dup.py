@@ -593,6 +593,69 @@ def test_dedup_near_images_probes_the_variants_as_the_reference_does(bands_):
     assert _summary(out["kept"], out["dropped"]) == _expected_summary(samples, expected)
 
 
+def _mirrored_turn_samples():
+    """Samples whose pHashes are far apart, joined (or not) through the variants of ``a`` and of
+    the exact copies ``f`` and ``f2``; variants are listed as ``phash_and_variants`` lists them,
+    the mirrored turns last (``perceptual.split_variants``), and the expected groups at k=5."""
+    rng = np.random.default_rng(21)
+    h = [f"{int(x):016x}" for x in rng.integers(0, 2**64, size=12, dtype=np.uint64)]
+    crop, tile, turn1, turn2, shared = h[:5]
+    variants = {
+        "a": (crop, tile, turn1, turn2),  # two plain variants, then its two mirrored turns
+        "f": (shared, h[5], h[6], h[7]),  # ``shared`` is a plain variant of f ...
+        "f2": (h[8], h[9], h[10], shared),  # ... and a mirrored turn of its exact copy f2
+    }
+    phashes = {
+        "a": h[11],
+        "near_turn": flip_bits(turn1, range(4)),  # 4 from a's mirrored turn: more than 5 - 2, apart
+        "close_turn": flip_bits(turn2, range(2)),  # 2 from a's other mirrored turn: joined
+        "near_crop": flip_bits(crop, range(4)),  # 4 from a's plain variant: joined
+        "f": flip_bits(h[11], range(32)),
+        "f2": flip_bits(h[11], range(32)),
+        "near_shared": flip_bits(shared, range(4)),  # 4 from a hash plain in f: joins f and f2
+    }
+    expected = [{"a", "close_turn", "near_crop"}, {"f", "f2", "near_shared"}]
+    return phashes, variants, expected
+
+
+def test_a_mirrored_turn_joins_only_within_the_stricter_distance():
+    """``variant_groups``: a pHash within k of a plain variant joins its image, within k of a
+    mirrored turn (the last two variants) only within k - MIRRORED_TURN_MARGIN; a hash that one
+    exact copy carries as a plain variant joins at k."""
+    from flamingo_corpus.dedup.hamming_index import MIRRORED_TURN_MARGIN, variant_limits
+
+    assert MIRRORED_TURN_MARGIN == 2
+    assert variant_limits(("1", "2", "3", "4"), 5) == [5, 5, 3, 3] and variant_limits(("1",), 5) == [3]
+    phashes, variants, expected = _mirrored_turn_samples()
+    groups = variant_groups(phashes, variants, 5)
+    assert sorted(map(sorted, groups)) == sorted(map(sorted, expected))
+    # without the stricter distance the farther mirrored turn would join too
+    assert any("near_turn" in g for g in variant_groups(phashes, variants, 7))
+
+
+@pytest.mark.parametrize("bands_", [None, 3])
+def test_the_beam_stage_holds_mirrored_turns_to_the_stricter_distance(bands_):
+    """The Beam stage joins through mirrored turns as ``variant_groups`` does (the exact copies
+    f and f2 are searched as one, with ``shared`` a plain variant since f carries it as one)."""
+    phashes, variants, expected = _mirrored_turn_samples()
+    samples = [
+        Sample(id=i, source_index=0, row=row, url=None, phash=ph, phash_variants=variants.get(i, ()))
+        for row, (i, ph) in enumerate(phashes.items())
+    ]
+
+    def build(p):
+        kept, dropped = p | beam.Create(samples) | DedupNearImages(DedupConfig(near_max_distance=5, near_bands=bands_))
+        return {"kept": kept, "dropped": dropped}
+
+    out = run_collect(build)
+    by_id = {s.id: s for s in samples}
+    reps = {}
+    for group in expected:
+        best = min(group, key=lambda i: (representative_order(by_id[i]), i))
+        reps.update({i: best for i in group if i != best})
+    assert _summary(out["kept"], out["dropped"]) == _expected_summary(samples, reps)
+
+
 def test_beam_buckets_pair_each_phash_with_each_close_hash_once_and_no_two_variants():
     """With variant hashes in the buckets (stored only, never probing): every pHash-pHash and
     pHash-variant pair within K leaves exactly one bucket, and no variant-variant pair does."""
