@@ -24,7 +24,7 @@ from ..filters import image as image_filter
 from ..recipe import ImageConfig
 from ..records import Sample
 from ..stage import apply_with_drops, drop
-from . import perceptual, resample
+from . import perceptual
 
 __all__ = [
     "ProcessImages",
@@ -127,14 +127,9 @@ def _open(data: bytes, cfg: ImageConfig) -> Image.Image:
 # choice (docs/benchmarks.md).
 DRAFT_OVERSAMPLE = 2
 SHRINK_FILTER = Image.Resampling.BICUBIC
-# Who computes the shrink: "torch" (resample.shrink: the same antialiased bicubic filter as
-# Pillow's, vectorised, ~2.5x faster; SHRINK_FILTER must then be BICUBIC) or "pillow" (any
-# SHRINK_FILTER; benchmarks/image_quality.py compares the filters with it).
-SHRINK_BACKEND = "torch"
-# Numbers the decode and resize's pixels (1: draft to about the target, box shrink; 2: draft to
-# twice the target, Pillow's bicubic shrink; 3: the same filter by torch, rounded differently):
-# part of the image store's digest, so stored images of another version are not mixed into a build.
-PIXELS_VERSION = 3
+# Numbers the decode and resize's pixels (1: draft to about the target, box shrink): part of the
+# image store's digest, so stored images of another version are not mixed into a build.
+PIXELS_VERSION = 2
 
 # Greyscale modes of more than 8 bits (16-bit PNGs and TIFFs, 32-bit integer and float TIFFs):
 # Pillow's convert("RGB") clips their values to 255, so a 16-bit picture would come out white.
@@ -220,30 +215,19 @@ def _filter(size: Tuple[int, int], source: Tuple[int, int]) -> Image.Resampling:
     return SHRINK_FILTER if size[0] * size[1] < source[0] * source[1] else Image.Resampling.LANCZOS
 
 
-def _by_torch(size: Tuple[int, int], source: Tuple[int, int]) -> bool:
-    return SHRINK_BACKEND == "torch" and size[0] * size[1] < source[0] * source[1]
-
-
 def _scale(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
-    if size == img.size:
-        return img
-    if _by_torch(size, img.size):
-        return resample.shrink(img, size, (0, 0, *size))
-    return img.resize(size, _filter(size, img.size))
+    return img if size == img.size else img.resize(size, _filter(size, img.size))
 
 
 def _center_crop(img: Image.Image, size: Tuple[int, int], n: int) -> Image.Image:
-    """Scale to ``size``, then keep the centred ``n`` x ``n`` (or less) window.  Pillow does it as
-    one resize of the matching source box (its ``box`` argument), which gives the same pixels as
-    the scale-then-crop, up to the rounding of a value at a half (checked by a test), without
-    resampling the columns or rows that are cut; torch's shrink has no source box and scales the
-    whole picture (the vectorised filter is still the cheaper by far)."""
+    """Scale to ``size``, then keep the centred ``n`` x ``n`` (or less) window: done as one resize
+    of the matching source box (Pillow's ``box`` argument), which gives the same pixels as the
+    scale-then-crop, up to the rounding of a value at a half (checked by a test), without
+    resampling the columns or rows that are cut."""
     w, h = min(n, size[0]), min(n, size[1])
     if (w, h) == size:
         return _scale(img, size)
     left, top = (size[0] - w) // 2, (size[1] - h) // 2
-    if _by_torch(size, img.size):  # no source box there: the whole scale, then the window
-        return resample.shrink(img, size, (left, top, left + w, top + h))
     sx, sy = img.width / size[0], img.height / size[1]
     box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
     return img.resize((w, h), _filter(size, img.size), box=box)

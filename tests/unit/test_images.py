@@ -182,15 +182,13 @@ def test_resize_only_if_bigger_leaves_small_images_alone():
     "width,height,image_size",
     [(640, 480, 224), (480, 640, 224), (300, 299, 224), (1000, 333, 256), (100, 60, 224), (150, 400, 96)],
 )
-def test_center_crop_in_one_resize_equals_scale_then_crop(width, height, image_size, monkeypatch):
-    """Pillow's centre crop resizes only the source box it keeps; that is the full scale followed
-    by the crop, shrinking (the stage's shrink filter) and enlarging (Lanczos) alike, up to the
+def test_center_crop_in_one_resize_equals_scale_then_crop(width, height, image_size):
+    """The centre crop resizes only the source box it keeps; that is the full scale followed by
+    the crop, shrinking (the stage's shrink filter) and enlarging (Lanczos) alike, up to the
     rounding of a value that sits at a half (the box offset is added in floating point): at most
     one level, in under 2% of the values."""
-    from flamingo_corpus.images import process
     from flamingo_corpus.images.process import SHRINK_FILTER
 
-    monkeypatch.setattr(process, "SHRINK_BACKEND", "pillow")
     c = cfg(resize_mode="center_crop", image_size=image_size)
     img = scene(width, height, seed=3)
     size = target_size(width, height, c)
@@ -202,84 +200,6 @@ def test_center_crop_in_one_resize_equals_scale_then_crop(width, height, image_s
     assert ours.size == expected.size
     difference = np.abs(np.asarray(ours, np.int16) - np.asarray(expected, np.int16))
     assert difference.max() <= 1 and np.count_nonzero(difference) < 0.02 * difference.size
-
-
-@pytest.mark.parametrize(
-    "width,height,mode,image_size",
-    [
-        (640, 480, "center_crop", 224),
-        (480, 640, "center_crop", 224),
-        (1000, 333, "border", 256),
-        (900, 700, "keep_ratio", 224),
-    ],
-)
-def test_torch_shrink_is_pillows_bicubic_filter_and_keeps_the_centre_window(width, height, mode, image_size):
-    """The stage shrinks with torch's antialiased bicubic (resample.shrink): the filter of Pillow's
-    BICUBIC resize, rounded differently (at most 2 levels, in few values), and the centre crop is
-    exactly the centre window of its full scale."""
-    from flamingo_corpus.images import resample
-    from flamingo_corpus.images.process import SHRINK_BACKEND
-
-    assert SHRINK_BACKEND == "torch"
-    c = cfg(resize_mode=mode, image_size=image_size)
-    img = scene(width, height, seed=5)
-    size = target_size(width, height, c)
-    ours = resize(img, (width, height), c)
-    full = resample.shrink(img, size, (0, 0, *size))
-    pillow = img.resize(size, Image.Resampling.BICUBIC)
-    difference = np.abs(np.asarray(full, np.int16) - np.asarray(pillow, np.int16))
-    assert difference.max() <= 2 and np.count_nonzero(difference) < 0.05 * difference.size
-    if mode == "center_crop":
-        w, h = min(image_size, size[0]), min(image_size, size[1])
-        left, top = (size[0] - w) // 2, (size[1] - h) // 2
-        assert ours.tobytes() == full.crop((left, top, left + w, top + h)).tobytes()
-    elif mode == "border":
-        inner = ours.crop(
-            (
-                (ours.width - size[0]) // 2,
-                (ours.height - size[1]) // 2,
-                (ours.width + size[0]) // 2,
-                (ours.height + size[1]) // 2,
-            )
-        )
-        assert inner.tobytes() == full.tobytes()
-    else:
-        assert ours.tobytes() == full.tobytes()
-
-
-_SHRINK_DIGEST = """
-import hashlib, sys
-from flamingo_corpus.images import resample
-from PIL import Image
-import numpy as np
-rng = np.random.default_rng(7)
-h = hashlib.sha256()
-for w, hh, size in ((640, 480, (299, 224)), (1001, 333, (256, 85)), (97, 300, (31, 96))):
-    img = Image.fromarray(rng.integers(0, 256, (hh, w, 3), dtype=np.uint8))
-    h.update(resample.shrink(img, size, (0, 0, *size)).tobytes())
-import torch
-print(torch.backends.cpu.get_cpu_capability(), h.hexdigest())
-"""
-
-
-def test_torch_shrink_gives_the_same_bytes_from_its_generic_and_vectorised_kernels():
-    """Stored images must not depend on the CPU a worker ran on: torch's generic kernel (what a
-    CPU without AVX2 runs) and the one this CPU picks give the same bytes."""
-    import subprocess
-    import sys
-
-    def digest(capability):
-        env = {**os.environ}
-        if capability:
-            env["ATEN_CPU_CAPABILITY"] = capability
-        out = subprocess.run(
-            [sys.executable, "-c", _SHRINK_DIGEST], env=env, capture_output=True, text=True, check=True
-        )
-        return out.stdout.split()
-
-    generic, native = digest("default"), digest(None)
-    assert generic[0] == "DEFAULT"
-    assert generic[1] == native[1], f"{native[0]} kernel differs from the generic one"
 
 
 # ---------------------------------------------------------------- JPEG draft mode
@@ -617,5 +537,4 @@ def test_output_is_close_to_a_full_decode_lanczos_resize_of_real_photos(name, mo
     assert _psnr_against_full_decode(data, c) >= QUALITY_FLOORS[name]
     monkeypatch.setattr(stage, "DRAFT_OVERSAMPLE", 1)
     monkeypatch.setattr(stage, "SHRINK_FILTER", Image.Resampling.BOX)
-    monkeypatch.setattr(stage, "SHRINK_BACKEND", "pillow")
     assert _psnr_against_full_decode(data, c) < QUALITY_FLOORS[name]
