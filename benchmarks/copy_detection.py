@@ -24,7 +24,8 @@ the same thresholds, single hash on both sides.  It also times the image stage (
 the build variants) against the pHash alone and the pHash with variants, and the eval index per
 picture; the load average is printed with the times, since the benchmark machine is shared.
 pHashes made with a median threshold have 32 bits set, so their distances are even: a threshold
-of 5 acts as 4, and a variant margin of 1 at phash_distance 6 means a variant counts within 4.
+of 5 acts as 4 (a mirrored turn, 2 bits closer, within 2), and the eval index's margin of 1 for
+mirrored variants at phash_distance 6 means they count within 4 (the others within 6).
 
 One draw (``--seed``) can be lucky: ``--seeds 0 1 2`` runs several, prints each one's table,
 then a table of the draws and the figures of all of them pooled (copies and unrelated photos
