@@ -26,7 +26,11 @@ runs it without them (img2dataset has none: like for like), ``--limits both`` bo
 
     .venv/bin/python benchmarks/steady_state.py [--hosts 1000] [--big 300,200,100] [--pairs 3]
         [--workers 2] [--latency 0.03] [--connect-latency 0.05] [--photos 400] [--limits on|off|both]
-        [--threads N] [--workdir DIR]
+        [--threads N] [--workdir DIR] [--baseline DIR] [--no-img2dataset]
+
+``--baseline DIR`` adds a run of ours from another commit's package (alternating like the rest),
+so that a change is measured against the code before it; with ``--no-img2dataset`` the ratios are
+against that baseline.
 """
 
 from __future__ import annotations
@@ -82,9 +86,10 @@ class CpuTrace(TreeMonitor):
         return (at(t1) - at(t0)) / (t1 - t0) if t1 > t0 else float("nan")
 
 
-def measure(spec: dict, work: Path, web) -> dict:
+def measure(spec: dict, work: Path, web, pythonpath: str = "") -> dict:
     """One run in a fresh child (host_limits.py's), the web restarted for it; the child's figures
-    and the server's (every request's arrival time)."""
+    and the server's (every request's arrival time).  ``pythonpath``: where the child imports
+    ``flamingo_corpus`` from first (another commit's package, ``--baseline``)."""
     work.mkdir(parents=True, exist_ok=True)
     spec_path, result_path = work / "spec.json", work / "result.json"
     spec_path.write_text(json.dumps(spec))
@@ -95,7 +100,7 @@ def measure(spec: dict, work: Path, web) -> dict:
     proc = subprocess.Popen(
         [sys.executable, host_limits.__file__, "--child", str(spec_path), str(result_path)],
         cwd=REPO,
-        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", **({"PYTHONPATH": pythonpath} if pythonpath else {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -143,6 +148,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="our download threads per worker (default: the recipe's)")
     ap.add_argument("--limits", choices=("on", "off", "both"), default="on")
     ap.add_argument("--workdir", help="keep the photographs here and reuse them")
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run ours from the flamingo_corpus package under DIR (another commit's, e.g. a git worktree's "
+        "pipeline/ linked as DIR/flamingo_corpus), alternating with the others: a change measured against the code "
+        "before it on the same web",
+    )
+    ap.add_argument("--no-img2dataset", action="store_true", help="ours only (with --baseline: an A/B of two commits)")
     args = ap.parse_args()
 
     import pyarrow as pa
@@ -174,7 +187,10 @@ def main() -> None:
         f"{args.workers} x the recipe's download.threads (img2dataset)"
     )
     ours_labels = {"on": ["ours"], "off": ["ours, limits off"], "both": ["ours", "ours, limits off"]}[args.limits]
-    results: dict = {label: [] for label in [*ours_labels, "img2dataset"]}
+    if args.baseline:
+        ours_labels.append("baseline")
+    theirs_labels = [] if args.no_img2dataset else ["img2dataset"]
+    results: dict = {label: [] for label in [*ours_labels, *theirs_labels]}
     tmp = Path(tempfile.mkdtemp(prefix="fc-steady-run-"))
     try:
         web.reset()
@@ -187,7 +203,7 @@ def main() -> None:
         )
         base = {"input": str(tmp / "rows.parquet"), "per_shard": 1000, "workers": args.workers}
         for i in range(args.pairs):
-            order = [*ours_labels, "img2dataset"]
+            order = [*ours_labels, *theirs_labels]
             if i % 2:
                 order.reverse()
             for label in order:
@@ -197,27 +213,28 @@ def main() -> None:
                     spec = {
                         **base,
                         "tool": "ours",
-                        "limits": {} if label == "ours" else None,  # host_limits: the recipe's, or off
+                        "limits": None if label == "ours, limits off" else {},  # host_limits: the recipe's, or off
                         "share": None,
                         "threads": args.threads,
                         "out": str(tmp / "out"),
                     }
-                r = measure(spec, tmp / "run", web)
+                r = measure(spec, tmp / "run", web, args.baseline if label == "baseline" else "")
                 results[label].append(r)
                 print(describe(f"{label} (pair {i + 1})", r), flush=True)
     finally:
         web.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    theirs = results["img2dataset"]
-    for label in ours_labels:
+    reference = "img2dataset" if theirs_labels else "baseline"
+    theirs = results.get(reference, [])
+    for label in [x for x in ours_labels if x != reference] if theirs else []:
         ours = results[label]
         whole = [(a["units"] / a["seconds"]) / (b["units"] / b["seconds"]) for a, b in zip(ours, theirs)]
         steady = [a["steady"] / b["steady"] for a, b in zip(ours, theirs)]
         cost = [(b["cpu"] / b["units"]) / (a["cpu"] / a["units"]) for a, b in zip(ours, theirs)]
         # the steady rate per core the tool had then: what load from others does not move
         per_core = [(a["steady"] / a["steady_cores"]) / (b["steady"] / b["steady_cores"]) for a, b in zip(ours, theirs)]
-        print(f"  {label} / img2dataset, per pair and median of {len(ours)}:")
+        print(f"  {label} / {reference}, per pair and median of {len(ours)}:")
         figures = [("whole run", whole), ("steady state", steady), ("per CPU-second", cost)]
         figures.append(("steady per core", per_core))
         for name, xs in figures:
