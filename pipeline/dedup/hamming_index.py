@@ -50,7 +50,7 @@ import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import connected_components
 
-from ..images.perceptual import split_variants
+from ..images.perceptual import BUILD_VARIANTS, split_variants
 
 HASH_BITS = 64
 # Candidate pairs (or XOR elements in ``close_pairs``) handled at once: 1M, so memory stays bounded
@@ -467,42 +467,70 @@ def all_pairs_groups(hashes: Dict[Hashable, str], k: int) -> List[Set]:
     return [g for g in uf.groups() if len(g) > 1]
 
 
-# A pHash joins another image's mirrored turn (``perceptual.split_variants``) only this many bits
-# closer than ``k``: at the shipped k=5 within 2 instead of 4 (distances are even).  Mirrored
-# turns met unrelated pictures 6-8 times as often as plain variants (docs/benchmarks.md): crops of
-# a low-detail photograph (a retina, the sky of a photo, a clock face) on either side of its
-# middle are near mirror images of each other, and a turn blurs what detail there is.  Over ten
-# draws of the copy benchmark (seeds 0-4, 20 and 40 copies a kind) this kept out 9 of 37 false
-# positives (pooled 0.92% -> 0.69% of 4,032 unrelated photos; seed 1: 4 of 403 -> 1) for 0.004
-# of overall recall (0.964 -> 0.960; mirrored turned copies 0.75 on one draw); holding every
-# mirror to it cost up to 0.020 on seeds 0-2 and kept out no more.  Most of the false positives
-# left are low-detail crops within 2-4 bits of a plain crop variant, which no margin short of
-# losing the crops fixes.
-MIRRORED_TURN_MARGIN = 2
+# Held to a stricter distance, ``k - STRICT_MARGIN`` (at the shipped k=5 within 2 bits instead
+# of 4: distances are even), are the pairs of a pHash and a variant where chance matches gather:
+#
+# - the variant is a mirrored turn (``perceptual.split_variants``).  Mirrored turns met unrelated
+#   pictures 6-8 times as often as plain variants (docs/benchmarks.md): crops of a low-detail
+#   photograph (a retina, the sky of a photo, a clock face) on either side of its middle are near
+#   mirror images of each other, and a turn blurs what detail there is;
+# - either image is of low detail (``low_detail``): at least ``LOW_DETAIL_COLLAPSED`` of its
+#   ``perceptual.BUILD_VARIANTS`` variant hashes equal its pHash or another variant (the image
+#   stage leaves those out), so cutting or turning it barely moves its hash.  The moon, a
+#   retina, a sky, a cell: their crops came within 2-4 bits of plain crop variants of unrelated
+#   pictures, where no margin on the variants alone helps.
+#
+# Over ten draws of the copy benchmark (seeds 0-4, 20 and 40 copies a kind), near-dup's false
+# positives 37 of 4,032 unrelated photos (0.92%) -> 28 (0.69%) with the mirrored turns' rule ->
+# 15 (0.37%) with both, recall 0.964 -> 0.960 -> 0.958; on seeds 5 and 6, run after the rules were
+# chosen, 21 of 1,634 (1.29%) -> 4 (0.24%) at the same recall (0.961 -> 0.960).  Holding every
+# mirror to it cost up to 0.020 of recall on seeds 0-2 and kept out no more; counting an image
+# with 2 collapsed variants as of low detail kept out 1 more (14) for 0.004 of recall, with 4
+# kept out 2 fewer (17).
+STRICT_MARGIN = 2
+LOW_DETAIL_COLLAPSED = 3
+
+
+def low_detail(variants: Sequence[str]) -> bool:
+    """Whether an image whose ``perceptual.phash_and_variants`` variants are ``variants`` is of
+    low detail: ``LOW_DETAIL_COLLAPSED`` or more of them were duplicates (an image without
+    variants, all of them equal to its pHash, is)."""
+    return len(variants) <= BUILD_VARIANTS - LOW_DETAIL_COLLAPSED
+
+
+def strict_variants(variants: Sequence[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(the variants a pHash joins within ``k``, those it joins within ``k - STRICT_MARGIN``):
+    the mirrored turns are strict, and all of a low-detail image's variants."""
+    if low_detail(variants):
+        return (), tuple(variants)
+    return split_variants(variants)
 
 
 def variant_limits(variants: Sequence[str], k: int) -> List[int]:
-    """The distance within which a pHash joins each of an image's ``variants``: ``k``, less
-    ``MIRRORED_TURN_MARGIN`` for its mirrored turns."""
-    plain, turns = split_variants(variants)
-    return [k] * len(plain) + [k - MIRRORED_TURN_MARGIN] * len(turns)
+    """The distance within which a pHash (of an image not of low detail) joins each of an image's
+    ``variants``, in their order (``strict_variants``)."""
+    plain, strict = strict_variants(variants)
+    return [k] * len(plain) + [k - STRICT_MARGIN] * len(strict)
 
 
 def variant_groups(hashes: Dict[Hashable, str], variants: Dict[Hashable, Sequence[str]], k: int) -> List[Set]:
     """Groups (two members or more) of ids joined when one's pHash is within ``k`` of the other's
     pHash or of one of the other's ``variants`` (mirrored, cropped, rotated: what
-    ``perceptual.phash_and_variants`` gives; its mirrored turns within ``k -
-    MIRRORED_TURN_MARGIN``, ``variant_limits``), transitively.  Brute force over (pHash, stored
-    hash) pairs, a block at a time: the reference the Beam stage (``near.py``) is tested against,
-    and what the copy-detection benchmark groups with."""
+    ``perceptual.phash_and_variants`` gives; its mirrored turns, and any variant when either
+    image is of low detail, within ``k - STRICT_MARGIN``: ``variant_limits``), transitively.
+    Brute force over (pHash, stored hash) pairs, a block at a time: the reference the Beam stage
+    (``near.py``) is tested against, and what the copy-detection benchmark groups with."""
     ids = list(hashes)
     owner = {i: n for n, i in enumerate(ids)}
     query = to_uint64(hashes[i] for i in ids)
     stored_owner = [n for n, i in enumerate(ids) for _ in range(1 + len(variants.get(i, ())))]
     stored = to_uint64(h for i in ids for h in (hashes[i], *variants.get(i, ())))
     limit = np.array([x for i in ids for x in (k, *variant_limits(variants.get(i, ()), k))], dtype=np.int64)
+    is_variant = np.array([n > 0 for i in ids for n in range(1 + len(variants.get(i, ())))], dtype=bool)
+    low = np.array([low_detail(variants.get(i, ())) for i in ids], dtype=bool)
     a, b = blocked_pairs(query, stored, k, upper=False)
-    close = np.bitwise_count(query[a] ^ stored[b]) <= limit[b]
+    limit = np.where(low[a] & is_variant[b], np.minimum(limit[b], k - STRICT_MARGIN), limit[b])
+    close = np.bitwise_count(query[a] ^ stored[b]) <= limit
     a, b = a[close], b[close]
     uf = UnionFind()
     for i in ids:

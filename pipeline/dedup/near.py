@@ -16,13 +16,12 @@ from typing import Dict, List, Sequence, Tuple
 import apache_beam as beam
 import numpy as np
 
-from ..images.perceptual import split_variants
 from ..recipe import DedupConfig
 from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .exact import representative_order
 from .hamming_index import (
-    MIRRORED_TURN_MARGIN,
+    STRICT_MARGIN,
     Band,
     band_plan,
     blocked_pairs,
@@ -30,6 +29,8 @@ from .hamming_index import (
     components,
     flip_masks,
     found_on_earlier_band,
+    low_detail,
+    strict_variants,
 )
 
 __all__ = ["DedupNearImages", "DropFrequentImages"]
@@ -40,10 +41,22 @@ STAGE = "near_dup"
 # --- Beam: DedupNearImages ---------------------------------------------------------------------
 
 _STORED, _PROBE, _PROBE_DOWN = 0, 1, 2
-# What a searched hash is: a pHash, a variant, or a mirrored turn (a variant a pHash joins only
-# within ``k - MIRRORED_TURN_MARGIN``, ``hamming_index.variant_limits``).  False and True, as the
-# tests write pHashes and variants, equal the first two.
-_PHASH, _VARIANT, _MIRRORED_TURN = 0, 1, 2
+# What a searched hash is: a pHash, a variant, a strict variant (a mirrored turn, or any variant
+# of a low-detail image: a pHash joins it only within ``k - STRICT_MARGIN``), or the pHash of a
+# low-detail image (it joins any variant only within that).  ``hamming_index.variant_limits`` and
+# ``variant_groups`` are the rule.  False and True, as tests write pHashes and variants, equal the
+# first two.
+_PHASH, _VARIANT, _STRICT_VARIANT, _LOW_DETAIL_PHASH = 0, 1, 2, 3
+
+
+def _is_variant(kind) -> bool:
+    return kind == _VARIANT or kind == _STRICT_VARIANT
+
+
+def _strict(one, other) -> bool:
+    """Whether a pair of searched hashes of these kinds is joined only within ``k - STRICT_MARGIN``."""
+    kinds = (one, other)
+    return _STRICT_VARIANT in kinds or (_LOW_DETAIL_PHASH in kinds and (_is_variant(one) or _is_variant(other)))
 
 
 def _hash_entry(s: Sample):
@@ -70,20 +83,21 @@ def _copy_edges(item):
 def _searched(item):
     """(hash, member, what it is) of what the search compares for one exact hash: the copy with
     the smallest id (its copies are joined to it), under its pHash and under each variant hash
-    any of the copies carries (``Sample.phash_variants``: mirrored, cropped, rotated), a mirrored
-    turn only when it is one in every copy that carries it (in ``variant_groups`` a pHash within
-    ``k`` of a copy's plain variant joins that copy, and so all of them)."""
+    any of the copies carries (``Sample.phash_variants``: mirrored, cropped, rotated).  As in
+    ``variant_groups``, where a pHash that joins one copy joins them all: a variant is strict
+    only when it is in every copy that carries it, the pHash of low detail only when every copy
+    is."""
     value, entries = item
     anchor = min((member for member, _ in entries), key=lambda m: m[0])
-    yield value, anchor, _PHASH
-    plain, turns = set(), set()
+    yield value, anchor, _LOW_DETAIL_PHASH if all(low_detail(vs) for _, vs in entries) else _PHASH
+    plain, strict = set(), set()
     for _, vs in entries:
-        others, mirrored_turns = split_variants(vs)
-        plain.update(int(v, 16) for v in others)
-        turns.update(int(v, 16) for v in mirrored_turns)
-    turns -= plain
-    for variant in sorted((plain | turns) - {value}):
-        yield variant, anchor, _MIRRORED_TURN if variant in turns else _VARIANT
+        joined_within_k, joined_within_less = strict_variants(vs)
+        plain.update(int(v, 16) for v in joined_within_k)
+        strict.update(int(v, 16) for v in joined_within_less)
+    strict -= plain
+    for variant in sorted((plain | strict) - {value}):
+        yield variant, anchor, _STRICT_VARIANT if variant in strict else _VARIANT
 
 
 def _index_entries(item, plan: Sequence[Band], masks: Sequence[Sequence[Tuple[int, int]]]):
@@ -97,7 +111,7 @@ def _index_entries(item, plan: Sequence[Band], masks: Sequence[Sequence[Tuple[in
     for band in plan:
         own = (value >> band.shift) & band.mask
         yield (band.index, own), (_STORED, value, member, variant)
-        if variant:
+        if _is_variant(variant):
             continue
         for top_bit, mask in masks[band.index]:
             yield (band.index, own ^ mask), (_PROBE if not own & top_bit else _PROBE_DOWN, value, member, variant)
@@ -109,7 +123,7 @@ def _bucket_edges(item, k: int, plan: Sequence[Band]):
     this band is the first within radius, so each edge leaves exactly one bucket.  Two variant
     hashes make no edge (a crop of one image near a crop of another says little: the relation
     is a pHash within ``k`` of the other's pHash or of one of its variants), nor do two hashes
-    of one sample; a pHash and a mirrored turn only within ``k - MIRRORED_TURN_MARGIN``.
+    of one sample; a strict pair (``_strict``) only within ``k - STRICT_MARGIN``.
     pHashes here are distinct (copies were collapsed before); a variant hash may equal another
     sample's pHash or variant."""
     (band_index, _), entries = item
@@ -124,7 +138,7 @@ def _bucket_edges(item, k: int, plan: Sequence[Band]):
         if probing:
             probe_values = np.array([v for v, _, _ in probing], dtype=np.uint64)
             pairs.append((probing, probe_values, *blocked_pairs(probe_values, stored_values, k, upper=False)))
-    strict = k - MIRRORED_TURN_MARGIN
+    strict = k - STRICT_MARGIN
     for left, left_values, i, j in pairs:
         xor = left_values[i] ^ stored_values[j]
         later = ~found_on_earlier_band(xor, plan, band_index)
@@ -132,11 +146,11 @@ def _bucket_edges(item, k: int, plan: Sequence[Band]):
         for a, b, distance in zip(i[later].tolist(), j[later].tolist(), distances):
             _, one, one_variant = left[a]
             _, other, other_variant = stored[b]
-            if left is down and not other_variant:
+            if left is down and not _is_variant(other_variant):
                 continue  # a pair of pHashes is the up-probe's
-            if _MIRRORED_TURN in (one_variant, other_variant) and distance > strict:
+            if distance > strict and _strict(one_variant, other_variant):
                 continue
-            if not (one_variant and other_variant) and one[0] != other[0]:
+            if not (_is_variant(one_variant) and _is_variant(other_variant)) and one[0] != other[0]:
                 yield _edge(one, other)
 
 
@@ -185,8 +199,9 @@ class DedupNearImages(beam.PTransform):
     samples -> (kept, dropped).  Two samples are joined when one's pHash is within
     ``near_max_distance`` of the other's pHash or of one of its ``phash_variants`` (the hashes
     of its mirrored, cropped and rotated copies that the image stage computes,
-    ``perceptual.phash_and_variants``; of its mirrored turns within ``near_max_distance -
-    MIRRORED_TURN_MARGIN``), as ``hamming_index.variant_groups`` does in memory.
+    ``perceptual.phash_and_variants``; of its mirrored turns, and of any variant when either image
+    is of low detail, within ``near_max_distance - STRICT_MARGIN``), as
+    ``hamming_index.variant_groups`` does in memory.
 
     Samples are first grouped by exact pHash: copies are joined to the copy with the smallest
     id, which alone goes on, under its pHash and under every variant hash of the copies (a

@@ -347,6 +347,7 @@ BUILD_MIRRORS = (
 # equal to an earlier hash, and, when one was (duplicates are left out), an earlier variant, held
 # to the stricter distance too: an error on the strict side only.
 BUILD_MIRRORED_TURNS = BUILD_MIRRORS[-2:]
+BUILD_VARIANTS = len(BUILD_GEOMETRY) + len(BUILD_MIRRORS)  # hashes an image's variants hold at most
 assert BUILD_MIRRORED_TURNS == tuple(1 + len(BUILD_CROPS) + BUILD_ANGLES.index(a) for a in (3.0, -3.0))
 
 

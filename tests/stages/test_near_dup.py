@@ -559,6 +559,8 @@ def _variant_samples(k: int, n: int = 400):
         variants[i].append(hexes[i + 2])
     for i in range(n):
         variants[i] += [f"{int(x):016x}" for x in rng.integers(0, 2**62, size=int(rng.integers(0, 4)))]
+        if i % 5:  # most images have 33 variants, the rest are of low detail (hamming_index.low_detail)
+            variants[i] += [f"{int(x):016x}" for x in rng.integers(0, 2**62, size=33 - len(variants[i]))]
     samples = [
         Sample(id=f"s{i:04d}", source_index=0, row=i, url=None, phash=hexes[i], phash_variants=tuple(variants[i]))
         for i in range(n)
@@ -593,53 +595,77 @@ def test_dedup_near_images_probes_the_variants_as_the_reference_does(bands_):
     assert _summary(out["kept"], out["dropped"]) == _expected_summary(samples, expected)
 
 
-def _mirrored_turn_samples():
-    """Samples whose pHashes are far apart, joined (or not) through the variants of ``a`` and of
-    the exact copies ``f`` and ``f2``; variants are listed as ``phash_and_variants`` lists them,
-    the mirrored turns last (``perceptual.split_variants``), and the expected groups at k=5."""
+def _strict_pair_samples():
+    """Samples whose pHashes are far apart, joined (or not) through the variants of ``a``, of the
+    exact copies ``f`` and ``f2`` and of the low-detail ``flat``; variants are listed as
+    ``phash_and_variants`` lists them, the mirrored turns last (``perceptual.split_variants``),
+    33 of them unless an image is of low detail (``hamming_index.low_detail``: 3 or more
+    collapsed).  With the expected groups at k=5."""
     rng = np.random.default_rng(21)
-    h = [f"{int(x):016x}" for x in rng.integers(0, 2**64, size=12, dtype=np.uint64)]
-    crop, tile, turn1, turn2, shared = h[:5]
+    h = iter(f"{int(x):016x}" for x in rng.integers(0, 2**64, size=1000, dtype=np.uint64))
+
+    def full(*first, last=()):  # 33 variants, padded with unrelated hashes
+        return (*first, *(next(h) for _ in range(33 - len(first) - len(last))), *last)
+
+    crop, tile, side, turn1, turn2, shared, flat_crop = (next(h) for _ in range(7))
     variants = {
-        "a": (crop, tile, turn1, turn2),  # two plain variants, then its two mirrored turns
-        "f": (shared, h[5], h[6], h[7]),  # ``shared`` is a plain variant of f ...
-        "f2": (h[8], h[9], h[10], shared),  # ... and a mirrored turn of its exact copy f2
+        "a": full(crop, tile, side, last=(turn1, turn2)),  # plain variants first, its mirrored turns last
+        "f": full(shared),  # ``shared`` is a plain variant of f ...
+        "f2": full(last=(shared,)),  # ... and a mirrored turn of its exact copy f2
+        "flat": (flat_crop,),  # 32 of its 33 variants collapsed: low detail
+        "low_query": (),  # a low-detail image whose pHash is near a's plain variant
+        "low_query_close": (next(h),),
     }
     phashes = {
-        "a": h[11],
+        "a": next(h),
         "near_turn": flip_bits(turn1, range(4)),  # 4 from a's mirrored turn: more than 5 - 2, apart
         "close_turn": flip_bits(turn2, range(2)),  # 2 from a's other mirrored turn: joined
         "near_crop": flip_bits(crop, range(4)),  # 4 from a's plain variant: joined
-        "f": flip_bits(h[11], range(32)),
-        "f2": flip_bits(h[11], range(32)),
+        "f": next(h),
         "near_shared": flip_bits(shared, range(4)),  # 4 from a hash plain in f: joins f and f2
+        "flat": next(h),
+        "near_flat": flip_bits(flat_crop, range(4)),  # 4 from a low-detail image's variant: apart
+        "close_flat": flip_bits(flat_crop, range(4, 6)),  # 2 from it (6 from near_flat): joined
+        "low_query": flip_bits(tile, range(4)),  # a low-detail pHash 4 from a's plain variant: apart
+        "low_query_close": flip_bits(side, range(2)),  # 2 from another: joined
     }
-    expected = [{"a", "close_turn", "near_crop"}, {"f", "f2", "near_shared"}]
+    phashes["f2"] = phashes["f"]
+    variants.update({n: full() for n in phashes if n not in variants})
+    expected = [
+        {"a", "close_turn", "near_crop", "low_query_close"},
+        {"f", "f2", "near_shared"},
+        {"flat", "close_flat"},
+    ]
     return phashes, variants, expected
 
 
-def test_a_mirrored_turn_joins_only_within_the_stricter_distance():
-    """``variant_groups``: a pHash within k of a plain variant joins its image, within k of a
-    mirrored turn (the last two variants) only within k - MIRRORED_TURN_MARGIN; a hash that one
-    exact copy carries as a plain variant joins at k."""
-    from flamingo_corpus.dedup.hamming_index import MIRRORED_TURN_MARGIN, variant_limits
+def test_mirrored_turns_and_low_detail_images_join_only_within_the_stricter_distance():
+    """``variant_groups``: a pHash within k of a plain variant joins its image; within k of a
+    mirrored turn (the last two variants), of any variant of a low-detail image, or itself the
+    pHash of a low-detail image, only within k - STRICT_MARGIN; a hash that one exact copy
+    carries as a plain variant joins at k."""
+    from flamingo_corpus.dedup.hamming_index import STRICT_MARGIN, low_detail, variant_limits
 
-    assert MIRRORED_TURN_MARGIN == 2
-    assert variant_limits(("1", "2", "3", "4"), 5) == [5, 5, 3, 3] and variant_limits(("1",), 5) == [3]
-    phashes, variants, expected = _mirrored_turn_samples()
+    assert STRICT_MARGIN == 2
+    full = tuple(f"{n:016x}" for n in range(33))
+    assert variant_limits(full, 5) == [5] * 31 + [3, 3] and variant_limits(full[:31], 5) == [5] * 29 + [3, 3]
+    assert low_detail(full[:30]) and variant_limits(full[:30], 5) == [3] * 30 and low_detail(())
+    phashes, variants, expected = _strict_pair_samples()
     groups = variant_groups(phashes, variants, 5)
     assert sorted(map(sorted, groups)) == sorted(map(sorted, expected))
-    # without the stricter distance the farther mirrored turn would join too
-    assert any("near_turn" in g for g in variant_groups(phashes, variants, 7))
+    # at a larger k the same pairs are within the stricter distance too
+    joined = set().union(*variant_groups(phashes, variants, 7))
+    assert {"near_turn", "near_flat", "low_query"} <= joined
 
 
 @pytest.mark.parametrize("bands_", [None, 3])
-def test_the_beam_stage_holds_mirrored_turns_to_the_stricter_distance(bands_):
-    """The Beam stage joins through mirrored turns as ``variant_groups`` does (the exact copies
-    f and f2 are searched as one, with ``shared`` a plain variant since f carries it as one)."""
-    phashes, variants, expected = _mirrored_turn_samples()
+def test_the_beam_stage_holds_strict_pairs_to_the_stricter_distance(bands_):
+    """The Beam stage joins through mirrored turns and low-detail images as ``variant_groups``
+    does (the exact copies f and f2 are searched as one, with ``shared`` a plain variant since f
+    carries it as one)."""
+    phashes, variants, expected = _strict_pair_samples()
     samples = [
-        Sample(id=i, source_index=0, row=row, url=None, phash=ph, phash_variants=variants.get(i, ()))
+        Sample(id=i, source_index=0, row=row, url=None, phash=ph, phash_variants=variants[i])
         for row, (i, ph) in enumerate(phashes.items())
     ]
 
