@@ -341,7 +341,7 @@ BUILD_MIRRORS = (
     1 + len(BUILD_CROPS) + BUILD_ANGLES.index(-3.0),
 )
 # ``phash_and_variants`` lists the mirrors last, the mirrored turns last of all, so near-dup can
-# hold them to a stricter distance (``hamming_index.MIRRORED_TURN_MARGIN``) without the stored
+# hold them to a stricter distance (``hamming_index.STRICT_MARGIN``) without the stored
 # hashes carrying their names (which would change what the image store holds): the last
 # ``len(BUILD_MIRRORED_TURNS)`` hashes of an image's variants are its mirrored turns that are not
 # equal to an earlier hash, and, when one was (duplicates are left out), an earlier variant, held
