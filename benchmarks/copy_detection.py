@@ -18,14 +18,17 @@ dropped as an overlap of any evaluation image (decontamination) or grouped with 
 
 Columns: ``before`` is the single pHash on both sides (today's pHash, letterbox trimming
 included, without variants), ``now`` the shipped method (eval index variants
-``perceptual.INDEX_VARIANTS`` for decontamination, build variants ``Sample.phash_variants`` for
-near-dup), ``imagededup`` the PHash of imagededup (an outside reference, when it is installed) at
-the same thresholds, single hash on both sides.  It also times the image stage (which computes
-the build variants) against the pHash alone and the pHash with variants, and the eval index per
-picture; the load average is printed with the times, since the benchmark machine is shared.
-pHashes made with a median threshold have 32 bits set, so their distances are even: a threshold
-of 5 acts as 4 (a mirrored turn, 2 bits closer, within 2), and the eval index's margin of 1 for
-mirrored variants at phash_distance 6 means they count within 4 (the others within 6).
+``perceptual.INDEX_VARIANTS`` for decontamination, matched by ``EvalIndex.match`` as the stage
+calls it, with each image's build variants to tell low detail; build variants
+``Sample.phash_variants`` for near-dup), ``imagededup`` the PHash of imagededup (an outside
+reference, when it is installed) at the same thresholds, single hash on both sides.  It also
+times the image stage (which computes the build variants) against the pHash alone and the pHash
+with variants, and the eval index per picture; the load average is printed with the times,
+since the benchmark machine is shared.  pHashes made with a median threshold have 32 bits set,
+so their distances are even: a threshold of 5 acts as 4 (a mirrored turn, 2 bits closer, within
+2), and the eval index's margin of 1 for mirrored variants at phash_distance 6 means they count
+within 4 (the others within 6; any variant within 2 for a low-detail image,
+``eval_index.LOW_DETAIL_MARGIN`` 4).
 
 One draw (``--seed``) can be lucky: ``--seeds 0 1 2`` runs several, prints each one's table,
 then a table of the draws and the figures of all of them pooled (copies and unrelated photos
@@ -233,10 +236,9 @@ class Image_:
 
 
 def hashed(name: str, data: bytes, cfg, outside) -> Image_:
-    p = process_image(data, cfg)
-    _, variants = perceptual.phash_and_variants(Image.open(io.BytesIO(data)).convert("RGB"))
+    p = process_image(data, cfg)  # its pHash and build variants, as a Sample carries them
     ref = outside(data) if outside else ""
-    return Image_(name, data, p.phash, variants, ref)
+    return Image_(name, data, p.phash, tuple(p.phash_variants), ref)
 
 
 def imagededup_hasher():
@@ -328,8 +330,11 @@ def run_draw(args, seed: int, recipe, cfg, photos, outside, kinds) -> Draw:
     eval_own = to_uint64(f"{own[f'{n}.png']:016x}" for n in names)
     eval_ref = to_uint64(originals[f"{n}/original"].ref_hash for n in names) if outside else None
 
-    def decon_now(items: List[Image_]) -> List[bool]:
-        return [m is not None for m in index.match([x.phash for x in items], phash_distance=k_decon)]
+    def decon_now(items: List[Image_]) -> List[bool]:  # the stage's call (decontaminate._MatchBatch)
+        matches = index.match(
+            [x.phash for x in items], phash_distance=k_decon, build_variants=[x.variants for x in items]
+        )
+        return [m is not None for m in matches]
 
     def decon_single(items: List[Image_], attr: str, table) -> List[bool]:
         q = to_uint64(getattr(x, attr) for x in items)

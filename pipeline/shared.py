@@ -60,7 +60,7 @@ class FetchImages(beam.PTransform):
 
 
 def _release(s: Sample, keep_variants: bool = False) -> Sample:
-    if s.phash_variants and not keep_variants:  # only near dup reads them: ~0.5 KB a sample a shuffle
+    if s.phash_variants and not keep_variants:  # decontamination and near dup read them: ~0.5 KB a sample a shuffle
         s = s.replace(phash_variants=())
     if s.image_bytes is None or not s.stored_images:
         return s
@@ -71,7 +71,8 @@ class ReleaseImages(beam.PTransform):
     """Samples -> the same samples without their image bytes, which the store holds (they keep
     where: ``stored_images``, and how many bytes: ``image_len``).  Applied after the last stage
     that looks at pixels, so that no shuffle after it carries an image.  The variant hashes
-    (``Sample.phash_variants``) go too, unless ``keep_variants`` (a build with near dup)."""
+    (``Sample.phash_variants``) go too, unless ``keep_variants`` (a build with decontamination,
+    which tells low-detail images by them, or near dup)."""
 
     def __init__(self, keep_variants: bool = False):
         super().__init__()

@@ -78,10 +78,16 @@ def build_laion(
         from ..clip.stage import ScoreWithClip
 
         rows = stage(rows, "Score with CLIP", ScoreWithClip(recipe.clip))
-    # no stage after this one looks at pixels (nor, but near dup, at the variant hashes)
-    rows = rows | "Release images" >> ReleaseImages(keep_variants=recipe.dedup.near)
-    if recipe.decontamination.index:  # eval-set images and captions
-        rows = stage(rows, "Decontaminate against eval sets", Decontaminate(recipe.decontamination, recipe.clip))
+    # no stage after this one looks at pixels (nor, but decontamination and near dup, at the
+    # variant hashes: decontamination tells low-detail images by them, and releases them)
+    decontaminate = bool(recipe.decontamination.index)
+    rows = rows | "Release images" >> ReleaseImages(keep_variants=recipe.dedup.near or decontaminate)
+    if decontaminate:  # eval-set images and captions
+        rows = stage(
+            rows,
+            "Decontaminate against eval sets",
+            Decontaminate(recipe.decontamination, recipe.clip, release_variants=not recipe.dedup.near),
+        )
     if recipe.safety.nsfw_head:
         rows = stage(rows, "Score NSFW head", ScoreNsfw(recipe.safety))
     exact_in_numbering = recipe.dedup.exact and not (recipe.dedup.near or recipe.dedup.semantic)

@@ -67,7 +67,9 @@ def build_mmc4(
             | "Embed with CLIP" >> EmbedWithClip(recipe.clip)
         )
         images, sentences = embedded | "Split embeddings" >> beam.Partition(_is_image, 2)
-    images = images | "Release images" >> ReleaseImages()  # no stage after this one looks at pixels
+    # No stage after this one looks at pixels; decontamination tells low-detail images by their
+    # variant hashes, and releases them.
+    images = images | "Release images" >> ReleaseImages(keep_variants=bool(recipe.decontamination.index))
     if recipe.clip.enabled:
         if recipe.safety.nsfw_head:
             images = stage(images, "Score NSFW head", ScoreNsfw(recipe.safety))
@@ -77,6 +79,10 @@ def build_mmc4(
             images = stage(images, "Dedup semantic duplicates", DedupSemantic(recipe.dedup))
     # else: alignment uses the similarity matrix the release ships (mmc4: CLIP ViT-L/14).
     if recipe.decontamination.index:  # eval-set images; sentences are left in place
-        images = stage(images, "Decontaminate against eval sets", Decontaminate(recipe.decontamination, recipe.clip))
+        images = stage(
+            images,
+            "Decontaminate against eval sets",
+            Decontaminate(recipe.decontamination, recipe.clip, release_variants=True),
+        )
     aligned = stage((docs, images, sentences), "Align documents", AssembleDocuments(recipe.mmc4))
     (aligned, *stage.drops) | "Write output" >> WriteOutput(recipe.shard, output_dir, mmc4_members)

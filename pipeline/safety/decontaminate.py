@@ -13,7 +13,10 @@ sample with the eval index (``flamingo-corpus index-eval``, pipeline/safety/eval
 
 A match is dropped with reason ``eval_overlap`` and a detail naming the eval item, the variant
 that matched and the evidence ("coco:val2014/x.jpg phash_distance=2", "coco:val2014/x.jpg
-mirrored phash_distance=3", "... cosine=0.9731", "caption coco:<item>").
+mirrored phash_distance=3", "... cosine=0.9731", "caption coco:<item>").  A training image of low
+detail (``hamming_index.low_detail`` on its build variants, ``Sample.phash_variants``) counts
+against an eval image's variants only within ``phash_distance - eval_index.LOW_DETAIL_MARGIN``,
+and its evidence says so ("coco:val2014/x.jpg crop-left5% low-detail phash_distance=2").
 
 The index is lookup data (about 80 bytes of arrays a hash, ~183 hashes an eval picture: some
 600 MiB for COCO val2014): each worker reads it once in ``setup`` through Beam's FileSystems, so
@@ -48,8 +51,8 @@ MAX_BATCH = 256
 
 
 class _MatchBatch(beam.DoFn):
-    def __init__(self, cfg: DecontaminationConfig, use_embeddings: bool):
-        self.cfg, self.use_embeddings = cfg, use_embeddings
+    def __init__(self, cfg: DecontaminationConfig, use_embeddings: bool, release_variants: bool):
+        self.cfg, self.use_embeddings, self.release_variants = cfg, use_embeddings, release_variants
         self.checked = Metrics.counter(STAGE, "checked")
 
     def setup(self):
@@ -63,16 +66,27 @@ class _MatchBatch(beam.DoFn):
             phash_distance=self.cfg.phash_distance,
             min_cosine=self.cfg.min_cosine if self.use_embeddings else None,
             check_captions=self.cfg.captions,
+            build_variants=[s.phash_variants for s in batch],
         )
         self.checked.inc(len(batch))
         for s, m in zip(batch, matches):
-            yield drop(s, REASON, STAGE, detail=m.detail) if m else s
+            if m:
+                yield drop(s, REASON, STAGE, detail=m.detail)
+            else:
+                yield s.replace(phash_variants=()) if self.release_variants and s.phash_variants else s
 
 
 class Decontaminate(beam.PTransform):
-    """Drop samples whose image or caption is in the eval index -> (kept, dropped)."""
+    """Drop samples whose image or caption is in the eval index -> (kept, dropped).
 
-    def __init__(self, cfg: DecontaminationConfig, clip_cfg: Optional[ClipConfig] = None):
+    The samples must carry their build variant hashes (``Sample.phash_variants``): an image of
+    low detail is told by them (``eval_index.LOW_DETAIL_MARGIN``), and one without any counts as
+    of low detail.  ``release_variants``: the kept samples leave without them (no later stage
+    reads them)."""
+
+    def __init__(
+        self, cfg: DecontaminationConfig, clip_cfg: Optional[ClipConfig] = None, release_variants: bool = False
+    ):
         super().__init__()
         if not cfg.index:
             raise ValueError("decontamination.index is not set")
@@ -90,8 +104,10 @@ class Decontaminate(beam.PTransform):
                 cfg.index,
                 " and caption" if cfg.captions else "",
             )
-        self.cfg = cfg
+        self.cfg, self.release_variants = cfg, release_variants
 
     def expand(self, samples):
         batches = samples | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=MAX_BATCH)
-        return apply_with_drops(batches, "Match eval index", _MatchBatch(self.cfg, self.use_embeddings))
+        return apply_with_drops(
+            batches, "Match eval index", _MatchBatch(self.cfg, self.use_embeddings, self.release_variants)
+        )

@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from ..dedup.hamming_index import SortedBand, band_plan, nearest_within
+from ..dedup.hamming_index import SortedBand, band_plan, low_detail, nearest_within
 from ..filters.text import match_key
 from ..images import perceptual
 from ..output.atomic import atomic_write, same_path
@@ -105,6 +105,31 @@ def variant_margin(variant: str) -> int:
     if not variant:
         return 0
     return MIRRORED_MARGIN if variant.startswith("mirrored") else VARIANT_MARGIN
+
+
+# A training image of low detail (``hamming_index.low_detail`` on the build variants it carries,
+# ``Sample.phash_variants``: 3 or more of its 33 came out equal) counts against an index variant
+# only within ``phash_distance - LOW_DETAIL_MARGIN`` (at the shipped 6 within 2: distances are
+# even), against the picture's own row within ``phash_distance``; near-dup holds such pairs to
+# ``near_max_distance - STRICT_MARGIN`` alike.  Cutting or turning the moon, a retina, the sky of
+# a photo, a clock face or a cell barely moves its hash, and crops of them came within 4-6 bits
+# of crop variants (plain ones mostly) of unrelated evaluation pictures, where a margin on every
+# variant would cost the recall of every copy.  Over ten draws of the copy benchmark (seeds 0-4,
+# 20 and 40 copies a kind) the false positives went from 18 of 4,032 to 8 (0.45% -> 0.20%),
+# overall recall 0.971 -> 0.968 (40 a kind) and 0.969 -> 0.965 (20); on the held-out seeds 5 and
+# 6 from 6 of 1,634 to 2, for 0.000-0.005 of recall a draw.  Within 4 (a margin of 2) kept out 2
+# of the 10; within 0 (6) 2 more, for 0.009-0.011 of pooled recall (seed 0 at 20 a kind: 0.948);
+# holding the picture's own row to it as well kept out none more and cost recall.  The copies it
+# loses are low-detail ones: 23 of the 8,400 planted over the 14 draws (477 of them of low
+# detail).  docs/benchmarks.md, "Copy detection".
+LOW_DETAIL_MARGIN = 4
+LOW_DETAIL = "low-detail"  # in the evidence of a match the stricter distance applied to
+
+
+def low_detail_margin(variant: str) -> int:
+    """``variant_margin`` for a training image of low detail: the variants' at least
+    ``LOW_DETAIL_MARGIN``, the picture's own row's unchanged."""
+    return max(variant_margin(variant), LOW_DETAIL_MARGIN) if variant else variant_margin(variant)
 
 
 # Cells (training samples x eval images) compared at once: bounds the memory of one comparison
@@ -268,7 +293,9 @@ class Match:
 
     eval_set: str
     item: str
-    evidence: str  # "phash_distance=2", "mirrored phash_distance=3", "cosine=0.9731" or "caption"
+    # "phash_distance=2", "mirrored phash_distance=3", "crop-left5% low-detail phash_distance=2"
+    # (LOW_DETAIL_MARGIN held), "cosine=0.9731" or "caption"
+    evidence: str
 
     @property
     def detail(self) -> str:
@@ -307,6 +334,7 @@ class EvalIndex:
         if "_penalty" not in self.__dict__:
             variants = self.variants if isinstance(self.variants, Coded) else Coded.of(list(self.variants))
             self.__dict__["_penalty"] = variants.flags(variant_margin)
+            self.__dict__["_low_detail_penalty"] = variants.flags(low_detail_margin)
         return cache[distance]
 
     def match(
@@ -318,13 +346,17 @@ class EvalIndex:
         phash_distance: int = 6,
         min_cosine: Optional[float] = None,
         check_captions: bool = True,
+        build_variants: Sequence[Optional[Sequence[str]]] = (),
     ) -> List[Optional[Match]]:
         """The match of each training sample, or None.  A perceptual-hash match wins over an
         embedding match, which wins over a caption match; within a kind the closest eval image
-        (then the first in index order) is named."""
+        (then the first in index order) is named.  ``build_variants``: each sample's build
+        variant hashes (``Sample.phash_variants``), which tell whether it is of low detail
+        (``LOW_DETAIL_MARGIN``); None, or none given: matched as an image that is not."""
         n = len(phashes)
         out: List[Optional[Match]] = [None] * n
-        for i, m in zip(*self._by_phash(phashes, phash_distance)):
+        low = [v is not None and low_detail(v) for v in build_variants] if len(build_variants) else [False] * n
+        for i, m in zip(*self._by_phash(phashes, phash_distance, low)):
             out[i] = m
         if min_cosine is not None and self.embeddings is not None and len(embeddings):
             # only samples the hashes left unmatched: the product is the expensive part
@@ -338,23 +370,27 @@ class EvalIndex:
                     out[i] = Match(hit[0], hit[1], CAPTION)
         return out
 
-    def _by_phash(self, phashes, distance):
-        rows = [i for i, h in enumerate(phashes) if h]
-        if not rows or not self.num_images:
-            return [], []
-        query = np.array([int(phashes[i], 16) for i in rows], dtype=np.uint64)
+    def _by_phash(self, phashes, distance, low):
+        """(sample positions, matches) of the samples whose pHash matches; ``low[i]``: sample i
+        is of low detail."""
         plan, tables = self._tables(distance)
-        penalty = self.__dict__["_penalty"] if len(self.variants) == self.num_images else None
-        best, dist = nearest_within(query, plan, tables, distance, penalty)
-        hits = np.flatnonzero(dist <= distance)  # the true distance: a variant's margin is not in it
-        return [rows[k] for k in hits], [
-            Match(
-                self.sets[best[k]],
-                self.items[best[k]],
-                f"{self.variant(best[k])} phash_distance={int(dist[k])}".lstrip(),
-            )
-            for k in hits
-        ]
+        with_variants = len(self.variants) == self.num_images
+        found: List[int] = []
+        matches: List[Match] = []
+        for strict in (False, True):  # the two kinds of image meet the rows with different margins
+            rows = [i for i, h in enumerate(phashes) if h and low[i] == strict]
+            if not rows or not self.num_images:
+                continue
+            query = np.array([int(phashes[i], 16) for i in rows], dtype=np.uint64)
+            penalty = self.__dict__["_low_detail_penalty" if strict else "_penalty"] if with_variants else None
+            best, dist = nearest_within(query, plan, tables, distance, penalty)
+            hits = np.flatnonzero(dist <= distance)  # the true distance: a variant's margin is not in it
+            for k in hits.tolist():
+                variant = self.variant(best[k])
+                evidence = f"{variant} {LOW_DETAIL if strict and variant else ''} phash_distance={int(dist[k])}"
+                found.append(rows[k])
+                matches.append(Match(self.sets[best[k]], self.items[best[k]], " ".join(evidence.split())))
+        return found, matches
 
     def _by_embedding(self, embeddings, min_cosine):
         from ..clip.stage import SIMILARITY_DECIMALS

@@ -578,7 +578,15 @@ def _web_sample(n: int, name: str, img: Image.Image) -> Sample:
     from flamingo_corpus.recipe import ImageConfig
 
     p = process_image(jpeg_bytes(img), ImageConfig())
-    return Sample(id=f"r:{n}", source_index=0, row=n, url=f"http://x/{name}.jpg", caption=name, phash=p.phash)
+    return Sample(
+        id=f"r:{n}",
+        source_index=0,
+        row=n,
+        url=f"http://x/{name}.jpg",
+        caption=name,
+        phash=p.phash,
+        phash_variants=p.phash_variants,  # what tells an image of low detail
+    )
 
 
 def test_mirrored_cropped_rotated_and_framed_copies_are_dropped_naming_the_variant(tmp_path):
@@ -640,3 +648,107 @@ def test_a_mirrored_variant_must_be_closer_than_the_picture_and_its_plain_varian
         "coco:c.jpg crop-left10% phash_distance=6",
         None,
     ]
+
+
+# A normal image's build variants (33 distinct hashes), and a low-detail one's (3 of them collapsed).
+FULL_VARIANTS = tuple(flip_bits("ffffffff00000000", (i,)) for i in range(perceptual.BUILD_VARIANTS))
+LOW_VARIANTS = FULL_VARIANTS[:-3]
+
+
+def _low_detail_index(tmp_path):
+    base = "0123456789abcdef"
+    cropped, mirrored = flip_bits(base, range(20, 30)), flip_bits(base, range(40, 50))
+    images = [
+        {"eval_set": "coco", "item": "a.jpg", "phash": base, "embedding": None},
+        {"eval_set": "coco", "item": "a.jpg", "variant": "crop-left10%", "phash": cropped},
+        {"eval_set": "coco", "item": "a.jpg", "variant": "mirrored", "phash": mirrored},
+    ]
+    path = str(tmp_path / "eval.index")
+    write_index(path, images, [])
+    return path, base, cropped, mirrored
+
+
+def test_a_low_detail_image_must_be_closer_to_a_variant(tmp_path):
+    """A training image of low detail (``hamming_index.low_detail`` on its build variants) counts
+    against an index variant within phash_distance - LOW_DETAIL_MARGIN, against the picture's own
+    row within phash_distance; the evidence says "low-detail" where the stricter distance held."""
+    from flamingo_corpus.dedup.hamming_index import low_detail
+    from flamingo_corpus.safety.eval_index import LOW_DETAIL_MARGIN
+
+    assert LOW_DETAIL_MARGIN == 4 and not low_detail(FULL_VARIANTS) and low_detail(LOW_VARIANTS)
+    path, base, cropped, mirrored = _low_detail_index(tmp_path)
+    idx = load_index(path)
+    queries = [
+        flip_bits(cropped, range(4)),  # 4 from the crop variant: within 6, not within 2
+        flip_bits(cropped, range(2)),  # 2 from it
+        flip_bits(mirrored, range(2)),  # 2 from the mirrored variant
+        flip_bits(base, range(1, 7)),  # 6 from the picture itself
+    ]
+
+    def details(variants):
+        return [m and m.detail for m in idx.match(queries, phash_distance=6, build_variants=variants)]
+
+    assert details([FULL_VARIANTS] * 4) == [
+        "coco:a.jpg crop-left10% phash_distance=4",
+        "coco:a.jpg crop-left10% phash_distance=2",
+        "coco:a.jpg mirrored phash_distance=2",
+        "coco:a.jpg phash_distance=6",
+    ]
+    assert details([LOW_VARIANTS] * 4) == [
+        None,
+        "coco:a.jpg crop-left10% low-detail phash_distance=2",
+        "coco:a.jpg mirrored low-detail phash_distance=2",
+        "coco:a.jpg phash_distance=6",
+    ]
+    # Variants not known (None, or none given): matched as an image that is not of low detail.
+    assert details([None] * 4) == details(()) == details([FULL_VARIANTS] * 4)
+    assert details([LOW_VARIANTS, FULL_VARIANTS, None, ()])[0] is None
+
+
+@pytest.mark.parametrize("release", [False, True])
+def test_beam_stage_holds_low_detail_images_to_the_stricter_distance(tmp_path, release):
+    path, _, cropped, _ = _low_detail_index(tmp_path)
+    cfg = DecontaminationConfig(index=path, phash_distance=6, min_cosine=None, captions=False)
+    samples = [
+        Sample(id=f"r:{n}", source_index=0, row=n, url=f"http://x/{n}.jpg", phash=phash, phash_variants=variants)
+        for n, (phash, variants) in enumerate(
+            [
+                (flip_bits(cropped, range(4)), FULL_VARIANTS),
+                (flip_bits(cropped, range(4)), LOW_VARIANTS),
+                (flip_bits(cropped, range(2)), LOW_VARIANTS),
+                (flip_bits(cropped, range(4)), ()),  # no variants: every one collapsed, of low detail
+            ]
+        )
+    ]
+
+    def build(p):
+        kept, dropped = p | beam.Create(samples) | Decontaminate(cfg, ClipConfig(enabled=False), release)
+        return {"kept": kept, "dropped": dropped}
+
+    out = run_collect(build)
+    assert {r.id: r.detail for r in out["dropped"]} == {
+        "r:0": "coco:a.jpg crop-left10% phash_distance=4",
+        "r:2": "coco:a.jpg crop-left10% low-detail phash_distance=2",
+    }
+    kept = {s.id: s.phash_variants for s in out["kept"]}
+    assert kept == ({"r:1": (), "r:3": ()} if release else {"r:1": LOW_VARIANTS, "r:3": ()})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_build_without_near_dup_matches_with_the_build_variants(tmp_path):
+    """A LAION build without near dup keeps the variant hashes up to decontamination: an off-grid
+    crop of a detailed photograph is 4 bits from a crop variant, which an image without variants
+    (of low detail) would have to be within 2 of."""
+    eval_dir = tmp_path / "eval" / "coco"
+    eval_dir.mkdir(parents=True)
+    picture = _photo(*EVAL_PHOTOS["grace.png"])
+    picture.save(eval_dir / "grace.png")
+    assert cli.main(["index-eval", str(eval_dir), "--output", str(tmp_path / "eval.index"), "--no-clip"]) == 0
+    item, edit, _ = COPIES["off-grid crop"]
+    files = {"copy.jpg": jpeg_bytes(edit(picture)), "other.jpg": jpeg_bytes(_photo(*UNRELATED["coins"]))}
+    recipe = {"decontamination": {"index": "eval.index", "min_cosine": None}, "dedup": {"near": False}}
+    rows, result = build_over_loopback(tmp_path, files, recipe)
+    assert rows["copy.jpg"]["detail"] == "coco:grace.png crop-left5%-top10%-right5% phash_distance=4", rows["copy.jpg"]
+    assert rows["other.jpg"]["status"] == "kept"
+    assert result.drops == {"decontaminate/eval_overlap": 1}
