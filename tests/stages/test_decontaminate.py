@@ -752,3 +752,50 @@ def test_a_build_without_near_dup_matches_with_the_build_variants(tmp_path):
     assert rows["copy.jpg"]["detail"] == "coco:grace.png crop-left5%-top10%-right5% phash_distance=4", rows["copy.jpg"]
     assert rows["other.jpg"]["status"] == "kept"
     assert result.drops == {"decontaminate/eval_overlap": 1}
+
+
+def test_an_mmc4_build_matches_with_the_build_variants(tmp_path):
+    """MMC4 keeps the variant hashes up to decontamination too: a document's image that is an
+    off-grid crop of a detailed eval photograph, 4 bits from a crop variant, is dropped naming it
+    (an image without variants would count as of low detail and have to be within 2), the
+    document's other image is kept."""
+    from flamingo_corpus.build import run_build
+    from flamingo_corpus.recipe import recipe_from_dict
+    from flamingo_corpus.sample.web import SampleWeb
+
+    from ..helpers import index_rows
+    from ..loopback_build import BASE_RECIPE
+
+    eval_dir = tmp_path / "eval" / "coco"
+    eval_dir.mkdir(parents=True)
+    picture = _photo(*EVAL_PHOTOS["grace.png"])
+    picture.save(eval_dir / "grace.png")
+    assert cli.main(["index-eval", str(eval_dir), "--output", str(tmp_path / "eval.index"), "--no-clip"]) == 0
+    _, edit, _ = COPIES["off-grid crop"]
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "copy.jpg").write_bytes(jpeg_bytes(edit(picture)))
+    (web / "other.jpg").write_bytes(jpeg_bytes(_photo(*UNRELATED["coins"])))
+    with SampleWeb(web) as server:
+        images = [f"{server.url}/copy.jpg", f"{server.url}/other.jpg"]
+        document = {
+            "url": "http://example.com/page",
+            "text_list": ["A first sentence here.", "A second sentence there."],
+            "similarity_matrix": [[0.3, 0.1], [0.1, 0.3]],
+            "image_info": [
+                {"image_name": f"img{i}.jpg", "raw_url": u, "matched_text_index": i, "matched_sim": 0.3}
+                for i, u in enumerate(images)
+            ],
+        }
+        (tmp_path / "docs.jsonl").write_text(json.dumps(document) + "\n")
+        recipe = {
+            **BASE_RECIPE,
+            "input": {"corpus": "mmc4", "path": str(tmp_path / "docs.jsonl")},
+            "mmc4": {"min_images": 1},
+            "decontamination": {"index": str(tmp_path / "eval.index"), "min_cosine": None},
+        }
+        run_build(recipe_from_dict(recipe, base_dir=tmp_path), str(tmp_path / "out"))
+    rows = {r["url"].rsplit("/", 1)[1]: r for r in index_rows(tmp_path / "out") if r["kind"] == "image"}
+    assert rows["copy.jpg"]["reason"] == "eval_overlap", rows["copy.jpg"]
+    assert rows["copy.jpg"]["detail"] == "coco:grace.png crop-left5%-top10%-right5% phash_distance=4"
+    assert rows["other.jpg"]["status"] == "kept", rows["other.jpg"]
