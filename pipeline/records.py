@@ -68,6 +68,11 @@ class Sample:
     def replace(self, **changes) -> "Sample":
         return dataclasses.replace(self, **changes)
 
+    def without_variants(self) -> "Sample":
+        """The sample without its variant hashes (``phash_variants``, ~0.5 KB), for a stage after
+        which none reads them, so that no later shuffle carries them."""
+        return self.replace(phash_variants=()) if self.phash_variants else self
+
     def __reduce__(self):
         # Pickled as its field values in order, without the field names: Beam's shuffles encode
         # records with pickle, and the names were about half the bytes of a small Sample.

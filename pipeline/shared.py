@@ -60,8 +60,8 @@ class FetchImages(beam.PTransform):
 
 
 def _release(s: Sample, keep_variants: bool = False) -> Sample:
-    if s.phash_variants and not keep_variants:  # decontamination and near dup read them: ~0.5 KB a sample a shuffle
-        s = s.replace(phash_variants=())
+    if not keep_variants:  # decontamination and near dup read them
+        s = s.without_variants()
     if s.image_bytes is None or not s.stored_images:
         return s
     return s.replace(image_bytes=None, image_len=len(s.image_bytes))

@@ -187,7 +187,7 @@ class _DropNonRepresentatives(beam.DoFn):
     def process(self, s: Sample, representatives: Dict[str, str]):
         rep = representatives.get(s.id, s.id)
         if rep == s.id:
-            yield s.replace(phash_variants=()) if s.phash_variants else s  # no later stage reads them
+            yield s.without_variants()  # no later stage reads them
         else:
             yield drop(s, "near_duplicate", self.stage, duplicate_of=rep)
 

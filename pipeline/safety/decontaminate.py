@@ -73,7 +73,7 @@ class _MatchBatch(beam.DoFn):
             if m:
                 yield drop(s, REASON, STAGE, detail=m.detail)
             else:
-                yield s.replace(phash_variants=()) if self.release_variants and s.phash_variants else s
+                yield s.without_variants() if self.release_variants else s
 
 
 class Decontaminate(beam.PTransform):
