@@ -734,19 +734,26 @@ def test_beam_stage_holds_low_detail_images_to_the_stricter_distance(tmp_path, r
     assert kept == ({"r:1": (), "r:3": ()} if release else {"r:1": LOW_VARIANTS, "r:3": ()})
 
 
+def _index_and_off_grid_copy(tmp_path) -> dict:
+    """``tmp_path/eval.index``, of one detailed photograph (coco:grace.png), and the files a web
+    serves: ``copy.jpg``, an off-grid crop of it 4 bits from a crop variant, and ``other.jpg``, an
+    unrelated photograph."""
+    eval_dir = tmp_path / "eval" / "coco"
+    eval_dir.mkdir(parents=True)
+    picture = _photo(*EVAL_PHOTOS["grace.png"])
+    picture.save(eval_dir / "grace.png")
+    assert cli.main(["index-eval", str(eval_dir), "--output", str(tmp_path / "eval.index"), "--no-clip"]) == 0
+    _, edit, _ = COPIES["off-grid crop"]
+    return {"copy.jpg": jpeg_bytes(edit(picture)), "other.jpg": jpeg_bytes(_photo(*UNRELATED["coins"]))}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_build_without_near_dup_matches_with_the_build_variants(tmp_path):
     """A LAION build without near dup keeps the variant hashes up to decontamination: an off-grid
     crop of a detailed photograph is 4 bits from a crop variant, which an image without variants
     (of low detail) would have to be within 2 of."""
-    eval_dir = tmp_path / "eval" / "coco"
-    eval_dir.mkdir(parents=True)
-    picture = _photo(*EVAL_PHOTOS["grace.png"])
-    picture.save(eval_dir / "grace.png")
-    assert cli.main(["index-eval", str(eval_dir), "--output", str(tmp_path / "eval.index"), "--no-clip"]) == 0
-    item, edit, _ = COPIES["off-grid crop"]
-    files = {"copy.jpg": jpeg_bytes(edit(picture)), "other.jpg": jpeg_bytes(_photo(*UNRELATED["coins"]))}
+    files = _index_and_off_grid_copy(tmp_path)
     recipe = {"decontamination": {"index": "eval.index", "min_cosine": None}, "dedup": {"near": False}}
     rows, result = build_over_loopback(tmp_path, files, recipe)
     assert rows["copy.jpg"]["detail"] == "coco:grace.png crop-left5%-top10%-right5% phash_distance=4", rows["copy.jpg"]
@@ -766,16 +773,10 @@ def test_an_mmc4_build_matches_with_the_build_variants(tmp_path):
     from ..helpers import index_rows
     from ..loopback_build import BASE_RECIPE
 
-    eval_dir = tmp_path / "eval" / "coco"
-    eval_dir.mkdir(parents=True)
-    picture = _photo(*EVAL_PHOTOS["grace.png"])
-    picture.save(eval_dir / "grace.png")
-    assert cli.main(["index-eval", str(eval_dir), "--output", str(tmp_path / "eval.index"), "--no-clip"]) == 0
-    _, edit, _ = COPIES["off-grid crop"]
     web = tmp_path / "web"
     web.mkdir()
-    (web / "copy.jpg").write_bytes(jpeg_bytes(edit(picture)))
-    (web / "other.jpg").write_bytes(jpeg_bytes(_photo(*UNRELATED["coins"])))
+    for name, data in _index_and_off_grid_copy(tmp_path).items():
+        (web / name).write_bytes(data)
     with SampleWeb(web) as server:
         images = [f"{server.url}/copy.jpg", f"{server.url}/other.jpg"]
         document = {
