@@ -225,9 +225,11 @@ def main() -> None:
         web.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    # ratios against img2dataset, or with --no-img2dataset against --baseline (none without either)
     reference = "img2dataset" if theirs_labels else "baseline"
     theirs = results.get(reference, [])
-    for label in [x for x in ours_labels if x != reference] if theirs else []:
+    compared = [label for label in ours_labels if label != reference] if theirs else []
+    for label in compared:
         ours = results[label]
         whole = [(a["units"] / a["seconds"]) / (b["units"] / b["seconds"]) for a, b in zip(ours, theirs)]
         steady = [a["steady"] / b["steady"] for a, b in zip(ours, theirs)]
