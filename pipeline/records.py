@@ -44,6 +44,7 @@ class Sample:
     sha256: Optional[str] = None
     phash: Optional[str] = None  # 64-bit perceptual hash, 16 hex digits
     phash_variants: tuple = ()  # pHashes of its mirrored, cropped, rotated copies (near-dup probes them)
+    phash_checks: tuple = ()  # check hashes of the pHash and of each variant (perceptual.hashes_with_checks)
     # clip
     image_embedding: Optional[Any] = None  # np.ndarray float32, L2-normalised
     text_embedding: Optional[Any] = None
@@ -69,9 +70,10 @@ class Sample:
         return dataclasses.replace(self, **changes)
 
     def without_variants(self) -> "Sample":
-        """The sample without its variant hashes (``phash_variants``, ~0.5 KB), for a stage after
-        which none reads them, so that no later shuffle carries them."""
-        return self.replace(phash_variants=()) if self.phash_variants else self
+        """The sample without its variant hashes and their check hashes (``phash_variants``,
+        ``phash_checks``, ~1 KB), for a stage after which none reads them, so that no later
+        shuffle carries them."""
+        return self.replace(phash_variants=(), phash_checks=()) if self.phash_variants or self.phash_checks else self
 
     def __reduce__(self):
         # Pickled as its field values in order, without the field names: Beam's shuffles encode

@@ -141,10 +141,10 @@ def _grey32(picture: Image.Image) -> np.ndarray:
     return np.asarray(picture.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS))
 
 
-def _dct8(pixels: np.ndarray) -> np.ndarray:
-    """The 8x8 lowest frequencies of the 2-D DCT-II, as imagehash computes them (rows: vertical
-    frequency, columns: horizontal)."""
-    return scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8]
+def _dct8(pixels: np.ndarray, freqs: int = 8) -> np.ndarray:
+    """The ``freqs`` x ``freqs`` lowest frequencies of the 2-D DCT-II, as imagehash computes them
+    (rows: vertical frequency, columns: horizontal); imagehash's pHash keeps 8."""
+    return scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:freqs, :freqs]
 
 
 def _hex(coefficients: np.ndarray) -> str:
@@ -359,16 +359,21 @@ def split_variants(variants: Sequence[str]) -> Tuple[Tuple[str, ...], Tuple[str,
 
 
 # Of this set: part of the image store's digest.  1: crop90%, +-4 degrees; 2: centre, sides and
-# corners, +-3 and 6 degrees, all mirrored; 3: the 16 tiles, +-3 and 5 degrees, four mirrors.
-BUILD_VARIANTS_VERSION = 3
-_MIRROR = np.where(np.arange(8) % 2 == 1, -1.0, 1.0)[None, :]  # odd horizontal frequencies change sign
+# corners, +-3 and 6 degrees, all mirrored; 3: the 16 tiles, +-3 and 5 degrees, four mirrors;
+# 4: the same variants, each with its check hash (``hashes_with_checks``).
+BUILD_VARIANTS_VERSION = 4
 _ASPECT_STEPS = 16  # the turn taps are cached per 1/16 of log2(aspect ratio)
 
 
-def _dct_matrix() -> np.ndarray:
-    """The 8 lowest rows of scipy's (unnormalised) DCT-II matrix for 32 samples."""
+def _dct_matrix(freqs: int = 8) -> np.ndarray:
+    """The ``freqs`` lowest rows of scipy's (unnormalised) DCT-II matrix for 32 samples."""
     n = np.arange(HASH_SIDE)
-    return 2.0 * np.cos(np.pi * np.arange(8)[:, None] * (2 * n[None, :] + 1) / (2 * HASH_SIDE))
+    return 2.0 * np.cos(np.pi * np.arange(freqs)[:, None] * (2 * n[None, :] + 1) / (2 * HASH_SIDE))
+
+
+def _mirror(freqs: int) -> np.ndarray:
+    """The sign change that mirrors a block of ``freqs`` horizontal frequencies (the odd ones)."""
+    return np.where(np.arange(freqs) % 2 == 1, -1.0, 1.0)[None, :]
 
 
 def _bilinear_taps(variant: Variant, aspect: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -413,11 +418,11 @@ def _axis_sampling(cut_low: float, cut_high: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _crop_maps(crops: Tuple[Tuple[float, float, float, float], ...]) -> Tuple[np.ndarray, ...]:
-    """(rows: (ny, 8, 32), columns: (nx, 32, 8), which row map and column map each crop uses):
-    the DCT's 8 lowest frequencies of each distinct (top, bottom) and (left, right) resampling, so
-    a crop's 8x8 coefficients are ``rows[i] @ pixels @ columns[j]``."""
-    dct = _dct_matrix()
+def _crop_maps(crops: Tuple[Tuple[float, float, float, float], ...], freqs: int = 8) -> Tuple[np.ndarray, ...]:
+    """(rows: (ny, f, 32), columns: (nx, 32, f), which row map and column map each crop uses):
+    the DCT's f = ``freqs`` lowest frequencies of each distinct (top, bottom) and (left, right)
+    resampling, so a crop's f x f coefficients are ``rows[i] @ pixels @ columns[j]``."""
+    dct = _dct_matrix(freqs)
     vertical = sorted({(c[1], c[3]) for c in crops})
     horizontal = sorted({(c[0], c[2]) for c in crops})
     rows = np.stack([dct @ _axis_sampling(*v) for v in vertical])
@@ -443,8 +448,10 @@ def variant_coefficients(
     crops: Tuple[Tuple[float, float, float, float], ...],
     angles: Tuple[float, ...],
     mirrored: Optional[Sequence[int]] = None,
+    freqs: int = 8,
 ) -> np.ndarray:
-    """(n + len(mirrored), 8, 8), n = 1 + len(crops) + len(angles): the pHash's DCT coefficients
+    """(n + len(mirrored), f, f), n = 1 + len(crops) + len(angles), f = ``freqs``: the DCT
+    coefficients the pHash takes (its 8x8 lowest frequencies; 12 for ``check_hashes`` as well)
     of the picture (without its frame), of each crop and of each turn (corners cut), then of the
     mirror of each of those ``mirrored`` names by position (None: all, in the same order); all
     from the 32x32 grey picture the pHash is made of, so the first block is ``phash``'s, bit for
@@ -453,18 +460,18 @@ def variant_coefficients(
     32x32 pixels and a separable DCT."""
     picture = _reduced(trim_frame(img), HASH_INPUT)
     pixels = _grey32(picture).astype(np.float64)
-    parts = [_dct8(pixels)[None]]
+    parts = [_dct8(pixels, freqs)[None]]
     if crops:
-        rows, columns, which_row, which_column = _crop_maps(crops)
+        rows, columns, which_row, which_column = _crop_maps(crops, freqs)
         parts.append((rows @ pixels)[which_row] @ columns[which_column])
     if angles:
         aspect_step = round(math.log2(picture.width / picture.height) * _ASPECT_STEPS)
         indices, weights = _turn_taps(aspect_step, angles)
         turned = (pixels.ravel()[indices] * weights).sum(axis=1).reshape(-1, HASH_SIDE, HASH_SIDE)
-        dct = _dct_matrix()
+        dct = _dct_matrix(freqs)
         parts.append(dct @ turned @ dct.T)
     plain = np.concatenate(parts)
-    return np.concatenate([plain, (plain if mirrored is None else plain[list(mirrored)]) * _MIRROR])
+    return np.concatenate([plain, (plain if mirrored is None else plain[list(mirrored)]) * _mirror(freqs)])
 
 
 def _hexes(coefficients: np.ndarray) -> List[str]:
@@ -478,13 +485,48 @@ def _hexes(coefficients: np.ndarray) -> List[str]:
     return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
 
 
+# --- check hashes: a second look at a pair the pHash brings together ---------------------------
+#
+# At distance 6 the 64-bit pHash of a detailed picture still meets its cropped copies (random
+# crops of 0-10% a side: 0.76 of them found at distance 4, 0.95 at 6) but also, through its 33
+# variants, unrelated pictures: the lowest 8x8 frequencies of natural photographs are much alike.
+# Each hash therefore carries a *check hash*: 64 bits "above the median" of the next frequencies
+# (``CHECK_RING``: the 12x12 lowest, without the pHash's 8x8 and the 4x4 corner of the highest
+# pairs), computed from the same coefficients of the same variant.  A copy's check hash follows its
+# pHash (same picture, same geometry); a chance pHash match's is near 32 bits away.  Near-dup holds
+# a pair at pHash distance ``CHECK_FROM`` or more to a check distance of at most
+# ``recipe.dedup.near_check_distance`` (``hamming_index``); the measurements are in
+# docs/benchmarks.md ("Copy detection").  Computing 12x12 instead of 8x8 frequencies costs the
+# variants a few microseconds; the hashes double what the variants store (8 bytes a hash).
+CHECK_FREQS = 12
+CHECK_RING = np.zeros((CHECK_FREQS, CHECK_FREQS), dtype=bool)
+CHECK_RING[:CHECK_FREQS, :CHECK_FREQS] = True
+CHECK_RING[:8, :8] = False
+CHECK_RING[8:, 8:] = False
+assert CHECK_RING.sum() == 64
+
+
 def phash_and_variants(img: Image.Image) -> Tuple[str, Tuple[str, ...]]:
     """``phash(img)`` and the pHashes of its build variants: each of ``BUILD_GEOMETRY``, then
     the mirrors (``BUILD_MIRRORS``: of the picture, the centre crop and the 3-degree turns, the
     turns last: ``split_variants``), duplicates of the pHash or of each other left out.  Linear
     maps of the 32x32 grey picture (``variant_coefficients``), no resampling of the image, so they
     cost a few percent of the image stage (benchmarks/copy_detection.py)."""
-    first, *rest = _hexes(variant_coefficients(img, BUILD_CROPS, BUILD_ANGLES, BUILD_MIRRORS))
-    # dict.fromkeys keeps the first of equal hashes, in order, in linear time (a list's ``in``
-    # made this quadratic in the ~30 hashes)
-    return first, tuple(dict.fromkeys(h for h in rest if h != first))
+    first, variants, _ = hashes_with_checks(img)
+    return first, variants
+
+
+def hashes_with_checks(img: Image.Image) -> Tuple[str, Tuple[str, ...], Tuple[str, ...]]:
+    """(``phash(img)``, its build variants as ``phash_and_variants`` gives them, the check hash
+    of each of those: the pHash's first, then one per variant, in their order).  Of equal
+    variant pHashes the first is kept, with its check hash."""
+    coefficients = variant_coefficients(img, BUILD_CROPS, BUILD_ANGLES, BUILD_MIRRORS, freqs=CHECK_FREQS)
+    first, *rest = _hexes(np.ascontiguousarray(coefficients[:, :8, :8]))
+    checks = _hexes(coefficients[:, CHECK_RING])
+    # a dict keeps the first of equal hashes, in order, in linear time (a list's ``in`` made
+    # this quadratic in the ~30 hashes)
+    kept: dict = {}
+    for h, check in zip(rest, checks[1:]):
+        if h != first and h not in kept:
+            kept[h] = check
+    return first, tuple(kept), (checks[0], *kept.values())

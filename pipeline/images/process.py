@@ -64,6 +64,7 @@ class ProcessedImage:
     sha256: str
     phash: str
     phash_variants: Tuple[str, ...] = ()  # pHashes of its mirrored/cropped/rotated copies (near-dup)
+    phash_checks: Tuple[str, ...] = ()  # the check hash of the pHash, then of each variant (near-dup)
 
 
 def target_size(width: int, height: int, cfg: ImageConfig) -> Tuple[int, int]:
@@ -247,7 +248,7 @@ def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
     if not data:
         raise ImageRejected("empty_body", "0 bytes: there is no image to decode")
     img, width, height = decode(data, cfg)
-    phash, variants = perceptual.phash_and_variants(img)
+    phash, variants, checks = perceptual.hashes_with_checks(img)
     out = resize(img, (width, height), cfg)
     encoded = encode(out, cfg)
     reason = image_filter.encoded_size(len(encoded), cfg.min_encoded_bytes)
@@ -264,6 +265,7 @@ def process_image(data: bytes, cfg: ImageConfig) -> ProcessedImage:
         hashlib.sha256(encoded).hexdigest(),
         phash,
         variants,
+        checks,
     )
 
 
@@ -292,6 +294,7 @@ class _ProcessImage(beam.DoFn):
             sha256=p.sha256,
             phash=p.phash,
             phash_variants=p.phash_variants,
+            phash_checks=p.phash_checks,
         )
 
 

@@ -82,7 +82,7 @@ __all__ = [
     "new_run_id",
 ]
 
-STORE_VERSION = 2  # 2: the phash_variants column (near-dup's mirrored, cropped, rotated copies)
+STORE_VERSION = 3  # 2: the phash_variants column (near-dup's mirrored, cropped, rotated copies); 3: phash_checks
 STORE_FILE = "store.json"
 DEFAULT_DIR = "store"  # under the output's _build/
 REPORT_FILE = "store.json"  # under the output's _build/: this run's store figures
@@ -130,6 +130,7 @@ SCHEMA = pa.schema(
         ("sha256", pa.string()),  # sha256 of the stored image
         ("phash", pa.string()),
         ("phash_variants", pa.list_(pa.string())),  # pHashes of its copy variants (perceptual.py)
+        ("phash_checks", pa.list_(pa.string())),  # check hashes of the pHash and the variants (perceptual.py)
         ("image", pa.binary()),  # the processed image, as the shards hold it
     ]
 )

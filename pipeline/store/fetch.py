@@ -136,6 +136,7 @@ def _row(s: Sample, attempts: int, run: str) -> dict:
         "sha256": None,
         "phash": None,
         "phash_variants": None,
+        "phash_checks": None,
         "image": None,
     }
 
@@ -168,6 +169,7 @@ def fetched_row(s: Sample, r, image_cfg: ImageConfig, attempts: int, run: str) -
         sha256=p.sha256,
         phash=p.phash,
         phash_variants=list(p.phash_variants),
+        phash_checks=list(p.phash_checks),
         image=p.data,
     )
     return row
@@ -194,6 +196,7 @@ def outcome(s: Sample, row: dict, path: str) -> tuple:
             sha256=row["sha256"],
             phash=row["phash"],
             phash_variants=tuple(row["phash_variants"] or ()),
+            phash_checks=tuple(row.get("phash_checks") or ()),
             stored_images=((path, s.id, s.row),),
         )
         return downloaded, final, None, row["download_sha256"]
