@@ -20,13 +20,14 @@ Columns: ``before`` is the single pHash on both sides (today's pHash, letterbox 
 included, without variants), ``now`` the shipped method (eval index variants
 ``perceptual.INDEX_VARIANTS`` for decontamination, matched by ``EvalIndex.match`` as the stage
 calls it, with each image's build variants to tell low detail; build variants
-``Sample.phash_variants`` for near-dup), ``imagededup`` the PHash of imagededup (an outside
+``Sample.phash_variants`` for near-dup, with their check hashes ``Sample.phash_checks`` at
+``dedup.near_check_distance``), ``imagededup`` the PHash of imagededup (an outside
 reference, when it is installed) at the same thresholds, single hash on both sides.  It also
 times the image stage (which computes the build variants) against the pHash alone and the pHash
 with variants, and the eval index per picture; the load average is printed with the times,
 since the benchmark machine is shared.  pHashes made with a median threshold have 32 bits set,
-so their distances are even: a threshold of 5 acts as 4 (a mirrored turn, 2 bits closer, within
-2), and the eval index's margin of 1 for mirrored variants at phash_distance 6 means they count
+so their distances are even: near-dup's shipped 6 acts as 6 (a mirrored turn, 2 bits closer,
+within 4; a variant and a low-detail image within 2), and the eval index's margin of 1 for mirrored variants at phash_distance 6 means they count
 within 4 (the others within 6; any variant within 2 for a low-detail image,
 ``eval_index.LOW_DETAIL_MARGIN`` 4).
 
@@ -232,13 +233,14 @@ class Image_:
     data: bytes
     phash: str = ""
     variants: Tuple[str, ...] = ()
+    checks: Tuple[str, ...] = ()  # the check hashes of the pHash and of each variant
     ref_hash: str = ""  # imagededup's
 
 
 def hashed(name: str, data: bytes, cfg, outside) -> Image_:
-    p = process_image(data, cfg)  # its pHash and build variants, as a Sample carries them
+    p = process_image(data, cfg)  # its pHash, build variants and check hashes, as a Sample carries them
     ref = outside(data) if outside else ""
-    return Image_(name, data, p.phash, tuple(p.phash_variants), ref)
+    return Image_(name, data, p.phash, tuple(p.phash_variants), tuple(p.phash_checks), ref)
 
 
 def imagededup_hasher():
@@ -294,7 +296,8 @@ def run_draw(args, seed: int, recipe, cfg, photos, outside, kinds) -> Draw:
     print(
         f"\n### seed {seed}\n\n{len(crops)} evaluation crops of {len(EVAL_PHOTOS)} photographs; "
         f"{len(unrelated_boxes)} unrelated crops; {args.per_kind} copies per kind; recipe {Path(args.recipe).name}: "
-        f"decontamination.phash_distance {k_decon}, dedup.near_max_distance {k_near}; imagededup: "
+        f"decontamination.phash_distance {k_decon}, dedup.near_max_distance {k_near}, "
+        f"near_check_distance {recipe.dedup.near_check_distance}; imagededup: "
         f"{'yes' if outside else 'not installed'}"
     )
 
@@ -347,7 +350,13 @@ def run_draw(args, seed: int, recipe, cfg, photos, outside, kinds) -> Draw:
         **unrelated,
     }
     near_now = to_groups(
-        variant_groups({i: x.phash for i, x in web.items()}, {i: x.variants for i, x in web.items()}, k_near)
+        variant_groups(
+            {i: x.phash for i, x in web.items()},
+            {i: x.variants for i, x in web.items()},
+            k_near,
+            {i: x.checks for i, x in web.items()},
+            recipe.dedup.near_check_distance,
+        )
     )
     near_before = groups_single({i: x.phash for i, x in web.items()}, k_near)
     near_ref = groups_single({i: x.ref_hash for i, x in web.items()}, k_near) if outside else None
@@ -497,11 +506,11 @@ def main() -> None:
     n_variants = len(perceptual.BUILD_GEOMETRY) + len(perceptual.BUILD_MIRRORS)
     stage = per_image(lambda d: process_image(d, cfg), datas)
     plain = per_image(perceptual.phash, decoded)
-    with_variants = per_image(perceptual.phash_and_variants, decoded)
+    with_variants = per_image(perceptual.hashes_with_checks, decoded)
     print(
         f"\ncost per image ({len(datas)} of the web's JPEGs, best of 5; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): image stage {stage:.0f} us; pHash {plain:.0f} us; "
-        f"pHash with its build variants (up to {n_variants}) {with_variants:.0f} us: "
+        f"pHash with its build variants (up to {n_variants}) and their check hashes {with_variants:.0f} us: "
         f"+{with_variants - plain:.0f} us, {(with_variants - plain) / stage:.1%} of the image stage"
     )
 

@@ -467,28 +467,30 @@ def all_pairs_groups(hashes: Dict[Hashable, str], k: int) -> List[Set]:
     return [g for g in uf.groups() if len(g) > 1]
 
 
-# Held to a stricter distance, ``k - STRICT_MARGIN`` (at the shipped k=5 within 2 bits instead
-# of 4: distances are even), are the pairs of a pHash and a variant where chance matches gather:
+# Held to a stricter distance are the pairs where chance matches gather:
 #
-# - the variant is a mirrored turn (``perceptual.split_variants``).  Mirrored turns met unrelated
-#   pictures 6-8 times as often as plain variants (docs/benchmarks.md): crops of a low-detail
-#   photograph (a retina, the sky of a photo, a clock face) on either side of its middle are near
-#   mirror images of each other, and a turn blurs what detail there is;
-# - either image is of low detail (``low_detail``): at least ``LOW_DETAIL_COLLAPSED`` of its
-#   ``perceptual.BUILD_VARIANTS`` variant hashes equal its pHash or another variant (the image
-#   stage leaves those out), so cutting or turning it barely moves its hash.  The moon, a
-#   retina, a sky, a cell: their crops came within 2-4 bits of plain crop variants of unrelated
-#   pictures, where no margin on the variants alone helps.
+# - a pHash and a mirrored turn (``perceptual.split_variants``), within ``k - STRICT_MARGIN``.
+#   Mirrored turns met unrelated pictures 6-8 times as often as plain variants
+#   (docs/benchmarks.md): crops of a low-detail photograph (a retina, the sky of a photo, a clock
+#   face) on either side of its middle are near mirror images of each other, and a turn blurs
+#   what detail there is;
+# - a pHash and a variant where either image is of low detail (``low_detail``), within ``k -
+#   LOW_DETAIL_MARGIN``: at least ``LOW_DETAIL_COLLAPSED`` of its ``perceptual.BUILD_VARIANTS``
+#   variant hashes equal its pHash or another variant (the image stage leaves those out), so
+#   cutting or turning it barely moves its hash.  The moon, a retina, a sky, a cell: their crops
+#   came within 2-4 bits of crops and turns of unrelated pictures.
 #
-# Over ten draws of the copy benchmark (seeds 0-4, 20 and 40 copies a kind), near-dup's false
-# positives 37 of 4,032 unrelated photos (0.92%) -> 28 (0.69%) with the mirrored turns' rule ->
-# 15 (0.37%) with both, recall 0.964 -> 0.960 -> 0.958; on seeds 5 and 6, run after the rules were
-# chosen, 21 of 1,634 (1.29%) -> 4 (0.24%) at the same recall (0.961 -> 0.960).  Holding every
-# mirror to it cost up to 0.020 of recall on seeds 0-2 and kept out no more; counting an image
-# with 2 collapsed variants as of low detail kept out 1 more (14) for 0.004 of recall, with 4
-# kept out 2 fewer (17).
+# and every pair at pHash distance ``CHECK_FROM`` or more must also have check hashes
+# (``perceptual.hashes_with_checks``: the next ring of DCT frequencies of the same picture and
+# geometry) within ``check_distance`` (``recipe.dedup.near_check_distance``), when both hashes
+# carry one.  With the check, the shipped k is 6 (was 5: pHash distances are even, so 4 bits),
+# which finds the crops the variants' grid misses (random crops of 0-10% a side: 0.76 -> 0.91 of
+# them pooled over 14 draws of the copy benchmark at 20 a kind); false positives 0.32% -> 0.18%
+# (docs/benchmarks.md, "Copy detection").
 STRICT_MARGIN = 2
+LOW_DETAIL_MARGIN = 3
 LOW_DETAIL_COLLAPSED = 3
+CHECK_FROM = 2
 
 
 def low_detail(variants: Sequence[str]) -> bool:
@@ -499,43 +501,88 @@ def low_detail(variants: Sequence[str]) -> bool:
 
 
 def strict_variants(variants: Sequence[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
-    """(the variants a pHash joins within ``k``, those it joins within ``k - STRICT_MARGIN``):
-    the mirrored turns are strict, and all of a low-detail image's variants."""
-    if low_detail(variants):
-        return (), tuple(variants)
+    """(the variants a pHash joins within ``k``, the mirrored turns, which it joins within ``k -
+    STRICT_MARGIN``) of an image not of low detail (``low_detail``: its pairs are all held to
+    ``k - LOW_DETAIL_MARGIN``)."""
     return split_variants(variants)
+
+
+def pair_limit(k: int, mirrored_turn: bool, low: bool) -> int:
+    """The distance within which a pHash and a variant join: ``k``, less ``LOW_DETAIL_MARGIN`` when
+    either image is of low detail, else less ``STRICT_MARGIN`` when the variant is a mirrored
+    turn.  Two pHashes join within ``k``."""
+    return k - LOW_DETAIL_MARGIN if low else k - STRICT_MARGIN if mirrored_turn else k
 
 
 def variant_limits(variants: Sequence[str], k: int) -> List[int]:
     """The distance within which a pHash (of an image not of low detail) joins each of an image's
-    ``variants``, in their order (``strict_variants``)."""
-    plain, strict = strict_variants(variants)
-    return [k] * len(plain) + [k - STRICT_MARGIN] * len(strict)
+    ``variants``, in their order (``strict_variants``, ``pair_limit``)."""
+    low = low_detail(variants)
+    plain, turns = strict_variants(variants)
+    return [pair_limit(k, False, low)] * len(plain) + [pair_limit(k, True, low)] * len(turns)
 
 
-def variant_groups(hashes: Dict[Hashable, str], variants: Dict[Hashable, Sequence[str]], k: int) -> List[Set]:
+def checks_agree(one: Sequence[int], other: Sequence[int], distance: int, check_distance: Optional[int]) -> bool:
+    """Whether a pair at pHash ``distance`` passes the check (``CHECK_FROM``): a check hash of one
+    within ``check_distance`` of one of the other (exact copies of a pHash may carry several); a
+    pair closer than ``CHECK_FROM``, a pair where a hash has no check hash (a sample made without
+    one), and any pair when ``check_distance`` is None pass."""
+    if check_distance is None or distance < CHECK_FROM or not one or not other:
+        return True
+    return any((a ^ b).bit_count() <= check_distance for a in one for b in other)
+
+
+def variant_groups(
+    hashes: Dict[Hashable, str],
+    variants: Dict[Hashable, Sequence[str]],
+    k: int,
+    checks: Optional[Dict[Hashable, Sequence[str]]] = None,
+    check_distance: Optional[int] = None,
+) -> List[Set]:
     """Groups (two members or more) of ids joined when one's pHash is within ``k`` of the other's
     pHash or of one of the other's ``variants`` (mirrored, cropped, rotated: what
-    ``perceptual.phash_and_variants`` gives; its mirrored turns, and any variant when either
-    image is of low detail, within ``k - STRICT_MARGIN``: ``variant_limits``), transitively.
-    Brute force over (pHash, stored hash) pairs, a block at a time: the reference the Beam stage
-    (``near.py``) is tested against, and what the copy-detection benchmark groups with."""
+    ``perceptual.phash_and_variants`` gives; its mirrored turns within ``k - STRICT_MARGIN``, a
+    variant where either image is of low detail within ``k - LOW_DETAIL_MARGIN``: ``pair_limit``)
+    and, from
+    ``CHECK_FROM`` bits on, their ``checks`` (the check hash of the pHash, then of each variant:
+    ``perceptual.hashes_with_checks``) are within ``check_distance`` (``checks_agree``),
+    transitively.  Brute force over (pHash, stored hash) pairs, a block at a time: the reference
+    the Beam stage (``near.py``) is tested against, and what the copy-detection benchmark groups
+    with."""
     ids = list(hashes)
+    checks = checks or {}
     owner = {i: n for n, i in enumerate(ids)}
     query = to_uint64(hashes[i] for i in ids)
-    stored_owner = [n for n, i in enumerate(ids) for _ in range(1 + len(variants.get(i, ())))]
+    stored_owner = np.asarray(
+        [n for n, i in enumerate(ids) for _ in range(1 + len(variants.get(i, ())))], dtype=np.int64
+    )
     stored = to_uint64(h for i in ids for h in (hashes[i], *variants.get(i, ())))
-    limit = np.array([x for i in ids for x in (k, *variant_limits(variants.get(i, ()), k))], dtype=np.int64)
-    is_variant = np.array([n > 0 for i in ids for n in range(1 + len(variants.get(i, ())))], dtype=bool)
+    is_variant, turn = [], []
+    for i in ids:
+        plain, turns = strict_variants(variants.get(i, ()))
+        is_variant += [False] + [True] * (len(plain) + len(turns))
+        turn += [False] * (1 + len(plain)) + [True] * len(turns)
+    is_variant, turn = np.array(is_variant, dtype=bool), np.array(turn, dtype=bool)
     low = np.array([low_detail(variants.get(i, ())) for i in ids], dtype=bool)
+
+    def check_values(i) -> List[Tuple[int, ...]]:
+        own = list(checks.get(i, ()))
+        wanted = 1 + len(variants.get(i, ()))
+        return [(int(c, 16),) for c in own] if len(own) == wanted else [()] * wanted
+
+    stored_checks = [c for i in ids for c in check_values(i)]
+    query_checks = [check_values(i)[0] for i in ids]
     a, b = blocked_pairs(query, stored, k, upper=False)
-    limit = np.where(low[a] & is_variant[b], np.minimum(limit[b], k - STRICT_MARGIN), limit[b])
-    close = np.bitwise_count(query[a] ^ stored[b]) <= limit
-    a, b = a[close], b[close]
+    pair_low = (low[a] | low[stored_owner[b]]) & is_variant[b]  # two pHashes: held to k
+    limit = np.where(pair_low, k - LOW_DETAIL_MARGIN, np.where(turn[b], k - STRICT_MARGIN, k))
+    distance = np.bitwise_count(query[a] ^ stored[b]).astype(np.int64)
+    close = distance <= limit
+    a, b, distance = a[close], b[close], distance[close]
     uf = UnionFind()
     for i in ids:
         uf.find(owner[i])
-    for x, y in zip(a.tolist(), np.asarray(stored_owner, dtype=np.int64)[b].tolist()):
-        if x != y:
-            uf.union(x, y)
+    for x, y, d in zip(a.tolist(), b.tolist(), distance.tolist()):
+        other = int(stored_owner[y])
+        if x != other and checks_agree(query_checks[x], stored_checks[y], d, check_distance):
+            uf.union(x, other)
     return [{ids[n] for n in g} for g in uf.groups() if len(g) > 1]

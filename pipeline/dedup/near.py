@@ -11,7 +11,7 @@ band brings them together.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -21,15 +21,16 @@ from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .exact import representative_order
 from .hamming_index import (
-    STRICT_MARGIN,
     Band,
     band_plan,
     blocked_pairs,
+    checks_agree,
     close_pairs,
     components,
     flip_masks,
     found_on_earlier_band,
     low_detail,
+    pair_limit,
     strict_variants,
 )
 
@@ -41,28 +42,36 @@ STAGE = "near_dup"
 # --- Beam: DedupNearImages ---------------------------------------------------------------------
 
 _STORED, _PROBE, _PROBE_DOWN = 0, 1, 2
-# What a searched hash is: a pHash, a variant, a strict variant (a mirrored turn, or any variant
-# of a low-detail image: a pHash joins it only within ``k - STRICT_MARGIN``), or the pHash of a
-# low-detail image (it joins any variant only within that).  ``hamming_index.variant_limits`` and
+# What a searched hash is: a pHash, a variant, a mirrored turn (a pHash joins it only within
+# ``k - STRICT_MARGIN``), a variant of a low-detail image, or the pHash of one (a variant and a
+# pHash join within ``k - LOW_DETAIL_MARGIN`` when either is).  ``hamming_index.pair_limit`` and
 # ``variant_groups`` are the rule.  False and True, as tests write pHashes and variants, equal the
 # first two.
-_PHASH, _VARIANT, _STRICT_VARIANT, _LOW_DETAIL_PHASH = 0, 1, 2, 3
+_PHASH, _VARIANT, _TURN_VARIANT, _LOW_DETAIL_PHASH, _LOW_DETAIL_VARIANT = 0, 1, 2, 3, 4
+_VARIANT_KINDS = (_VARIANT, _TURN_VARIANT, _LOW_DETAIL_VARIANT)
 
 
 def _is_variant(kind) -> bool:
-    return kind == _VARIANT or kind == _STRICT_VARIANT
+    return kind in _VARIANT_KINDS
 
 
-def _strict(one, other) -> bool:
-    """Whether a pair of searched hashes of these kinds is joined only within ``k - STRICT_MARGIN``."""
+def _limit(k: int, one, other) -> int:
+    """The distance within which searched hashes of these kinds join (one of them a pHash)."""
+    if not (_is_variant(one) or _is_variant(other)):
+        return k
     kinds = (one, other)
-    return _STRICT_VARIANT in kinds or (_LOW_DETAIL_PHASH in kinds and (_is_variant(one) or _is_variant(other)))
+    low = _LOW_DETAIL_PHASH in kinds or _LOW_DETAIL_VARIANT in kinds
+    return pair_limit(k, _TURN_VARIANT in kinds, low)
 
 
 def _hash_entry(s: Sample):
-    """(hash, (member, variant hashes)) of a sample with a pHash; a member is (id, order key)."""
+    """(hash, (member, variant hashes, check hashes)) of a sample with a pHash; a member is
+    (id, order key); the check hashes are the pHash's then each variant's (``phash_checks``),
+    or none."""
     if s.phash is not None:
-        yield int(s.phash, 16), ((s.id, representative_order(s)), tuple(s.phash_variants or ()))
+        variants = tuple(s.phash_variants or ())
+        checks = tuple(s.phash_checks or ())
+        yield int(s.phash, 16), ((s.id, representative_order(s)), variants, checks if len(checks) == 1 + len(variants) else ())
 
 
 def _edge(a: tuple, b: tuple) -> tuple:
@@ -74,30 +83,37 @@ def _copy_edges(item):
     """Samples sharing one exact hash: each is joined to the one with the smallest id (linear
     in the copies, so a logo repeated 10^5 times costs no pairwise work)."""
     _, entries = item
-    anchor = min((member for member, _ in entries), key=lambda m: m[0])
-    for member, _ in entries:
+    anchor = min((member for member, _, _ in entries), key=lambda m: m[0])
+    for member, _, _ in entries:
         if member[0] != anchor[0]:
             yield _edge(anchor, member)
 
 
 def _searched(item):
-    """(hash, member, what it is) of what the search compares for one exact hash: the copy with
-    the smallest id (its copies are joined to it), under its pHash and under each variant hash
-    any of the copies carries (``Sample.phash_variants``: mirrored, cropped, rotated).  As in
-    ``variant_groups``, where a pHash that joins one copy joins them all: a variant is strict
-    only when it is in every copy that carries it, the pHash of low detail only when every copy
-    is."""
+    """(hash, member, what it is, check hashes) of what the search compares for one exact hash:
+    the copy with the smallest id (its copies are joined to it), under its pHash and under each
+    variant hash any of the copies carries (``Sample.phash_variants``: mirrored, cropped,
+    rotated), with the distinct check hashes the copies give it (``Sample.phash_checks``; a pair
+    passes when any agrees).  As in ``variant_groups``, where a pHash that joins one copy joins
+    them all: the pHash is of low detail only when every copy is, and a variant hash that copies
+    carry as different kinds (plain, a mirrored turn, of a low-detail image) is searched once
+    per kind, each with the check hashes of the copies that give it that kind."""
     value, entries = item
-    anchor = min((member for member, _ in entries), key=lambda m: m[0])
-    yield value, anchor, _LOW_DETAIL_PHASH if all(low_detail(vs) for _, vs in entries) else _PHASH
-    plain, strict = set(), set()
-    for _, vs in entries:
-        joined_within_k, joined_within_less = strict_variants(vs)
-        plain.update(int(v, 16) for v in joined_within_k)
-        strict.update(int(v, 16) for v in joined_within_less)
-    strict -= plain
-    for variant in sorted((plain | strict) - {value}):
-        yield variant, anchor, _STRICT_VARIANT if variant in strict else _VARIANT
+    anchor = min((member for member, _, _ in entries), key=lambda m: m[0])
+    low = all(low_detail(vs) for _, vs, _ in entries)
+    yield value, anchor, _LOW_DETAIL_PHASH if low else _PHASH, tuple(sorted({int(cs[0], 16) for _, _, cs in entries if cs}))
+    checks: Dict[Tuple[int, int], set] = {}
+    for _, vs, cs in entries:
+        plain, _ = strict_variants(vs)
+        copy_low = low_detail(vs)
+        for n, v in enumerate(vs):
+            kind = _LOW_DETAIL_VARIANT if copy_low else _TURN_VARIANT if n >= len(plain) else _VARIANT
+            found = checks.setdefault((int(v, 16), kind), set())
+            if cs:
+                found.add(int(cs[1 + n], 16))
+    for variant, kind in sorted(checks):
+        if variant != value:
+            yield variant, anchor, kind, tuple(sorted(checks[variant, kind]))
 
 
 def _index_entries(item, plan: Sequence[Band], masks: Sequence[Sequence[Tuple[int, int]]]):
@@ -107,50 +123,52 @@ def _index_entries(item, plan: Sequence[Band], masks: Sequence[Sequence[Tuple[in
     with pHashes and variants), one whose top bit is set to a smaller value (``_PROBE_DOWN``:
     pairs with variants only), so a pair of pHashes is probed from one side and a pHash and a
     variant from the pHash's side.  Variants never probe: each costs one key per band."""
-    value, member, variant = item
+    value, member, variant, check = item
     for band in plan:
         own = (value >> band.shift) & band.mask
-        yield (band.index, own), (_STORED, value, member, variant)
+        yield (band.index, own), (_STORED, value, member, variant, check)
         if _is_variant(variant):
             continue
         for top_bit, mask in masks[band.index]:
-            yield (band.index, own ^ mask), (_PROBE if not own & top_bit else _PROBE_DOWN, value, member, variant)
+            yield (band.index, own ^ mask), (_PROBE if not own & top_bit else _PROBE_DOWN, value, member, variant, check)
 
 
-def _bucket_edges(item, k: int, plan: Sequence[Band]):
+def _bucket_edges(item, k: int, plan: Sequence[Band], check_distance: Optional[int] = None):
     """Edges confirmed within one bucket: stored hashes with each other (exact band match) and
     probing pHashes with stored hashes, by true distance, vectorised; a pair is kept only when
     this band is the first within radius, so each edge leaves exactly one bucket.  Two variant
     hashes make no edge (a crop of one image near a crop of another says little: the relation
     is a pHash within ``k`` of the other's pHash or of one of its variants), nor do two hashes
-    of one sample; a strict pair (``_strict``) only within ``k - STRICT_MARGIN``.
+    of one sample; a pair with a mirrored turn or a low-detail image only within ``_limit``, and
+    one at ``CHECK_FROM`` bits or more only when its check hashes agree (``checks_agree``).
     pHashes here are distinct (copies were collapsed before); a variant hash may equal another
     sample's pHash or variant."""
     (band_index, _), entries = item
     stored, up, down = [], [], []
-    for role, value, member, variant in entries:
-        (stored if role == _STORED else up if role == _PROBE else down).append((value, member, variant))
+    for role, value, member, variant, check in entries:
+        (stored if role == _STORED else up if role == _PROBE else down).append((value, member, variant, check))
     if not stored:
         return
-    stored_values = np.array([v for v, _, _ in stored], dtype=np.uint64)
+    stored_values = np.array([v for v, _, _, _ in stored], dtype=np.uint64)
     pairs = [(stored, stored_values, *close_pairs(stored_values, k))]
     for probing in (up, down):
         if probing:
-            probe_values = np.array([v for v, _, _ in probing], dtype=np.uint64)
+            probe_values = np.array([v for v, _, _, _ in probing], dtype=np.uint64)
             pairs.append((probing, probe_values, *blocked_pairs(probe_values, stored_values, k, upper=False)))
-    strict = k - STRICT_MARGIN
     for left, left_values, i, j in pairs:
         xor = left_values[i] ^ stored_values[j]
         later = ~found_on_earlier_band(xor, plan, band_index)
         distances = np.bitwise_count(xor[later]).tolist()
         for a, b, distance in zip(i[later].tolist(), j[later].tolist(), distances):
-            _, one, one_variant = left[a]
-            _, other, other_variant = stored[b]
+            _, one, one_variant, one_check = left[a]
+            _, other, other_variant, other_check = stored[b]
             if left is down and not _is_variant(other_variant):
                 continue  # a pair of pHashes is the up-probe's
-            if distance > strict and _strict(one_variant, other_variant):
+            if _is_variant(one_variant) and _is_variant(other_variant) or one[0] == other[0]:
                 continue
-            if not (_is_variant(one_variant) and _is_variant(other_variant)) and one[0] != other[0]:
+            if distance <= _limit(k, one_variant, other_variant) and checks_agree(
+                one_check, other_check, distance, check_distance
+            ):
                 yield _edge(one, other)
 
 
@@ -199,9 +217,12 @@ class DedupNearImages(beam.PTransform):
     samples -> (kept, dropped).  Two samples are joined when one's pHash is within
     ``near_max_distance`` of the other's pHash or of one of its ``phash_variants`` (the hashes
     of its mirrored, cropped and rotated copies that the image stage computes,
-    ``perceptual.phash_and_variants``; of its mirrored turns, and of any variant when either image
-    is of low detail, within ``near_max_distance - STRICT_MARGIN``), as
-    ``hamming_index.variant_groups`` does in memory.
+    ``perceptual.phash_and_variants``; of its mirrored turns within ``near_max_distance -
+    STRICT_MARGIN``, of any variant when either image is of low detail within
+    ``near_max_distance - LOW_DETAIL_MARGIN``) and, from ``CHECK_FROM`` bits on, their check
+    hashes (``phash_checks``: the next frequencies of the same picture and geometry) are within
+    ``dedup.near_check_distance``, as ``hamming_index.variant_groups`` does in memory.  Each
+    searched hash carries its check hash (8 bytes more a key), so the check needs no join.
 
     Samples are first grouped by exact pHash: copies are joined to the copy with the smallest
     id, which alone goes on, under its pHash and under every variant hash of the copies (a
@@ -229,7 +250,7 @@ class DedupNearImages(beam.PTransform):
     def __init__(self, cfg: DedupConfig, stage: str = STAGE):
         super().__init__()
         self.plan = band_plan(cfg.near_max_distance, cfg.near_bands)  # validates both
-        self.max_distance, self.stage = cfg.near_max_distance, stage
+        self.max_distance, self.check_distance, self.stage = cfg.near_max_distance, cfg.near_check_distance, stage
 
     def expand(self, samples):
         k, plan = self.max_distance, self.plan
@@ -241,7 +262,7 @@ class DedupNearImages(beam.PTransform):
             | "One per hash, with its variants" >> beam.FlatMap(_searched)
             | "Stored and probe keys" >> beam.FlatMap(_index_entries, plan, masks)
             | "Group by band value" >> beam.GroupByKey()
-            | "Confirm pairs" >> beam.FlatMap(_bucket_edges, k, plan)
+            | "Confirm pairs" >> beam.FlatMap(_bucket_edges, k, plan, self.check_distance)
         )
         representatives = (
             (copy_edges, near_edges)

@@ -376,7 +376,7 @@ def test_beam_buckets_emit_each_close_pair_exactly_once(bands_):
     masks = [[(1 << top, mask) for top, group in flip_masks(band) for mask in group] for band in plan]
     buckets = {}
     for value in values:
-        for key, entry in _index_entries((value, (f"{value:016x}", ()), False), plan, masks):
+        for key, entry in _index_entries((value, (f"{value:016x}", ()), False, ()), plan, masks):
             buckets.setdefault(key, []).append(entry)
     edges = [tuple(sorted((a, b))) for item in buckets.items() for (a, _), (b, _) in _bucket_edges(item, K, plan)]
     i, j = close_pairs(np.array(values, dtype=np.uint64), K)
@@ -519,7 +519,7 @@ def test_only_the_chosen_build_variants_are_mirrored():
     assert len(blocks) == plain + 4
     np.testing.assert_allclose(blocks[:plain], perceptual.variant_coefficients(img, crops, angles)[:plain])
     for n, block in enumerate(mirrors):
-        np.testing.assert_allclose(blocks[plain + n], blocks[block] * perceptual._MIRROR)
+        np.testing.assert_allclose(blocks[plain + n], blocks[block] * perceptual._mirror(8))
     assert perceptual.BUILD_GEOMETRY[mirrors[1] - 1].crop == (0.05,) * 4
     assert [perceptual.BUILD_GEOMETRY[b - 1].angle for b in mirrors[2:]] == [3.0, -3.0]
     own, variants = perceptual.phash_and_variants(img)
@@ -538,11 +538,38 @@ def test_build_variants_are_cheap_and_match_the_transformed_pictures():
         assert min(hamming(mirrored, v) for v in variants) <= 2
 
 
-def _variant_samples(k: int, n: int = 400):
+def test_check_hashes_follow_a_copy_and_not_another_photograph():
+    """hashes_with_checks: the pHash and variants of phash_and_variants, one check hash more (the
+    pHash's first); on real photographs a recompressed, shrunk or cut copy's variant that meets
+    the copy's pHash has its check hash within the shipped 14 bits, while the check hashes of
+    different photographs are ~32 bits apart."""
+    data = pytest.importorskip("skimage.data")
+    photos = [Image.fromarray(getattr(data, n)()).convert("RGB") for n in ("astronaut", "coffee", "chelsea", "rocket")]
+    hashed = [perceptual.hashes_with_checks(p) for p in photos]
+    for photo, (own, variants, checks) in zip(photos, hashed):
+        assert (own, variants) == perceptual.phash_and_variants(photo) and len(checks) == 1 + len(variants)
+        w, h = photo.size
+        copies = [
+            _jpeg(photo, 40),
+            photo.resize((w // 2, h // 2), Image.Resampling.BICUBIC),
+            _jpeg(photo.crop((round(w * 0.025), round(h * 0.075), round(w * 0.975), round(h * 0.925))), 90),
+        ]
+        for copy in copies:
+            copy_phash, _, copy_checks = perceptual.hashes_with_checks(copy)
+            best = min(range(1 + len(variants)), key=lambda n: hamming(copy_phash, (own, *variants)[n]))
+            assert hamming(copy_phash, (own, *variants)[best]) <= 6
+            assert hamming(copy_checks[0], checks[best]) <= 14
+    apart = [hamming(a[2][0], b[2][0]) for n, a in enumerate(hashed) for b in hashed[n + 1 :]]
+    assert min(apart) > 14 and np.mean(apart) > 24
+
+
+def _variant_samples(k: int, n: int = 400, check_distance=None):
     """Samples whose pHashes are far apart but whose variants lie within ``k`` of other samples'
     pHashes (a copy's relation), within ``k`` of other samples' variants only (no relation),
     equal to another's pHash, and shared by exact copies; with the {dropped id: representative}
-    of the in-memory reference (``variant_groups``) and the representative rule."""
+    of the in-memory reference (``variant_groups``) and the representative rule.  With
+    ``check_distance``, every hash has a check hash (``phash_checks``), random but for half of the
+    copy relations, whose variant's check hash is within 0-20 bits of the other's pHash's."""
     rng = np.random.default_rng(k)
     base = [int(x) for x in rng.integers(0, 2**64, size=n, dtype=np.uint64)]
     hexes = [f"{v:016x}" for v in base]
@@ -561,21 +588,67 @@ def _variant_samples(k: int, n: int = 400):
         variants[i] += [f"{int(x):016x}" for x in rng.integers(0, 2**62, size=int(rng.integers(0, 4)))]
         if i % 5:  # most images have 33 variants, the rest are of low detail (hamming_index.low_detail)
             variants[i] += [f"{int(x):016x}" for x in rng.integers(0, 2**62, size=33 - len(variants[i]))]
+    checks = {i: [f"{int(x):016x}" for x in rng.integers(0, 2**64, size=1 + len(variants[i]), dtype=np.uint64)] for i in range(n)}
+    for i in range(0, n - 1, 6):  # half the copy relations: the variant's check agrees with the pHash's
+        checks[i][1] = flip_bits(checks[i + 1][0], rng.choice(64, size=int(rng.integers(0, 21)), replace=False).tolist())
+    with_checks = check_distance is not None
     samples = [
-        Sample(id=f"s{i:04d}", source_index=0, row=i, url=None, phash=hexes[i], phash_variants=tuple(variants[i]))
+        Sample(
+            id=f"s{i:04d}",
+            source_index=0,
+            row=i,
+            url=None,
+            phash=hexes[i],
+            phash_variants=tuple(variants[i]),
+            phash_checks=tuple(checks[i]) if with_checks else (),
+        )
         for i in range(n)
     ]
     samples += [  # exact copies of a sample: the searched copy carries the variants of them all
-        Sample(id=f"copy{j}", source_index=0, row=n + j, url=None, phash=hexes[5], phash_variants=(hexes[9],))
+        Sample(
+            id=f"copy{j}",
+            source_index=0,
+            row=n + j,
+            url=None,
+            phash=hexes[5],
+            phash_variants=(hexes[9],),
+            phash_checks=(checks[5][0], f"{j:016x}") if with_checks else (),
+        )
         for j in range(4)
     ]
     by_id = {s.id: s for s in samples}
     expected = {}
-    groups = variant_groups({s.id: s.phash for s in samples}, {s.id: s.phash_variants for s in samples}, k)
+    groups = variant_groups(
+        {s.id: s.phash for s in samples},
+        {s.id: s.phash_variants for s in samples},
+        k,
+        {s.id: s.phash_checks for s in samples},
+        check_distance,
+    )
     for group in groups:
         best = min(group, key=lambda i: (representative_order(by_id[i]), i))
         expected.update({i: best for i in group if i != best})
     return samples, expected, groups
+
+
+@pytest.mark.parametrize("bands_", [None, 3])
+def test_dedup_near_images_checks_pairs_as_the_reference_does(bands_):
+    """With check hashes (``phash_checks``), the Beam stage keeps a pair at 2 bits or more only
+    when the check hashes are within ``near_check_distance``, as ``variant_groups`` does: the
+    copy relations whose checks disagree are cut, those whose checks agree stay."""
+    samples, expected, groups = _variant_samples(6, check_distance=14)
+    _, _, unchecked = _variant_samples(6)
+    joined, joined_unchecked = set().union(*groups), set().union(*unchecked)
+    assert len(groups) > 50 and joined < joined_unchecked and len(joined_unchecked - joined) > 20
+    assert not any({"s0003", "s0004"} <= g for g in groups) and any({"s0003", "s0004"} <= g for g in unchecked)
+
+    def build(p):
+        cfg = DedupConfig(near_max_distance=6, near_bands=bands_, near_check_distance=14)
+        kept, dropped = p | beam.Create(samples) | DedupNearImages(cfg)
+        return {"kept": kept, "dropped": dropped}
+
+    out = run_collect(build)
+    assert _summary(out["kept"], out["dropped"]) == _expected_summary(samples, expected)
 
 
 @pytest.mark.parametrize("bands_", [None, 3])
@@ -641,15 +714,15 @@ def _strict_pair_samples():
 
 def test_mirrored_turns_and_low_detail_images_join_only_within_the_stricter_distance():
     """``variant_groups``: a pHash within k of a plain variant joins its image; within k of a
-    mirrored turn (the last two variants), of any variant of a low-detail image, or itself the
-    pHash of a low-detail image, only within k - STRICT_MARGIN; a hash that one exact copy
-    carries as a plain variant joins at k."""
-    from flamingo_corpus.dedup.hamming_index import STRICT_MARGIN, low_detail, variant_limits
+    mirrored turn (the last two variants) only within k - STRICT_MARGIN; of any variant of a
+    low-detail image, or itself the pHash of a low-detail image, only within k -
+    LOW_DETAIL_MARGIN; a hash that one exact copy carries as a plain variant joins at k."""
+    from flamingo_corpus.dedup.hamming_index import LOW_DETAIL_MARGIN, STRICT_MARGIN, low_detail, variant_limits
 
-    assert STRICT_MARGIN == 2
+    assert (STRICT_MARGIN, LOW_DETAIL_MARGIN) == (2, 3)
     full = tuple(f"{n:016x}" for n in range(33))
     assert variant_limits(full, 5) == [5] * 31 + [3, 3] and variant_limits(full[:31], 5) == [5] * 29 + [3, 3]
-    assert low_detail(full[:30]) and variant_limits(full[:30], 5) == [3] * 30 and low_detail(())
+    assert low_detail(full[:30]) and variant_limits(full[:30], 5) == [2] * 30 and low_detail(())
     phashes, variants, expected = _strict_pair_samples()
     groups = variant_groups(phashes, variants, 5)
     assert sorted(map(sorted, groups)) == sorted(map(sorted, expected))
@@ -692,7 +765,7 @@ def test_beam_buckets_pair_each_phash_with_each_close_hash_once_and_no_two_varia
     buckets = {}
     for value in values:
         member = (f"{value:016x}", ())
-        for key, entry in _index_entries((value, member, is_variant[value]), plan, masks):
+        for key, entry in _index_entries((value, member, is_variant[value], ()), plan, masks):
             buckets.setdefault(key, []).append(entry)
     edges = [tuple(sorted((a, b))) for item in buckets.items() for (a, _), (b, _) in _bucket_edges(item, K, plan)]
     i, j = close_pairs(np.array(values, dtype=np.uint64), K)
