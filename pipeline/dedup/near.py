@@ -21,6 +21,8 @@ from ..records import Sample
 from ..stage import apply_with_drops, drop
 from .exact import representative_order
 from .hamming_index import (
+    AUTO_HASHES,
+    STORED_PER_SAMPLE,
     Band,
     band_plan,
     blocked_pairs,
@@ -71,7 +73,10 @@ def _hash_entry(s: Sample):
     if s.phash is not None:
         variants = tuple(s.phash_variants or ())
         checks = tuple(s.phash_checks or ())
-        yield int(s.phash, 16), ((s.id, representative_order(s)), variants, checks if len(checks) == 1 + len(variants) else ())
+        yield (
+            int(s.phash, 16),
+            ((s.id, representative_order(s)), variants, checks if len(checks) == 1 + len(variants) else ()),
+        )
 
 
 def _edge(a: tuple, b: tuple) -> tuple:
@@ -101,7 +106,12 @@ def _searched(item):
     value, entries = item
     anchor = min((member for member, _, _ in entries), key=lambda m: m[0])
     low = all(low_detail(vs) for _, vs, _ in entries)
-    yield value, anchor, _LOW_DETAIL_PHASH if low else _PHASH, tuple(sorted({int(cs[0], 16) for _, _, cs in entries if cs}))
+    yield (
+        value,
+        anchor,
+        _LOW_DETAIL_PHASH if low else _PHASH,
+        tuple(sorted({int(cs[0], 16) for _, _, cs in entries if cs})),
+    )
     checks: Dict[Tuple[int, int], set] = {}
     for _, vs, cs in entries:
         plain, _ = strict_variants(vs)
@@ -130,7 +140,10 @@ def _index_entries(item, plan: Sequence[Band], masks: Sequence[Sequence[Tuple[in
         if _is_variant(variant):
             continue
         for top_bit, mask in masks[band.index]:
-            yield (band.index, own ^ mask), (_PROBE if not own & top_bit else _PROBE_DOWN, value, member, variant, check)
+            yield (
+                (band.index, own ^ mask),
+                (_PROBE if not own & top_bit else _PROBE_DOWN, value, member, variant, check),
+            )
 
 
 def _bucket_edges(item, k: int, plan: Sequence[Band], check_distance: Optional[int] = None):
@@ -249,7 +262,8 @@ class DedupNearImages(beam.PTransform):
 
     def __init__(self, cfg: DedupConfig, stage: str = STAGE):
         super().__init__()
-        self.plan = band_plan(cfg.near_max_distance, cfg.near_bands)  # validates both
+        # validates both; the plan for 2**20 samples and their variants (``STORED_PER_SAMPLE``)
+        self.plan = band_plan(cfg.near_max_distance, cfg.near_bands, AUTO_HASHES * STORED_PER_SAMPLE)
         self.max_distance, self.check_distance, self.stage = cfg.near_max_distance, cfg.near_check_distance, stage
 
     def expand(self, samples):
