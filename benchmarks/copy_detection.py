@@ -10,7 +10,8 @@ another unrelated photo, by more than half the area of the smaller of the two.
 
 Decontamination: the evaluation pictures go through ``build_index`` (the ``index-eval`` command's
 code, with the copy variants) and every copy and unrelated photo is matched at the recipe's
-``decontamination.phash_distance``.  Near-dup: originals (as JPEG), copies and unrelated photos
+``decontamination.phash_distance`` (rows 2 bits or more away only when their check hashes are
+within ``decontamination.check_distance``).  Near-dup: originals (as JPEG), copies and unrelated photos
 are grouped at ``dedup.near_max_distance`` with the variants each image carries
 (``hamming_index.variant_groups``, the reference of the Beam stage).  A copy counts when it is
 dropped as an overlap of any evaluation image (decontamination) or grouped with its own original
@@ -27,9 +28,9 @@ times the image stage (which computes the build variants) against the pHash alon
 with variants, and the eval index per picture; the load average is printed with the times,
 since the benchmark machine is shared.  pHashes made with a median threshold have 32 bits set,
 so their distances are even: near-dup's shipped 6 acts as 6 (a mirrored turn, 2 bits closer,
-within 4; a variant and a low-detail image within 2), and the eval index's margin of 1 for mirrored variants at phash_distance 6 means they count
-within 4 (the others within 6; any variant within 2 for a low-detail image,
-``eval_index.LOW_DETAIL_MARGIN`` 4).
+within 4; a variant and a low-detail image within 2), and the eval index's margin of 1 for
+mirrored variants at phash_distance 6 means they count within 4 (the others within 6; any
+variant within 2 for a low-detail image, ``eval_index.LOW_DETAIL_MARGIN`` 4).
 
 One draw (``--seed``) can be lucky: ``--seeds 0 1 2`` runs several, prints each one's table,
 then a table of the draws and the figures of all of them pooled (copies and unrelated photos
@@ -296,7 +297,8 @@ def run_draw(args, seed: int, recipe, cfg, photos, outside, kinds) -> Draw:
     print(
         f"\n### seed {seed}\n\n{len(crops)} evaluation crops of {len(EVAL_PHOTOS)} photographs; "
         f"{len(unrelated_boxes)} unrelated crops; {args.per_kind} copies per kind; recipe {Path(args.recipe).name}: "
-        f"decontamination.phash_distance {k_decon}, dedup.near_max_distance {k_near}, "
+        f"decontamination.phash_distance {k_decon}, check_distance {recipe.decontamination.check_distance}, "
+        f"dedup.near_max_distance {k_near}, "
         f"near_check_distance {recipe.dedup.near_check_distance}; imagededup: "
         f"{'yes' if outside else 'not installed'}"
     )
@@ -335,7 +337,11 @@ def run_draw(args, seed: int, recipe, cfg, photos, outside, kinds) -> Draw:
 
     def decon_now(items: List[Image_]) -> List[bool]:  # the stage's call (decontaminate._MatchBatch)
         matches = index.match(
-            [x.phash for x in items], phash_distance=k_decon, build_variants=[x.variants for x in items]
+            [x.phash for x in items],
+            phash_distance=k_decon,
+            build_variants=[x.variants for x in items],
+            checks=[x.checks[0] if x.checks else None for x in items],
+            check_distance=recipe.decontamination.check_distance,
         )
         return [m is not None for m in matches]
 

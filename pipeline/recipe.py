@@ -178,7 +178,9 @@ class DedupConfig:
     near: bool = False  # drop perceptual near-duplicates across the whole build (phash, banded LSH)
     near_max_distance: int = 5  # Hamming distance of 64-bit phashes (mmc4: findimagedupes 5; core: 10)
     near_bands: Optional[int] = None  # bands the 64 bits are cut into for near search; None: chosen from the distance
-    near_check_distance: Optional[int] = 14  # pairs 2+ bits apart must have check hashes this close (of 64); None: no check
+    near_check_distance: Optional[int] = (
+        14  # pairs 2+ bits apart must have check hashes this close (of 64); None: no check
+    )
     max_image_documents: Optional[int] = None  # MMC4: drop images found in more documents (logos, ads)
     semantic: bool = False  # SemDeDup: drop images whose CLIP embeddings are near-identical (needs clip.enabled)
     semantic_clusters: int = 100  # k-means clusters; pairs are compared within a cluster only
@@ -201,6 +203,7 @@ class DecontaminationConfig:
     index: Optional[str] = None  # the eval index file; None switches decontamination off
     phash_distance: int = 6  # training images this close (Hamming, 64-bit phash) to an eval image are dropped
     min_cosine: Optional[float] = 0.95  # ... or this similar by CLIP image embedding (needs clip.enabled)
+    check_distance: Optional[int] = 14  # a match 2+ bits away needs check hashes this close (of 64); None: no check
     captions: bool = True  # drop training captions equal, after normalisation, to an eval caption
 
 
@@ -336,6 +339,7 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("safety", "blocklist_phash_distance"): (0, 64, True, True),
     ("safety", "max_nsfw"): (0, 1, True, True),
     ("decontamination", "phash_distance"): (0, 64, True, True),
+    ("decontamination", "check_distance"): (0, 64, True, True),
     ("decontamination", "min_cosine"): (-1, 1, True, True),
     ("shard", "samples_per_shard"): (1, INF, True, False),
     ("shard", "index_shards"): (0, INF, True, False),

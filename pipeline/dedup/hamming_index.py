@@ -69,6 +69,11 @@ _TABLE_MAX_BITS = 24
 # 2.2e8 lookups + 3.3e9 candidates in 15 s; 5 bands: 7.6e7 + 9.7e9 in 35 s; so ~3.5 ns a
 # candidate and ~18 ns a lookup; docs/benchmarks.md).
 AUTO_HASHES = 1 << 20
+# The Beam stage stores every variant hash (``perceptual.BUILD_VARIANTS``, up to 33 a sample) in
+# the buckets the pHashes probe, so its plan is chosen for that many stored hashes: at k=6 the plan
+# for 2**20 alone (4 bands of 16 bits) would meet ~520 stored hashes a probed bucket, modeled 6.5x
+# the work of 3 bands of 21-22 bits (``near.DedupNearImages``).
+STORED_PER_SAMPLE = 1 + BUILD_VARIANTS
 LOOKUP_COST = 5.0
 
 
@@ -255,12 +260,23 @@ class SortedBand:
         return hit, lo[hit], size[hit]
 
 
+class Check(NamedTuple):
+    """Check hashes for ``nearest_within``: the queries' (``has`` False where a query has none),
+    the stored rows', and the distance within which they must agree (``checks_agree``)."""
+
+    query: np.ndarray  # uint64 per query
+    has: np.ndarray  # bool per query
+    stored: np.ndarray  # uint64 per stored row
+    distance: int
+
+
 def nearest_within(
     query: np.ndarray,
     plan: Sequence[Band],
     tables: Sequence[SortedBand],
     k: int,
     penalty: Optional[np.ndarray] = None,
+    check: Optional[Check] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """(stored row, distance) of the nearest stored hash within ``k`` of each ``query`` hash
     (uint64), ties to the lowest row; distance ``k + 1`` (row 0) where none is within ``k``.
@@ -270,7 +286,8 @@ def nearest_within(
     hashes), so each query probes every band value within the band's radius of its own.
     ``penalty`` (per stored row, small ints) is added to a row's distance: such a row must be
     that much closer to count, and ranks as that much farther (the distance returned is the
-    true one)."""
+    true one).  ``check``: a row ``CHECK_FROM`` bits or more from a query (true distance) counts
+    only when their check hashes agree; the nearest row that does is returned."""
     n, total = len(query), len(tables[0].values) if tables else 0
     none = np.iinfo(np.int64).max
     best = np.full(n, none, dtype=np.int64)  # distance * total + row: the minimum is the nearest, then first
@@ -287,9 +304,13 @@ def nearest_within(
         who = np.repeat(asker[hit], size)
         row = table.order[stored]
         distance = np.bitwise_count(query[who] ^ table.values[stored]).astype(np.int64)
+        checked = np.ones(len(distance), dtype=bool)
+        if check is not None:
+            far = (distance >= CHECK_FROM) & check.has[who]
+            checked[far] = np.bitwise_count(check.query[who[far]] ^ check.stored[row[far]]) <= check.distance
         if penalty is not None:
             distance += penalty[row]
-        close = distance <= k
+        close = (distance <= k) & checked
         np.minimum.at(best, who[close], distance[close] * total + row[close])
     found = best != none
     rows = np.where(found, best % max(total, 1), 0)

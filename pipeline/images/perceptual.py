@@ -282,23 +282,26 @@ _INDEX_NAMES = (
     + [f"mirrored rotated{-a:+g}deg" for a in INDEX_ANGLES]
 )
 assert sorted(_INDEX_NAMES) == sorted(v.name for v in INDEX_VARIANTS)
-VARIANTS_VERSION = 2  # 1: centre crops, 8% sides and corners, 12% corners, +-2/4/6 degrees
+VARIANTS_VERSION = 3  # 1: centre crops, 8% sides and corners, 12% corners, +-2/4/6 degrees; 3: check hashes
 
 
-def index_hashes(img: Image.Image) -> List[Tuple[str, str]]:
-    """(variant name, pHash) of the picture and of each of its ``INDEX_VARIANTS`` ("" names the
-    picture itself); a hash already listed is left out, so the first variant that gives it is the
-    one named.  The variants are made as the build's are (``variant_coefficients``: linear maps of
-    the 32x32 grey picture the pHash is made of), about 5 ms for the 190 of a picture; cutting and
-    turning the picture itself and hashing each (version 1) cost 1 ms a variant and caught no
-    more copies (docs/dedup-and-safety.md)."""
-    coefficients = variant_coefficients(img, _INDEX_CROPS, INDEX_ANGLES)
-    out: List[Tuple[str, str]] = []
+def index_hashes(img: Image.Image) -> List[Tuple[str, str, str]]:
+    """(variant name, pHash, check hash) of the picture and of each of its ``INDEX_VARIANTS`` (""
+    names the picture itself); a pHash already listed is left out, so the first variant that
+    gives it is the one named.  The variants are made as the build's are
+    (``variant_coefficients``: linear maps of the 32x32 grey picture the pHash is made of), about
+    5 ms for the 190 of a picture; cutting and turning the picture itself and hashing each
+    (version 1) cost 1 ms a variant and caught no more copies (docs/dedup-and-safety.md).  The
+    check hash is ``hashes_with_checks``'s: the next ring of frequencies of the same variant."""
+    coefficients = variant_coefficients(img, _INDEX_CROPS, INDEX_ANGLES, freqs=CHECK_FREQS)
+    hashes = _hexes(np.ascontiguousarray(coefficients[:, :8, :8]))
+    checks = _hexes(coefficients[:, CHECK_RING])
+    out: List[Tuple[str, str, str]] = []
     seen = set()
-    for name, h in zip(_INDEX_NAMES, _hexes(coefficients)):
+    for name, h, check in zip(_INDEX_NAMES, hashes, checks):
         if h not in seen:
             seen.add(h)
-            out.append((name, h))
+            out.append((name, h, check))
     return out
 
 

@@ -67,6 +67,8 @@ class _MatchBatch(beam.DoFn):
             min_cosine=self.cfg.min_cosine if self.use_embeddings else None,
             check_captions=self.cfg.captions,
             build_variants=[s.phash_variants for s in batch],
+            checks=[s.phash_checks[0] if s.phash_checks else None for s in batch],
+            check_distance=self.cfg.check_distance,
         )
         self.checked.inc(len(batch))
         for s, m in zip(batch, matches):

@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from ..dedup.hamming_index import SortedBand, band_plan, low_detail, nearest_within
+from ..dedup.hamming_index import Check, SortedBand, band_plan, low_detail, nearest_within
 from ..filters.text import match_key
 from ..images import perceptual
 from ..output.atomic import atomic_write, same_path
@@ -63,7 +63,7 @@ from ..recipe import ClipConfig, ImageConfig, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: a "variant" column, several hashes per picture
+FORMAT_VERSION = 3  # 2: a "variant" column, several hashes per picture; 3: a "check" column
 METADATA_KEY = b"flamingo_corpus.eval_index"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 CAPTION_EXTENSIONS = (".json", ".jsonl", ".txt")
@@ -76,6 +76,7 @@ SCHEMA = pa.schema(
         ("item", pa.string()),
         ("phash", pa.string()),
         ("variant", pa.string()),
+        ("check", pa.string()),  # the check hash of the row's pHash (perceptual.index_hashes)
         ("embedding", pa.list_(pa.float32())),
         ("caption", pa.string()),
     ]
@@ -236,7 +237,7 @@ def write_index(
     path: str, images: Sequence[dict], captions: Sequence[dict], clip: Optional[Dict[str, str]] = None
 ) -> int:
     """Write the index: ``images`` as dicts eval_set, item, phash, variant ("" or absent for the
-    picture itself), embedding (array or None);
+    picture itself), check (the pHash's check hash, or absent), embedding (array or None);
     ``captions`` as dicts eval_set, item, caption (raw: normalised here; empty keys left out).
     Rows are sorted, so the same inputs give the same file and "first" means the same everywhere.
     Returns the number of rows."""
@@ -250,6 +251,7 @@ def write_index(
             "item": im["item"],
             "phash": im["phash"],
             "variant": im.get("variant") or "",
+            "check": im.get("check"),
             "embedding": None if im.get("embedding") is None else np.asarray(im["embedding"], np.float32),
             "caption": None,
         }
@@ -257,7 +259,16 @@ def write_index(
     ]
     keyed = {(c["eval_set"], c["item"], match_key(c["caption"])) for c in captions}
     rows += [
-        {"kind": CAPTION, "eval_set": s, "item": i, "phash": None, "variant": None, "embedding": None, "caption": k}
+        {
+            "kind": CAPTION,
+            "eval_set": s,
+            "item": i,
+            "phash": None,
+            "variant": None,
+            "check": None,
+            "embedding": None,
+            "caption": k,
+        }
         for s, i, k in sorted(keyed)
         if k
     ]
@@ -314,6 +325,7 @@ class EvalIndex:
     items: Sequence[str]
     phashes: np.ndarray  # uint64, per image row
     variants: Sequence[str] = field(default_factory=list)  # per image row: "" for the picture itself
+    checks: Optional[np.ndarray] = None  # uint64 check hash per image row (perceptual.index_hashes), if any
     embeddings: Optional[np.ndarray] = None  # float32 (rows with an embedding, dim)
     embedding_rows: Optional[np.ndarray] = None  # image row of each embedding row
     captions: Dict[str, Tuple[str, str]] = field(default_factory=dict)  # match key -> (eval_set, item)
@@ -347,16 +359,23 @@ class EvalIndex:
         min_cosine: Optional[float] = None,
         check_captions: bool = True,
         build_variants: Sequence[Optional[Sequence[str]]] = (),
+        checks: Sequence[Optional[str]] = (),
+        check_distance: Optional[int] = None,
     ) -> List[Optional[Match]]:
         """The match of each training sample, or None.  A perceptual-hash match wins over an
         embedding match, which wins over a caption match; within a kind the closest eval image
         (then the first in index order) is named.  ``build_variants``: each sample's build
         variant hashes (``Sample.phash_variants``), which tell whether it is of low detail
-        (``LOW_DETAIL_MARGIN``); None, or none given: matched as an image that is not."""
+        (``LOW_DETAIL_MARGIN``); None, or none given: matched as an image that is not.
+        ``checks``: each sample's check hash (``Sample.phash_checks[0]``); a row at
+        ``hamming_index.CHECK_FROM`` bits or more counts only when its check hash is within
+        ``check_distance`` of the sample's (``CHECK_DISTANCE``); a sample without one, an index
+        without them, or ``check_distance`` None: on the pHash alone."""
         n = len(phashes)
         out: List[Optional[Match]] = [None] * n
         low = [v is not None and low_detail(v) for v in build_variants] if len(build_variants) else [False] * n
-        for i, m in zip(*self._by_phash(phashes, phash_distance, low)):
+        own = list(checks) if len(checks) else [None] * n
+        for i, m in zip(*self._by_phash(phashes, phash_distance, low, own, check_distance)):
             out[i] = m
         if min_cosine is not None and self.embeddings is not None and len(embeddings):
             # only samples the hashes left unmatched: the product is the expensive part
@@ -370,9 +389,9 @@ class EvalIndex:
                     out[i] = Match(hit[0], hit[1], CAPTION)
         return out
 
-    def _by_phash(self, phashes, distance, low):
+    def _by_phash(self, phashes, distance, low, checks, check_distance):
         """(sample positions, matches) of the samples whose pHash matches; ``low[i]``: sample i
-        is of low detail."""
+        is of low detail; ``checks[i]``: its check hash or None."""
         plan, tables = self._tables(distance)
         with_variants = len(self.variants) == self.num_images
         found: List[int] = []
@@ -383,7 +402,12 @@ class EvalIndex:
                 continue
             query = np.array([int(phashes[i], 16) for i in rows], dtype=np.uint64)
             penalty = self.__dict__["_low_detail_penalty" if strict else "_penalty"] if with_variants else None
-            best, dist = nearest_within(query, plan, tables, distance, penalty)
+            check = None
+            if check_distance is not None and self.checks is not None:
+                has = np.array([checks[i] is not None for i in rows], dtype=bool)
+                own = np.array([int(checks[i], 16) if checks[i] is not None else 0 for i in rows], dtype=np.uint64)
+                check = Check(own, has, self.checks, check_distance)
+            best, dist = nearest_within(query, plan, tables, distance, penalty, check)
             hits = np.flatnonzero(dist <= distance)  # the true distance: a variant's margin is not in it
             for k in hits.tolist():
                 variant = self.variant(best[k])
@@ -524,6 +548,9 @@ def load_index(path: str) -> EvalIndex:
     items = Coded(item_codes[order], item_names)
     variants = Coded(var_codes[order], var_names)
     phashes = _hex_column(images.column("phash"))
+    checks = None
+    if "check" in images.column_names and images.num_rows and images.column("check").null_count == 0:
+        checks = _hex_column(images.column("check"))
     embeddings = embedding_rows = None
     if header.has_embeddings:
         column = images.column("embedding").combine_chunks()
@@ -536,7 +563,7 @@ def load_index(path: str) -> EvalIndex:
         zip(caps.column("eval_set").to_pylist(), caps.column("item").to_pylist(), caps.column("caption").to_pylist())
     ):
         captions.setdefault(c, (s, i))
-    return EvalIndex(header, sets, items, phashes, variants, embeddings, embedding_rows, captions)
+    return EvalIndex(header, sets, items, phashes, variants, checks, embeddings, embedding_rows, captions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,8 +688,8 @@ def _relaxed(cfg: ImageConfig) -> ImageConfig:
     return dataclasses.replace(cfg, min_side=0, max_aspect_ratio=None, min_encoded_bytes=0)
 
 
-def prepare_image(path: str, cfg: ImageConfig) -> Tuple[List[Tuple[str, str]], bytes]:
-    """((variant, phash) of the picture and its copy variants, the bytes the build would embed) of
+def prepare_image(path: str, cfg: ImageConfig) -> Tuple[List[Tuple[str, str, str]], bytes]:
+    """((variant, phash, check) of the picture and its copy variants, the bytes the build would embed) of
     one eval image, through the image stage: the picture's own hash is the one a training image
     with these bytes gets (``perceptual.index_hashes``)."""
     from ..images.process import decode, process_image
@@ -671,7 +698,7 @@ def prepare_image(path: str, cfg: ImageConfig) -> Tuple[List[Tuple[str, str]], b
     relaxed = _relaxed(cfg)
     processed = process_image(data, relaxed)
     hashes = perceptual.index_hashes(decode(data, relaxed)[0])
-    assert hashes[0] == ("", processed.phash)
+    assert hashes[0][:2] == ("", processed.phash)
     return hashes, processed.data
 
 
@@ -781,10 +808,11 @@ def build_index(
                             "item": item,
                             "variant": variant,
                             "phash": ph,
+                            "check": check,
                             "embedding": e if not variant else None,
                         }
                         for (item, hashes, _), e in zip(good, emb)
-                        for variant, ph in hashes
+                        for variant, ph, check in hashes
                     ]
                     summary.images += len(good)
                     summary.hashes += sum(len(hashes) for _, hashes, _ in good)

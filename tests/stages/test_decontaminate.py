@@ -155,7 +155,7 @@ def test_index_round_trip(tmp_path):
     ]  # nothing left to compare: left out
     assert write_index(path, images, captions, FAKE_CLIP) == 3
     header = read_header(path)
-    assert (header.format_version, header.embedding_dim) == (2, 4)
+    assert (header.format_version, header.embedding_dim) == (3, 4)
     assert (header.phash_version, header.variants_version) == (perceptual.VERSION, perceptual.VARIANTS_VERSION)
     assert (header.clip_model, header.clip_weights) == ("ViT-B-32", "openai")
     table = pq.read_table(path)
@@ -586,7 +586,82 @@ def _web_sample(n: int, name: str, img: Image.Image) -> Sample:
         caption=name,
         phash=p.phash,
         phash_variants=p.phash_variants,  # what tells an image of low detail
+        phash_checks=p.phash_checks,  # what confirms a match 2 bits or more away
     )
+
+
+def test_a_match_two_bits_away_or_more_needs_check_hashes_that_agree(tmp_path):
+    """From ``CHECK_FROM`` bits on, an index row counts only when its check hash is within
+    ``check_distance`` of the sample's: the nearest row that agrees is named; a closer pair, a
+    sample without a check hash, or check_distance None match on the pHash alone; the Beam
+    stage passes each sample's own check hash (``phash_checks[0]``)."""
+    from flamingo_corpus.dedup.hamming_index import CHECK_FROM
+
+    assert CHECK_FROM == 2
+    base, check = "0123456789abcdef", "00ff00ff00ff00ff"
+    cropped, cropped_check = flip_bits(base, range(20, 30)), flip_bits(check, range(30, 60))
+    images = [
+        {"eval_set": "coco", "item": "a.jpg", "phash": base, "check": check},
+        {"eval_set": "coco", "item": "a.jpg", "variant": "crop-left10%", "phash": cropped, "check": cropped_check},
+    ]
+    path = str(tmp_path / "eval.index")
+    write_index(path, images, [])
+    idx = load_index(path)
+    assert idx.checks is not None and len(idx.checks) == 2
+    near_crop = flip_bits(cropped, range(2))  # 2 from the crop row, 8 from the picture's own
+    queries = [near_crop, near_crop, near_crop, flip_bits(cropped, (0,)), near_crop]
+    checks = [
+        flip_bits(cropped_check, range(14)),  # agrees with the crop row (14 bits)
+        flip_bits(cropped_check, range(15)),  # disagrees: 15 bits
+        flip_bits(check, range(4)),  # agrees with the picture's row only, which is 8 away: too far
+        flip_bits(cropped_check, range(40)),  # disagrees, but the pHashes are 1 bit apart
+        None,  # no check hash: the pHash alone
+    ]
+
+    def details(**kw):
+        return [m and m.detail for m in idx.match(queries, phash_distance=6, checks=checks, **kw)]
+
+    assert details(check_distance=14) == [
+        "coco:a.jpg crop-left10% phash_distance=2",
+        None,
+        None,
+        "coco:a.jpg crop-left10% phash_distance=1",
+        "coco:a.jpg crop-left10% phash_distance=2",
+    ]
+    assert details(check_distance=None) == ["coco:a.jpg crop-left10% phash_distance=2"] * 3 + [
+        "coco:a.jpg crop-left10% phash_distance=1",
+        "coco:a.jpg crop-left10% phash_distance=2",
+    ]
+    # of two rows within the distance, the nearest whose check agrees: 4 bits from the picture's
+    # own row, whose check disagrees, and 6 from the crop row, whose check agrees
+    between = flip_bits(base, range(20, 24))
+    found = [
+        m and m.detail
+        for m in idx.match([between] * 2, phash_distance=6, checks=[cropped_check, check], check_distance=14)
+    ]
+    assert found == ["coco:a.jpg crop-left10% phash_distance=6", "coco:a.jpg phash_distance=4"]
+
+    cfg = DecontaminationConfig(index=path, phash_distance=6, min_cosine=None, captions=False, check_distance=14)
+    samples = [
+        Sample(
+            id=f"r:{n}",
+            source_index=0,
+            row=n,
+            url=f"http://x/{n}.jpg",
+            phash=near_crop,
+            phash_variants=FULL_VARIANTS,
+            phash_checks=(c,) + FULL_VARIANTS,
+        )
+        for n, c in enumerate(checks[:3])
+    ]
+
+    def build(p):
+        kept, dropped = p | beam.Create(samples) | Decontaminate(cfg, ClipConfig(enabled=False))
+        return {"kept": kept, "dropped": dropped}
+
+    out = run_collect(build)
+    assert {r.id: r.detail for r in out["dropped"]} == {"r:0": "coco:a.jpg crop-left10% phash_distance=2"}
+    assert sorted(s.id for s in out["kept"]) == ["r:1", "r:2"]
 
 
 def test_mirrored_cropped_rotated_and_framed_copies_are_dropped_naming_the_variant(tmp_path):

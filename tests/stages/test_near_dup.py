@@ -588,9 +588,14 @@ def _variant_samples(k: int, n: int = 400, check_distance=None):
         variants[i] += [f"{int(x):016x}" for x in rng.integers(0, 2**62, size=int(rng.integers(0, 4)))]
         if i % 5:  # most images have 33 variants, the rest are of low detail (hamming_index.low_detail)
             variants[i] += [f"{int(x):016x}" for x in rng.integers(0, 2**62, size=33 - len(variants[i]))]
-    checks = {i: [f"{int(x):016x}" for x in rng.integers(0, 2**64, size=1 + len(variants[i]), dtype=np.uint64)] for i in range(n)}
+    checks = {
+        i: [f"{int(x):016x}" for x in rng.integers(0, 2**64, size=1 + len(variants[i]), dtype=np.uint64)]
+        for i in range(n)
+    }
     for i in range(0, n - 1, 6):  # half the copy relations: the variant's check agrees with the pHash's
-        checks[i][1] = flip_bits(checks[i + 1][0], rng.choice(64, size=int(rng.integers(0, 21)), replace=False).tolist())
+        checks[i][1] = flip_bits(
+            checks[i + 1][0], rng.choice(64, size=int(rng.integers(0, 21)), replace=False).tolist()
+        )
     with_checks = check_distance is not None
     samples = [
         Sample(
