@@ -293,9 +293,7 @@ def index_hashes(img: Image.Image) -> List[Tuple[str, str, str]]:
     5 ms for the 190 of a picture; cutting and turning the picture itself and hashing each
     (version 1) cost 1 ms a variant and caught no more copies (docs/dedup-and-safety.md).  The
     check hash is ``hashes_with_checks``'s: the next ring of frequencies of the same variant."""
-    coefficients = variant_coefficients(img, _INDEX_CROPS, INDEX_ANGLES, freqs=CHECK_FREQS)
-    hashes = _hexes(np.ascontiguousarray(coefficients[:, :8, :8]))
-    checks = _hexes(coefficients[:, CHECK_RING])
+    hashes, checks = _hashes_and_checks(variant_coefficients(img, _INDEX_CROPS, INDEX_ANGLES, freqs=CHECK_FREQS))
     out: List[Tuple[str, str, str]] = []
     seen = set()
     for name, h, check in zip(_INDEX_NAMES, hashes, checks):
@@ -478,14 +476,14 @@ def variant_coefficients(
 
 
 def _hexes(coefficients: np.ndarray) -> List[str]:
-    """``_hex`` of each (8, 8) block of an (n, 8, 8) stack, vectorised.  The median is the mean of
+    """``_hex`` of each (8, 8) block of an (n, 8, 8) stack (or row of an (n, 64) one), vectorised.  The median is the mean of
     the two middle values of each sorted row, as ``np.median`` computes it (the same bits), but
     without its per-call overhead, which cost more than the rest of the variants."""
     flat = coefficients.reshape(len(coefficients), 64)
     ordered = np.sort(flat, axis=1)
     median = (ordered[:, 31] + ordered[:, 32]) / 2
-    bits = flat > median[:, None]
-    return [row.tobytes().hex() for row in np.packbits(bits, axis=1)]
+    digits = np.packbits(flat > median[:, None], axis=1).tobytes().hex()  # one call, then cut
+    return [digits[i : i + 16] for i in range(0, len(digits), 16)]
 
 
 # --- check hashes: a second look at a pair the pHash brings together ---------------------------
@@ -507,6 +505,17 @@ CHECK_RING[:CHECK_FREQS, :CHECK_FREQS] = True
 CHECK_RING[:8, :8] = False
 CHECK_RING[8:, 8:] = False
 assert CHECK_RING.sum() == 64
+# Where the pHash's 8x8 and the check ring lie in a flattened 12x12 block, row-major (the order
+# ``_hexes`` reads a block in), so one gather and one ``_hexes`` call make both hashes.
+_PHASH_CELLS = np.flatnonzero(np.pad(np.ones((8, 8), dtype=bool), (0, CHECK_FREQS - 8)))
+_CHECK_CELLS = np.flatnonzero(CHECK_RING)
+
+
+def _hashes_and_checks(coefficients: np.ndarray) -> Tuple[List[str], List[str]]:
+    """(pHash, check hash) hex strings of each (12, 12) block of an (n, 12, 12) stack."""
+    flat = coefficients.reshape(len(coefficients), CHECK_FREQS * CHECK_FREQS)
+    both = _hexes(np.concatenate([flat[:, _PHASH_CELLS], flat[:, _CHECK_CELLS]]))
+    return both[: len(flat)], both[len(flat) :]
 
 
 def phash_and_variants(img: Image.Image) -> Tuple[str, Tuple[str, ...]]:
@@ -523,9 +532,9 @@ def hashes_with_checks(img: Image.Image) -> Tuple[str, Tuple[str, ...], Tuple[st
     """(``phash(img)``, its build variants as ``phash_and_variants`` gives them, the check hash
     of each of those: the pHash's first, then one per variant, in their order).  Of equal
     variant pHashes the first is kept, with its check hash."""
-    coefficients = variant_coefficients(img, BUILD_CROPS, BUILD_ANGLES, BUILD_MIRRORS, freqs=CHECK_FREQS)
-    first, *rest = _hexes(np.ascontiguousarray(coefficients[:, :8, :8]))
-    checks = _hexes(coefficients[:, CHECK_RING])
+    (first, *rest), checks = _hashes_and_checks(
+        variant_coefficients(img, BUILD_CROPS, BUILD_ANGLES, BUILD_MIRRORS, freqs=CHECK_FREQS)
+    )
     # a dict keeps the first of equal hashes, in order, in linear time (a list's ``in`` made
     # this quadratic in the ~30 hashes)
     kept: dict = {}
