@@ -784,9 +784,11 @@ def test_beam_buckets_pair_each_phash_with_each_close_hash_once_and_no_two_varia
 
 
 def test_mirrored_cropped_and_letterboxed_copies_are_dropped_by_the_beam_stage():
-    """End to end on real photographs: the image stage hashes each JPEG (pHash and variants), the
-    Beam stage drops a mirrored, a cropped, a letterboxed and a rotated copy as near duplicates
-    of their originals and keeps the unrelated photographs."""
+    """End to end on real photographs: the image stage hashes each JPEG (pHash, variants and their
+    check hashes), the Beam stage at the shipped settings (k=6, check hashes within 14) drops a
+    mirrored, a corner-cropped, a letterboxed, a rotated and a randomly cropped copy (6 bits from
+    its original's nearest variant: what k=6 finds) as near duplicates of their originals and
+    keeps the unrelated photographs."""
     data = pytest.importorskip("skimage.data")
     from flamingo_corpus.images.process import process_image
     from flamingo_corpus.recipe import ImageConfig
@@ -802,6 +804,7 @@ def test_mirrored_cropped_and_letterboxed_copies_are_dropped_by_the_beam_stage()
         "corner": ("coffee", perceptual.crop_fraction(originals["coffee"], (0.1, 0.1, 0, 0))),
         "letterboxed": ("chelsea", letterbox(originals["chelsea"])),
         "rotated": ("rocket", perceptual.rotate_inside(originals["rocket"], -3)),
+        "cropped": ("chelsea", perceptual.crop_fraction(originals["chelsea"], (0.0, 0.05, 0.02, 0.07))),
     }
     unrelated = {
         "camera": _photo(data, "camera", (0, 0, 300, 250)),
@@ -816,14 +819,25 @@ def test_mirrored_cropped_and_letterboxed_copies_are_dropped_by_the_beam_stage()
         img.save(buf, "JPEG", quality=85)
         p = process_image(buf.getvalue(), cfg)
         samples.append(
-            Sample(id=name, source_index=0, row=row, url=None, phash=p.phash, phash_variants=p.phash_variants)
+            Sample(
+                id=name,
+                source_index=0,
+                row=row,
+                url=None,
+                phash=p.phash,
+                phash_variants=p.phash_variants,
+                phash_checks=p.phash_checks,
+            )
         )
     by_id = {s.id: s for s in samples}
-    for name in ("mirrored", "corner", "rotated"):  # the pHash alone misses these (the bars are trimmed)
-        assert hamming(by_id[name].phash, by_id[copies[name][0]].phash) > 5
+    for name in ("mirrored", "corner", "rotated", "cropped"):  # the pHash alone misses these (the bars are trimmed)
+        assert hamming(by_id[name].phash, by_id[copies[name][0]].phash) > 6
+    chelsea = by_id["chelsea"]
+    assert min(hamming(by_id["cropped"].phash, h) for h in (chelsea.phash, *chelsea.phash_variants)) == 6
 
     def build(p):
-        kept, dropped = p | beam.Create(samples) | DedupNearImages(DedupConfig(near_max_distance=5))
+        cfg = DedupConfig(near_max_distance=6, near_check_distance=14)
+        kept, dropped = p | beam.Create(samples) | DedupNearImages(cfg)
         return {"kept": kept, "dropped": dropped}
 
     out = run_collect(build)
