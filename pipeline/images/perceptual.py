@@ -476,9 +476,10 @@ def variant_coefficients(
 
 
 def _hexes(coefficients: np.ndarray) -> List[str]:
-    """``_hex`` of each (8, 8) block of an (n, 8, 8) stack (or row of an (n, 64) one), vectorised.  The median is the mean of
-    the two middle values of each sorted row, as ``np.median`` computes it (the same bits), but
-    without its per-call overhead, which cost more than the rest of the variants."""
+    """``_hex`` of each (8, 8) block of an (n, 8, 8) stack (or row of an (n, 64) one), vectorised.
+    The median is the mean of the two middle values of each sorted row, as ``np.median`` computes
+    it (the same bits), but without its per-call overhead, which cost more than the rest of the
+    variants."""
     flat = coefficients.reshape(len(coefficients), 64)
     ordered = np.sort(flat, axis=1)
     median = (ordered[:, 31] + ordered[:, 32]) / 2
