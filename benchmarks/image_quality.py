@@ -38,7 +38,7 @@ import math
 import os
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -57,16 +57,22 @@ PHOTOS = EVAL_PHOTOS + ("grass", "gravel", "brick")
 GREY_PHOTOS = ("camera", "coins", "moon", "cell", "grass", "gravel", "brick")  # stored as 8-bit grey
 KINDS = ("jpeg q90", "jpeg q75", "jpeg q95 4:4:4", "progressive", "greyscale", "exif-rotated", "png")
 
-# (label, DRAFT_OVERSAMPLE, SHRINK_FILTER) of our stage; the first is the code before this benchmark.
-Setting = Tuple[str, int, Image.Resampling]
+# (label, DRAFT_OVERSAMPLE, SHRINK_FILTER, REDUCING_GAP) of our stage; the first is the code
+# before this benchmark.  ``--settings`` picks some by label prefix.
+Setting = Tuple[str, float, Image.Resampling, Optional[float]]
 SETTINGS: Tuple[Setting, ...] = (
-    ("draft 1x, box (before)", 1, Image.Resampling.BOX),
-    ("draft 1x, Lanczos", 1, Image.Resampling.LANCZOS),
-    ("draft 2x, box", 2, Image.Resampling.BOX),
-    ("draft 2x, bilinear", 2, Image.Resampling.BILINEAR),
-    ("draft 2x, bicubic (now)", 2, Image.Resampling.BICUBIC),
-    ("draft 2x, Lanczos", 2, Image.Resampling.LANCZOS),
-    ("no draft, Lanczos", 10**6, Image.Resampling.LANCZOS),
+    ("draft 1x, box (before)", 1, Image.Resampling.BOX, None),
+    ("draft 1x, Lanczos", 1, Image.Resampling.LANCZOS, None),
+    ("draft 2x, box", 2, Image.Resampling.BOX, None),
+    ("draft 2x, bilinear", 2, Image.Resampling.BILINEAR, None),
+    ("draft 2x, bicubic (now)", 2, Image.Resampling.BICUBIC, None),
+    ("draft 2x, Lanczos", 2, Image.Resampling.LANCZOS, None),
+    ("no draft, Lanczos", 10**6, Image.Resampling.LANCZOS, None),
+    ("draft 1.5x, bicubic", 1.5, Image.Resampling.BICUBIC, None),
+    ("draft 1.25x, bicubic", 1.25, Image.Resampling.BICUBIC, None),
+    ("draft 2x, bicubic, gap 1.5", 2, Image.Resampling.BICUBIC, 1.5),
+    ("draft 1.5x, bicubic, gap 1.5", 1.5, Image.Resampling.BICUBIC, 1.5),
+    ("draft 1.5x, Lanczos", 1.5, Image.Resampling.LANCZOS, None),
 )
 THEIRS = "img2dataset 1.47 Resizer"
 
@@ -177,10 +183,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ours(setting: Setting, cfg: ImageConfig) -> Callable[[bytes], bytes]:
-    _, oversample, shrink = setting
+    _, oversample, shrink, gap = setting
 
     def run(data: bytes) -> bytes:
-        process.DRAFT_OVERSAMPLE, process.SHRINK_FILTER = oversample, shrink
+        process.DRAFT_OVERSAMPLE, process.SHRINK_FILTER, process.REDUCING_GAP = oversample, shrink, gap
         return process.process_image(data, cfg).data
 
     return run
@@ -256,9 +262,9 @@ def _med(values) -> float:
     return float(np.median(values)) if len(values) else math.nan
 
 
-def report(recipe_name: str, cases: List[Case], repeat: int) -> None:
+def report(recipe_name: str, cases: List[Case], repeat: int, settings: Sequence[Setting] = SETTINGS) -> None:
     cfg = load_recipe(REPO / "manifests" / recipe_name).image
-    runs: Dict[str, Callable[[bytes], bytes]] = {label: ours(s, cfg) for s, label in ((s, s[0]) for s in SETTINGS)}
+    runs: Dict[str, Callable[[bytes], bytes]] = {s[0]: ours(s, cfg) for s in settings}
     runs[THEIRS] = img2dataset_resizer(cfg)
     rotated = [c for c in cases if c.orientation != 1]
     upright = [c for c in cases if c.orientation == 1]
@@ -305,7 +311,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--min-crop", type=float, default=0.5, help="smallest crop side, as a fraction of the photo's")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--settings", nargs="+", help="run only the settings whose label starts with one of these")
     args = ap.parse_args(argv)
+    chosen = [s for s in SETTINGS if not args.settings or any(s[0].startswith(p) for p in args.settings)]
+    if not chosen:
+        ap.error(f"no setting starts with {' or '.join(args.settings)}: {', '.join(s[0] for s in SETTINGS)}")
     print(f"machine: {machine()}; {load()}")
     cases = make_cases(args.cases, args.min_crop, args.seed)
     sides = sorted(min(_upright_size(c.data)) for c in cases)
@@ -316,7 +326,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         + ", ".join(f"{k} {sum(c.kind == k for c in cases)}" for k in KINDS)
     )
     for recipe_name in args.recipes:
-        report(recipe_name, cases, args.repeat)
+        report(recipe_name, cases, args.repeat, chosen)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -126,8 +127,11 @@ def _open(data: bytes, cfg: ImageConfig) -> Image.Image:
 # cheapest of Pillow's that kept median and 10th-percentile PSNR above img2dataset's; Lanczos
 # scores higher still for about 10-30% more CPU): benchmarks/image_quality.py measures each
 # choice (docs/benchmarks.md).
-DRAFT_OVERSAMPLE = 2
+DRAFT_OVERSAMPLE: float = 2
 SHRINK_FILTER = Image.Resampling.BICUBIC
+# Pillow's ``reducing_gap`` for the shrink: None resamples the whole way with SHRINK_FILTER; a
+# value first box-reduces by an integer factor down to about that many times the target.
+REDUCING_GAP: Optional[float] = None
 # Numbers the decode and resize's pixels (1: draft to about the target, box shrink): part of the
 # image store's digest, so stored images of another version are not mixed into a build.
 PIXELS_VERSION = 2
@@ -183,7 +187,7 @@ def decode(data: bytes, cfg: ImageConfig) -> Tuple[Image.Image, int, int]:
         width, height = height, width
     if img.format == "JPEG":
         w, h = target_size(width, height, cfg)
-        w, h = w * DRAFT_OVERSAMPLE, h * DRAFT_OVERSAMPLE
+        w, h = math.ceil(w * DRAFT_OVERSAMPLE), math.ceil(h * DRAFT_OVERSAMPLE)
         img.draft("RGB", (h, w) if rotated else (w, h))
     try:
         img.load()
@@ -217,7 +221,7 @@ def _filter(size: Tuple[int, int], source: Tuple[int, int]) -> Image.Resampling:
 
 
 def _scale(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
-    return img if size == img.size else img.resize(size, _filter(size, img.size))
+    return img if size == img.size else img.resize(size, _filter(size, img.size), reducing_gap=REDUCING_GAP)
 
 
 def _center_crop(img: Image.Image, size: Tuple[int, int], n: int) -> Image.Image:
@@ -231,7 +235,7 @@ def _center_crop(img: Image.Image, size: Tuple[int, int], n: int) -> Image.Image
     left, top = (size[0] - w) // 2, (size[1] - h) // 2
     sx, sy = img.width / size[0], img.height / size[1]
     box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-    return img.resize((w, h), _filter(size, img.size), box=box)
+    return img.resize((w, h), _filter(size, img.size), box=box, reducing_gap=REDUCING_GAP)
 
 
 def encode(img: Image.Image, cfg: ImageConfig) -> bytes:
