@@ -836,11 +836,13 @@ def test_a_build_without_near_dup_matches_with_the_build_variants(tmp_path):
     assert result.drops == {"decontaminate/eval_overlap": 1}
 
 
-def test_an_mmc4_build_matches_with_the_build_variants(tmp_path):
-    """MMC4 keeps the variant hashes up to decontamination too: a document's image that is an
-    off-grid crop of a detailed eval photograph, 4 bits from a crop variant, is dropped naming it
-    (an image without variants would count as of low detail and have to be within 2), the
-    document's other image is kept."""
+@pytest.mark.parametrize("check_distance", [14, 0])
+def test_an_mmc4_build_matches_with_the_build_variants(tmp_path, check_distance):
+    """MMC4 keeps the variant hashes and their check hashes up to decontamination too: a
+    document's image that is an off-grid crop of a detailed eval photograph, 4 bits from a crop
+    variant, is dropped naming it (an image without variants would count as of low detail and
+    have to be within 2), the document's other image is kept.  With ``check_distance`` 0 the copy
+    is kept: its check hash came through the store to the stage and is not the variant's own."""
     from flamingo_corpus.build import run_build
     from flamingo_corpus.recipe import recipe_from_dict
     from flamingo_corpus.sample.web import SampleWeb
@@ -868,10 +870,18 @@ def test_an_mmc4_build_matches_with_the_build_variants(tmp_path):
             **BASE_RECIPE,
             "input": {"corpus": "mmc4", "path": str(tmp_path / "docs.jsonl")},
             "mmc4": {"min_images": 1},
-            "decontamination": {"index": str(tmp_path / "eval.index"), "min_cosine": None},
+            "decontamination": {
+                "index": str(tmp_path / "eval.index"),
+                "min_cosine": None,
+                "check_distance": check_distance,
+            },
         }
         run_build(recipe_from_dict(recipe, base_dir=tmp_path), str(tmp_path / "out"))
     rows = {r["url"].rsplit("/", 1)[1]: r for r in index_rows(tmp_path / "out") if r["kind"] == "image"}
+    assert rows["other.jpg"]["status"] == "kept", rows["other.jpg"]
+    if check_distance == 0:
+        assert rows["copy.jpg"]["status"] == "kept", rows["copy.jpg"]
+        return
     assert rows["copy.jpg"]["reason"] == "eval_overlap", rows["copy.jpg"]
     assert rows["copy.jpg"]["detail"] == "coco:grace.png crop-left5%-top10%-right5% phash_distance=4"
     assert rows["other.jpg"]["status"] == "kept", rows["other.jpg"]
