@@ -505,8 +505,8 @@ def all_pairs_groups(hashes: Dict[Hashable, str], k: int) -> List[Set]:
 # (``perceptual.hashes_with_checks``: the next ring of DCT frequencies of the same picture and
 # geometry) within ``check_distance`` (``recipe.dedup.near_check_distance``), when both hashes
 # carry one.  With the check, the shipped k is 6 (was 5: pHash distances are even, so 4 bits),
-# which finds the crops the variants' grid misses (random crops of 0-10% a side: 0.76 -> 0.91 of
-# them pooled over 14 draws of the copy benchmark at 20 a kind); false positives 0.32% -> 0.18%
+# which finds the crops the variants' grid misses (random crops of 0-10% a side: 0.77 -> 0.89 of
+# them pooled over nine draws of the copy benchmark at 20 a kind); false positives 0.30% -> 0.14%
 # (docs/benchmarks.md, "Copy detection").
 STRICT_MARGIN = 2
 LOW_DETAIL_MARGIN = 3
