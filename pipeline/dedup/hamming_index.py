@@ -564,9 +564,8 @@ def variant_groups(
     pHash or of one of the other's ``variants`` (mirrored, cropped, rotated: what
     ``perceptual.phash_and_variants`` gives; its mirrored turns within ``k - STRICT_MARGIN``, a
     variant where either image is of low detail within ``k - LOW_DETAIL_MARGIN``: ``pair_limit``)
-    and, from
-    ``CHECK_FROM`` bits on, their ``checks`` (the check hash of the pHash, then of each variant:
-    ``perceptual.hashes_with_checks``) are within ``check_distance`` (``checks_agree``),
+    and, from ``CHECK_FROM`` bits on, their ``checks`` (the check hash of the pHash, then of each
+    variant: ``perceptual.hashes_with_checks``) are within ``check_distance`` (``checks_agree``),
     transitively.  Brute force over (pHash, stored hash) pairs, a block at a time: the reference
     the Beam stage (``near.py``) is tested against, and what the copy-detection benchmark groups
     with."""

@@ -369,7 +369,7 @@ class EvalIndex:
         (``LOW_DETAIL_MARGIN``); None, or none given: matched as an image that is not.
         ``checks``: each sample's check hash (``Sample.phash_checks[0]``); a row at
         ``hamming_index.CHECK_FROM`` bits or more counts only when its check hash is within
-        ``check_distance`` of the sample's (``CHECK_DISTANCE``); a sample without one, an index
+        ``check_distance`` of the sample's (``decontamination.check_distance``); a sample without one, an index
         without them, or ``check_distance`` None: on the pHash alone."""
         n = len(phashes)
         out: List[Optional[Match]] = [None] * n
