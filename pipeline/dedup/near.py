@@ -241,14 +241,15 @@ class DedupNearImages(beam.PTransform):
     id, which alone goes on, under its pHash and under every variant hash of the copies (a
     variant hash is stored, never probes, and an edge needs a pHash at one end at least; a
     pHash probes its band values either way, so a sample costs the shuffle of a pHash that
-    probes both ways plus one key per band for each variant: at k=5, 3 bands, about 67 keys and
-    3 per variant, ~150 with the image stage's 27).  Each distinct hash is then keyed by its
-    ``bands`` band values (stored) and by the values within each band's radius (probes), all
-    through one GroupByKey; in each bucket probing and stored hashes are confirmed by true
-    distance, each edge in exactly one bucket (see the module docstring).  ``dedup.near_bands``
-    None picks ``auto_bands(near_max_distance)``; a probe key costs one shuffled element, so a
-    Beam run may prefer fewer probes (more bands) than the in-memory search when buckets stay
-    small.
+    probes both ways plus one key per band for each variant: at k=5, 3 bands, 67 keys and 3 per
+    variant, ~166 with the image stage's 33; at the shipped k=6, 3 bands the first of radius 2,
+    298 and 3 per variant, ~397).  Each distinct hash is then keyed by its ``bands`` band values
+    (stored) and by the values within each band's radius (probes), all through one GroupByKey; in
+    each bucket probing and stored hashes are confirmed by true distance, each edge in exactly one
+    bucket (see the module docstring).  ``dedup.near_bands`` None picks the plan of
+    ``auto_bands`` for 2**20 samples and their stored variants (``STORED_PER_SAMPLE``); a probe
+    key costs one shuffled element, so a Beam run may prefer fewer probes (more bands) than the
+    in-memory search when buckets stay small.
 
     The confirmed edges (two ids and their order keys each, never samples) are gathered on one
     worker with ``ToList`` and joined into components (scipy's compiled connected components); the resulting id ->
