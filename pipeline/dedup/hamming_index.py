@@ -521,13 +521,6 @@ def low_detail(variants: Sequence[str]) -> bool:
     return len(variants) <= BUILD_VARIANTS - LOW_DETAIL_COLLAPSED
 
 
-def strict_variants(variants: Sequence[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
-    """(the variants a pHash joins within ``k``, the mirrored turns, which it joins within ``k -
-    STRICT_MARGIN``) of an image not of low detail (``low_detail``: its pairs are all held to
-    ``k - LOW_DETAIL_MARGIN``)."""
-    return split_variants(variants)
-
-
 def pair_limit(k: int, mirrored_turn: bool, low: bool) -> int:
     """The distance within which a pHash and a variant join: ``k``, less ``LOW_DETAIL_MARGIN`` when
     either image is of low detail, else less ``STRICT_MARGIN`` when the variant is a mirrored
@@ -537,9 +530,10 @@ def pair_limit(k: int, mirrored_turn: bool, low: bool) -> int:
 
 def variant_limits(variants: Sequence[str], k: int) -> List[int]:
     """The distance within which a pHash (of an image not of low detail) joins each of an image's
-    ``variants``, in their order (``strict_variants``, ``pair_limit``)."""
+    ``variants``, in their order: the mirrored turns are the last (``perceptual.split_variants``),
+    and all of a low-detail image's are held to ``k - LOW_DETAIL_MARGIN`` (``pair_limit``)."""
     low = low_detail(variants)
-    plain, turns = strict_variants(variants)
+    plain, turns = split_variants(variants)
     return [pair_limit(k, False, low)] * len(plain) + [pair_limit(k, True, low)] * len(turns)
 
 
@@ -577,12 +571,9 @@ def variant_groups(
         [n for n, i in enumerate(ids) for _ in range(1 + len(variants.get(i, ())))], dtype=np.int64
     )
     stored = to_uint64(h for i in ids for h in (hashes[i], *variants.get(i, ())))
-    is_variant, turn = [], []
-    for i in ids:
-        plain, turns = strict_variants(variants.get(i, ()))
-        is_variant += [False] + [True] * (len(plain) + len(turns))
-        turn += [False] * (1 + len(plain)) + [True] * len(turns)
-    is_variant, turn = np.array(is_variant, dtype=bool), np.array(turn, dtype=bool)
+    # per stored hash: the limit its own image sets (``variant_limits``), whether it is a variant
+    limit = np.array([x for i in ids for x in (k, *variant_limits(variants.get(i, ()), k))], dtype=np.int64)
+    is_variant = np.array([n > 0 for i in ids for n in range(1 + len(variants.get(i, ())))], dtype=bool)
     low = np.array([low_detail(variants.get(i, ())) for i in ids], dtype=bool)
 
     def check_values(i) -> List[Tuple[int, ...]]:
@@ -591,10 +582,10 @@ def variant_groups(
         return [(int(c, 16),) for c in own] if len(own) == wanted else [()] * wanted
 
     stored_checks = [c for i in ids for c in check_values(i)]
-    query_checks = [check_values(i)[0] for i in ids]
+    query_checks = [stored_checks[first] for first in np.flatnonzero(~is_variant).tolist()]  # each pHash's own
     a, b = blocked_pairs(query, stored, k, upper=False)
-    pair_low = (low[a] | low[stored_owner[b]]) & is_variant[b]  # two pHashes: held to k
-    limit = np.where(pair_low, k - LOW_DETAIL_MARGIN, np.where(turn[b], k - STRICT_MARGIN, k))
+    # a low-detail query holds every variant to ``k - LOW_DETAIL_MARGIN`` too; two pHashes: k
+    limit = np.where(low[a] & is_variant[b], np.minimum(limit[b], k - LOW_DETAIL_MARGIN), limit[b])
     distance = np.bitwise_count(query[a] ^ stored[b]).astype(np.int64)
     close = distance <= limit
     a, b, distance = a[close], b[close], distance[close]

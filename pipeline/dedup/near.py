@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import apache_beam as beam
 import numpy as np
 
+from ..images.perceptual import split_variants
 from ..recipe import DedupConfig
 from ..records import Sample
 from ..stage import apply_with_drops, drop
@@ -33,7 +34,6 @@ from .hamming_index import (
     found_on_earlier_band,
     low_detail,
     pair_limit,
-    strict_variants,
 )
 
 __all__ = ["DedupNearImages", "DropFrequentImages"]
@@ -114,7 +114,7 @@ def _searched(item):
     )
     checks: Dict[Tuple[int, int], set] = {}
     for _, vs, cs in entries:
-        plain, _ = strict_variants(vs)
+        plain, _ = split_variants(vs)
         copy_low = low_detail(vs)
         for n, v in enumerate(vs):
             kind = _LOW_DETAIL_VARIANT if copy_low else _TURN_VARIANT if n >= len(plain) else _VARIANT
