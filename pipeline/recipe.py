@@ -178,9 +178,7 @@ class DedupConfig:
     near: bool = False  # drop perceptual near-duplicates across the whole build (phash, banded LSH)
     near_max_distance: int = 5  # Hamming distance of 64-bit phashes (mmc4: findimagedupes 5; core: 10)
     near_bands: Optional[int] = None  # bands the 64 bits are cut into for near search; None: chosen from the distance
-    near_check_distance: Optional[int] = (
-        14  # pairs 2+ bits apart must have check hashes this close (of 64); None: no check
-    )
+    near_check_distance: Optional[int] = 14  # pairs 2+ bits apart need check hashes this close (of 64); None: off
     max_image_documents: Optional[int] = None  # MMC4: drop images found in more documents (logos, ads)
     semantic: bool = False  # SemDeDup: drop images whose CLIP embeddings are near-identical (needs clip.enabled)
     semantic_clusters: int = 100  # k-means clusters; pairs are compared within a cluster only

@@ -452,7 +452,7 @@ def variant_coefficients(
     freqs: int = 8,
 ) -> np.ndarray:
     """(n + len(mirrored), f, f), n = 1 + len(crops) + len(angles), f = ``freqs``: the DCT
-    coefficients the pHash takes (its 8x8 lowest frequencies; 12 for ``check_hashes`` as well)
+    coefficients the pHash takes (its 8x8 lowest frequencies; 12 for ``hashes_with_checks``)
     of the picture (without its frame), of each crop and of each turn (corners cut), then of the
     mirror of each of those ``mirrored`` names by position (None: all, in the same order); all
     from the 32x32 grey picture the pHash is made of, so the first block is ``phash``'s, bit for
@@ -503,8 +503,7 @@ def _hexes(coefficients: np.ndarray) -> List[str]:
 # docs/benchmarks.md ("Copy detection").  Computing 12x12 instead of 8x8 frequencies costs the
 # variants a few microseconds; the hashes double what the variants store (8 bytes a hash).
 CHECK_FREQS = 12
-CHECK_RING = np.zeros((CHECK_FREQS, CHECK_FREQS), dtype=bool)
-CHECK_RING[:CHECK_FREQS, :CHECK_FREQS] = True
+CHECK_RING = np.ones((CHECK_FREQS, CHECK_FREQS), dtype=bool)
 CHECK_RING[:8, :8] = False
 CHECK_RING[8:, 8:] = False
 assert CHECK_RING.sum() == 64
