@@ -37,14 +37,17 @@ from PIL import Image  # noqa: E402
 from flamingo_corpus.images import perceptual, process  # noqa: E402
 from flamingo_corpus.recipe import ImageConfig, load_recipe  # noqa: E402
 
+Decoded = Dict[bytes, Tuple[Image.Image, int, int]]
 
-def parts(photos: List[bytes], cfg: ImageConfig) -> Tuple[Dict[str, Callable[[bytes], object]], List[bytes]]:
+
+def parts(photos: List[bytes], cfg: ImageConfig) -> Tuple[Dict[str, Callable[[bytes], object]], Decoded]:
     """The timed calls by label (the hashes, resize and encode work on pictures decoded here) and
-    the photographs our stage decodes (the others are left out of every timing)."""
+    what our stage decodes of each photograph it keeps (picture, original upright width and
+    height; the others are left out of every timing)."""
     import cv2  # img2dataset's decoder (opencv-python-headless, an img2dataset dependency)
 
     cv2.setNumThreads(1)
-    decoded = {}
+    decoded: Decoded = {}
     for data in photos:
         try:
             decoded[data] = process.decode(data, cfg)
@@ -69,17 +72,7 @@ def parts(photos: List[bytes], cfg: ImageConfig) -> Tuple[Dict[str, Callable[[by
         "img2dataset: Resizer (whole)": img2dataset_resizer(cfg),
         "  OpenCV imdecode (its decode)": opencv_decode,
         "Pillow full decode (no draft)": pil_full_decode,
-    }, [data for data in photos if data in decoded]
-
-
-def _stored_pixels(data: bytes) -> int:
-    width, height = Image.open(io.BytesIO(data)).size
-    return width * height
-
-
-def _decoded_pixels(data: bytes, cfg: ImageConfig) -> int:
-    img = process.decode(data, cfg)[0]
-    return img.width * img.height
+    }, decoded
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -92,9 +85,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fc-image-stage-"))
     photos = [(root / path).read_bytes() for path in web_photos(root, args.photos)]
     cfg = load_recipe(REPO / "manifests" / args.recipe).image
-    calls, kept = parts(photos, cfg)
-    sides = sorted(min(Image.open(io.BytesIO(data)).size) for data in kept)
-    drafted = sum(_decoded_pixels(data, cfg) < _stored_pixels(data) for data in kept)
+    calls, decoded = parts(photos, cfg)
+    kept = [data for data in photos if data in decoded]
+    sides = sorted(min(w, h) for _, w, h in decoded.values())
+    drafted = sum(img.width * img.height < w * h for img, w, h in decoded.values())
     print(f"machine: {machine()}; {load()}")
     print(
         f"{args.recipe}: resize {cfg.resize_mode} {cfg.image_size}, {cfg.encode_format} q{cfg.encode_quality}, "
