@@ -366,15 +366,23 @@ BUILD_VARIANTS_VERSION = 4
 _ASPECT_STEPS = 16  # the turn taps are cached per 1/16 of log2(aspect ratio)
 
 
+@functools.lru_cache(maxsize=4)
 def _dct_matrix(freqs: int = 8) -> np.ndarray:
-    """The ``freqs`` lowest rows of scipy's (unnormalised) DCT-II matrix for 32 samples."""
+    """The ``freqs`` lowest rows of scipy's (unnormalised) DCT-II matrix for 32 samples (cached:
+    every image's turns use it; read-only)."""
     n = np.arange(HASH_SIDE)
-    return 2.0 * np.cos(np.pi * np.arange(freqs)[:, None] * (2 * n[None, :] + 1) / (2 * HASH_SIDE))
+    dct = 2.0 * np.cos(np.pi * np.arange(freqs)[:, None] * (2 * n[None, :] + 1) / (2 * HASH_SIDE))
+    dct.flags.writeable = False
+    return dct
 
 
+@functools.lru_cache(maxsize=4)
 def _mirror(freqs: int) -> np.ndarray:
-    """The sign change that mirrors a block of ``freqs`` horizontal frequencies (the odd ones)."""
-    return np.where(np.arange(freqs) % 2 == 1, -1.0, 1.0)[None, :]
+    """The sign change that mirrors a block of ``freqs`` horizontal frequencies (the odd ones;
+    cached, read-only)."""
+    mirror = np.where(np.arange(freqs) % 2 == 1, -1.0, 1.0)[None, :]
+    mirror.flags.writeable = False
+    return mirror
 
 
 def _bilinear_taps(variant: Variant, aspect: float) -> Tuple[np.ndarray, np.ndarray]:
